@@ -1,0 +1,1 @@
+"""The HTTP and WebSocket edge. Sends tasks by name; never imports ``worker``."""

@@ -1,0 +1,67 @@
+"""``/jobs``: read one job, list jobs, cancel a job."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, HTTPException, Path, Query
+
+from api.deps import StateDep
+from conveyor.events import job_event
+from conveyor.jobstore import InvalidCursor
+from conveyor.schemas import Job, JobPage, JobStatus
+
+router = APIRouter(tags=["jobs"])
+JobId = Annotated[str, Path(min_length=1, max_length=64)]
+
+
+@router.get("/jobs/{job_id}", responses={404: {"description": "No such job"}})
+async def get_job(state: StateDep, job_id: JobId) -> Job:
+    """The job's current state, as the job store holds it."""
+    job = await anyio.to_thread.run_sync(state.store.get, job_id)
+    if job is None:
+        raise HTTPException(404, f"no job {job_id}")
+    return job
+
+
+@router.get("/jobs", responses={400: {"description": "Bad cursor"}})
+async def list_jobs(
+    state: StateDep,
+    status: JobStatus | None = None,
+    kind: Annotated[str | None, Query(max_length=32)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=100)] = None,
+) -> JobPage:
+    """A page of jobs, newest first. Pass ``next_cursor`` as ``cursor`` for the next page."""
+    try:
+        jobs, next_cursor = await anyio.to_thread.run_sync(
+            lambda: state.store.page(status=status, kind=kind, limit=limit, cursor=cursor)
+        )
+    except InvalidCursor as exc:
+        raise HTTPException(400, "cursor is not one this api handed out") from exc
+    return JobPage(jobs=jobs, next_cursor=next_cursor)
+
+
+@router.delete(
+    "/jobs/{job_id}",
+    status_code=202,
+    responses={404: {"description": "No such job"}, 409: {"description": "The job already finished"}},
+)
+async def cancel_job(state: StateDep, job_id: JobId) -> Job:
+    """Cancel a job that has not finished. A running task may still complete its work; its result is dropped."""
+    job = await anyio.to_thread.run_sync(
+        lambda: state.store.transition(
+            job_id,
+            JobStatus.CANCELLED,
+            allowed_from=[JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.STARTED],
+            error="cancelled by request",
+        )
+    )
+    if job is None:
+        current = await anyio.to_thread.run_sync(state.store.get, job_id)
+        if current is None:
+            raise HTTPException(404, f"no job {job_id}")
+        raise HTTPException(409, f"job {job_id} already {current.status.value}")
+    await state.events.publish(job_event(job))
+    return job

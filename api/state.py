@@ -1,0 +1,90 @@
+"""What an api process holds open, made by the lifespan and reached by routes through ``api.deps``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+import anyio
+import redis
+import redis.asyncio as aioredis
+from celery import Celery
+from fastapi import FastAPI
+
+from api.hub import Hub
+from conveyor.celery_app import create_celery
+from conveyor.db import create_engine, migrate
+from conveyor.dispatch import Dispatcher
+from conveyor.events import AsyncEventLog, EventLog
+from conveyor.jobstore import JobStore
+from conveyor.ledger import Ledger
+from conveyor.settings import Settings
+
+log = logging.getLogger("conveyor.api")
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    store: JobStore
+    ledger: Ledger
+    events: AsyncEventLog
+    dispatcher: Dispatcher
+    hub: Hub
+    redis: aioredis.Redis
+    celery: Celery
+
+
+class State(TypedDict):
+    conveyor: AppState
+
+
+@contextlib.asynccontextmanager
+async def open_state(settings: Settings) -> AsyncIterator[AppState]:
+    """Open the job store, Redis pools and the event hub; close them all on exit."""
+    engine = create_engine(settings.effective_database_url, pool_size=20, max_overflow=20)
+    await anyio.to_thread.run_sync(migrate, engine)
+    async_redis = aioredis.Redis.from_url(
+        settings.effective_redis_url, socket_timeout=10, socket_connect_timeout=3, health_check_interval=30
+    )
+    sync_redis = redis.Redis.from_url(settings.effective_redis_url, socket_timeout=5, socket_connect_timeout=3)
+    celery = create_celery(settings)
+    store = JobStore(engine)
+    events = AsyncEventLog(async_redis, settings.events_max_len)
+    hub = Hub(events, settings.ws_send_queue)
+    settings.spool_dir.mkdir(parents=True, exist_ok=True)
+    state = AppState(
+        settings=settings,
+        store=store,
+        ledger=Ledger(engine),
+        events=events,
+        dispatcher=Dispatcher(store, EventLog(sync_redis, settings.events_max_len), celery),
+        hub=hub,
+        redis=async_redis,
+        celery=celery,
+    )
+    reader = asyncio.create_task(hub.run(), name="event-hub")
+    try:
+        yield state
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        await async_redis.aclose()
+        sync_redis.close()
+        celery.close()
+        engine.dispose()
+
+
+def lifespan_for(settings: Settings) -> Any:
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[State]:
+        async with open_state(settings) as state:
+            log.info("api ready redis=%s", settings.effective_redis_url.split("@")[-1])
+            yield {"conveyor": state}
+
+    return lifespan

@@ -1,0 +1,79 @@
+"""Recording and enqueueing a submission, shared by every route that creates jobs."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import orjson
+import sqlalchemy.exc
+from fastapi import HTTPException, Response
+
+from api.state import AppState
+from conveyor.jobstore import NewJob
+from conveyor.names import TASK_FOR_KIND
+from conveyor.schemas import Accepted, Job
+
+log = logging.getLogger("conveyor.api")
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def request_hash(request: Mapping[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps(request, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def accepted(job: Job) -> Accepted:
+    return Accepted(
+        job_id=job.job_id,
+        status=job.status,
+        kind=job.kind,
+        created_at=job.created_at,
+        links={"self": f"/jobs/{job.job_id}", "events": f"/ws?job_id={job.job_id}"},
+    )
+
+
+async def submit(
+    state: AppState,
+    response: Response,
+    *,
+    kind: str,
+    request: Mapping[str, Any],
+    owner: str | None,
+    idempotency_key: str | None,
+    job_id: str | None = None,
+    fingerprint: Mapping[str, Any] | None = None,
+) -> tuple[Accepted, bool]:
+    """Record the job and send its task. Returns the 202 body and whether a new job was made.
+
+    The same ``Idempotency-Key`` from the same owner returns the first job; with a different request it is
+    refused (422); ``fingerprint`` (default: the request) is what "the same request" compares. A job store
+    that cannot be written gives 503 and records nothing.
+    """
+    if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+        raise HTTPException(422, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
+    task_name, queue = TASK_FOR_KIND[kind]
+    digest = request_hash({"kind": kind, "request": request if fingerprint is None else fingerprint})
+    new = NewJob(
+        kind=kind,
+        request=request,
+        task_name=task_name,
+        queue=queue,
+        owner=owner,
+        idempotency_key=None if idempotency_key is None else f"{owner or ''}:{idempotency_key}",
+        request_hash=digest,
+        job_id=job_id,
+    )
+    try:
+        job, created = await anyio.to_thread.run_sync(state.dispatcher.submit, new)
+    except sqlalchemy.exc.OperationalError as exc:
+        log.error("job store unavailable error=%r", exc)
+        raise HTTPException(503, "the job store is unavailable; nothing was recorded, try again") from exc
+    if not created:
+        stored_hash = await anyio.to_thread.run_sync(state.store.request_hash, job.job_id)
+        if stored_hash != digest:
+            raise HTTPException(422, "Idempotency-Key was already used with a different request")
+        response.headers["Idempotent-Replayed"] = "true"
+    return accepted(job), created

@@ -1,0 +1,80 @@
+"""The Celery app object. It imports no task code: the api sends tasks by name, workers import ``worker.tasks``.
+
+Each setting below is deliberate; docs/ARCHITECTURE.md explains the numbers.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from celery import Celery
+from kombu.entity import Queue
+
+from conveyor import names
+from conveyor.settings import Settings, get_settings
+
+
+def create_celery(settings: Settings) -> Celery:
+    """A configured Celery app. Creating it opens no connection."""
+    app = Celery("conveyor", set_as_current=False)
+    app.conf.update(
+        broker_url=settings.effective_redis_url,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            # A message a worker took but never acknowledged goes back to the queue after this long.
+            # It must exceed task_time_limit, or a task still running would be delivered twice.
+            "visibility_timeout": settings.visibility_timeout,
+        },
+        # JSON only: a pickled message pushed into a queue is refused, never executed.
+        task_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        event_serializer="json",
+        # The job store is the one place for results; Celery keeps none.
+        result_backend=None,
+        task_ignore_result=True,
+        # Acknowledge after the task ran, and give the message back if its worker process died,
+        # so a crash loses nothing; tasks are idempotent, keyed by job id.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # One message at a time per process: uploads are long, and a prefetched message waits behind them.
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.task_soft_time_limit,
+        task_time_limit=settings.task_time_limit,
+        # Task events for Flower.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        # Explicit queues and routes; anything unrouted goes to housekeeping.
+        task_queues=[Queue(queue) for queue in names.QUEUES],  # type: ignore[no-untyped-call]
+        task_default_queue=names.QUEUE_HOUSEKEEPING,
+        task_create_missing_queues=False,
+        task_routes={
+            names.TASK_INGEST_UPLOAD: {"queue": names.QUEUE_UPLOADS},
+            names.TASK_SEND_NOTIFICATION: {"queue": names.QUEUE_NOTIFICATIONS},
+            "housekeeping.*": {"queue": names.QUEUE_HOUSEKEEPING},
+        },
+        # A publish to a Redis that is down fails fast; the dispatcher sends it again later.
+        task_publish_retry=True,
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5},
+        # If the broker connection drops, stop running tasks whose messages will be redelivered anyway.
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        imports=("worker.tasks",),
+        timezone="UTC",
+        enable_utc=True,
+        beat_schedule={
+            "dispatch-pending": {
+                "task": names.TASK_DISPATCH_PENDING,
+                "schedule": timedelta(seconds=settings.dispatch_interval_seconds),
+                "options": {"expires": settings.dispatch_interval_seconds * 2},
+            },
+            "purge-spool": {"task": names.TASK_PURGE_SPOOL, "schedule": timedelta(minutes=15)},
+            "trim-events": {"task": names.TASK_TRIM_EVENTS, "schedule": timedelta(minutes=10)},
+        },
+    )
+    return app
+
+
+#: The module-level app for ``celery -A conveyor.celery_app`` (workers, beat, Flower).
+app = create_celery(get_settings())

@@ -1,0 +1,194 @@
+"""The ``conveyor`` command: run the whole stack or any one part of it."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from conveyor import logs, names
+from conveyor.settings import Settings, get_settings
+
+log = logging.getLogger("conveyor.cli")
+
+
+def _migrate(settings: Settings) -> None:
+    from conveyor.db import create_engine, migrate
+
+    engine = create_engine(settings.effective_database_url)
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
+
+
+def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
+    """Apply the job store's migrations and exit."""
+    _migrate(settings)
+    log.info("migrations applied database=%s", settings.effective_database_url.split("@")[-1])
+    return 0
+
+
+def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
+    """Serve the HTTP and WebSocket api with uvicorn."""
+    import uvicorn
+
+    _migrate(settings)
+    uvicorn.run(
+        "api.main:create_app",
+        factory=True,
+        host=args.host or settings.api_host,
+        port=args.port or settings.api_port,
+        loop="uvloop",
+        http="httptools",
+        ws="websockets-sansio",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=3,
+        ws_per_message_deflate=False,
+    )
+    return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    """Run a Celery worker for the given queues (tasks are imported by the worker only)."""
+    from conveyor.celery_app import app
+
+    _migrate(settings)
+    queues = args.queues.split(",")
+    unknown = set(queues) - set(names.QUEUES)
+    if unknown:
+        log.error("unknown queue(s): %s (known: %s)", ",".join(sorted(unknown)), ",".join(names.QUEUES))
+        return 2
+    concurrency = args.concurrency or (1 if queues == [names.QUEUE_HOUSEKEEPING] else settings.worker_concurrency)
+    app.worker_main(
+        [
+            "worker",
+            f"--queues={','.join(queues)}",
+            f"--concurrency={concurrency}",
+            f"--hostname={'+'.join(queues)}@%h",
+            f"--loglevel={settings.log_level}",
+            "--without-mingle",
+            "--without-gossip",
+        ]
+    )
+    return 0
+
+
+def cmd_beat(settings: Settings, _args: argparse.Namespace) -> int:
+    """Run Celery beat, which schedules the housekeeping tasks. Run exactly one."""
+    from conveyor.celery_app import app
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app.start(
+        [
+            "beat",
+            f"--schedule={settings.data_dir / 'celerybeat-schedule'}",
+            f"--loglevel={settings.log_level}",
+        ]
+    )
+    return 0
+
+
+def cmd_flower(settings: Settings, _args: argparse.Namespace) -> int:
+    """Run Flower with basic auth (credentials from settings, or generated under the data directory)."""
+    from conveyor.celery_app import app
+
+    user, password = settings.flower_credentials()
+    os.environ["FLOWER_BASIC_AUTH"] = f"{user}:{password}"
+    app.start(
+        [
+            "flower",
+            f"--address={settings.flower_host}",
+            f"--port={settings.flower_port}",
+            "--purge_offline_workers=60",
+        ]
+    )
+    return 0
+
+
+def cmd_redis(settings: Settings, _args: argparse.Namespace) -> int:
+    """Run the embedded redis-server in the foreground (what ``conveyor run`` starts)."""
+    from conveyor.redis_server import redis_command
+
+    settings.redis_dir.mkdir(parents=True, exist_ok=True)
+    argv = redis_command(settings.redis_port, settings.redis_dir)
+    os.execv(argv[0], argv)
+
+
+def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
+    """Run the whole stack: embedded Redis (unless configured), api, one worker per queue, beat, Flower."""
+    from conveyor.redis_server import port_in_use, redis_command, wait_for_port
+    from conveyor.supervisor import Child, Supervisor
+
+    supervisor = Supervisor()
+    supervisor.install_signal_handlers()
+    env = dict(os.environ, PYTHONUNBUFFERED="1", CONVEYOR_DATA_DIR=str(settings.data_dir))
+    env.pop("CONVEYOR_PROCESS_NAME", None)
+    status = 1
+    try:
+        if settings.embedded_redis:
+            if port_in_use(settings.redis_port):
+                supervisor.say("conveyor", f"port {settings.redis_port} is taken: set CONVEYOR_REDIS_PORT or URL")
+                return 1
+            settings.redis_dir.mkdir(parents=True, exist_ok=True)
+            redis = supervisor.start(Child("redis", redis_command(settings.redis_port, settings.redis_dir), env))
+            assert redis.process is not None
+            wait_for_port(settings.redis_port, 10, redis.process)
+        env["CONVEYOR_REDIS_URL"] = settings.effective_redis_url
+        _migrate(settings)
+        me = [sys.executable, "-m", "conveyor"]
+        parts = [("api", ["api"]), *((f"worker-{q}", ["worker", "--queues", q]) for q in names.QUEUES)]
+        for name, argv in [*parts, ("beat", ["beat"]), ("flower", ["flower"])]:
+            supervisor.start(Child(name, [*me, *argv], {**env, "CONVEYOR_PROCESS_NAME": name}))
+        user, password = settings.flower_credentials()
+        base = f"http://{settings.api_host}:{settings.api_port}"
+        for line in (
+            f"api     {base}  (docs {base}/docs, events ws://{settings.api_host}:{settings.api_port}/ws)",
+            f"flower  http://{settings.flower_host}:{settings.flower_port}  user={user} password={password}",
+            f"redis   {settings.effective_redis_url}" + ("  (embedded)" if settings.embedded_redis else ""),
+            f"data    {settings.data_dir}",
+            "Ctrl-C stops everything.",
+        ):
+            supervisor.say("conveyor", line)
+        status = supervisor.wait()
+    finally:
+        supervisor.stop(last=("redis",))
+    return status
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "api": cmd_api,
+    "worker": cmd_worker,
+    "beat": cmd_beat,
+    "flower": cmd_flower,
+    "redis": cmd_redis,
+    "migrate": cmd_migrate,
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="conveyor", description="Conveyor job service")
+    sub = root.add_subparsers(dest="command", required=True)
+    for name, func in COMMANDS.items():
+        command = sub.add_parser(name, help=(func.__doc__ or "").splitlines()[0])
+        if name == "api":
+            command.add_argument("--host")
+            command.add_argument("--port", type=int)
+        if name == "worker":
+            command.add_argument("--queues", required=True, help=f"comma-separated, of {','.join(names.QUEUES)}")
+            command.add_argument("--concurrency", type=int)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``conveyor`` console script."""
+    args = parser().parse_args(argv)
+    settings = get_settings()
+    process_name = args.command if args.command != "worker" else f"worker-{args.queues}"
+    os.environ.setdefault("CONVEYOR_PROCESS_NAME", process_name)
+    logs.configure(os.environ["CONVEYOR_PROCESS_NAME"], settings.log_level, settings.log_format)
+    return COMMANDS[args.command](settings, args)

@@ -1,0 +1,141 @@
+"""The job store's schema, its engine, and migrations applied on start."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+metadata = sa.MetaData()
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("progress", sa.Float, nullable=False, default=0.0),
+    sa.Column("request", sa.JSON, nullable=False),
+    sa.Column("result", sa.JSON, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("owner", sa.String(128), nullable=True),
+    sa.Column("idempotency_key", sa.String(300), nullable=True, unique=True),
+    sa.Column("request_hash", sa.String(64), nullable=True),
+    sa.Column("task_name", sa.String(64), nullable=False),
+    sa.Column("queue", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("dispatched_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("queued_event_id", sa.String(40), nullable=True),
+    sa.Index("ix_jobs_status_id", "status", "id"),
+    sa.Index("ix_jobs_kind_id", "kind", "id"),
+    sa.Index("ix_jobs_owner_id", "owner", "id"),
+    sa.Index("ix_jobs_undispatched", "dispatched_at", "created_at"),
+)
+
+#: One row per side effect that happened; the unique key makes "at most once per job" a database fact.
+effects = sa.Table(
+    "effects",
+    metadata,
+    sa.Column("job_id", sa.String(36), primary_key=True),
+    sa.Column("effect", sa.String(64), primary_key=True),
+    sa.Column("detail", sa.JSON, nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+notification_log = sa.Table(
+    "notification_log",
+    metadata,
+    sa.Column("job_id", sa.String(36), primary_key=True),
+    sa.Column("level", sa.String(16), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("data", sa.JSON, nullable=True),
+    sa.Column("owner", sa.String(128), nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+uploads = sa.Table(
+    "uploads",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("owner", sa.String(128), nullable=True),
+    sa.Column("filename", sa.String(255), nullable=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("content_type", sa.String(128), nullable=True),
+    sa.Column("storage_key", sa.String(255), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_uploads_owner_id", "owner", "id"),
+    sa.Index("ix_uploads_sha256", "sha256"),
+)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def create_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for the job store. SQLite gets WAL, a busy timeout and its directory created."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 10}, **kwargs)
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    return sa.create_engine(url, **kwargs)
+
+
+@contextlib.contextmanager
+def _migration_lock(engine: Engine) -> Iterator[sa.Connection]:
+    """Serialise migrations between processes: a file lock for SQLite, an advisory lock for PostgreSQL."""
+    with engine.connect() as connection:
+        if engine.dialect.name == "sqlite":
+            database = engine.url.database or ""
+            lock_path = Path(f"{database}.migrate.lock") if database not in ("", ":memory:") else None
+            if lock_path is None:
+                yield connection
+                return
+            with open(lock_path, "w") as lock_file:
+                fcntl.flock(lock_file, fcntl.LOCK_EX)
+                try:
+                    yield connection
+                finally:
+                    fcntl.flock(lock_file, fcntl.LOCK_UN)
+        elif engine.dialect.name == "postgresql":
+            connection.execute(sa.text("SELECT pg_advisory_lock(7311001)"))
+            connection.commit()
+            try:
+                yield connection
+            finally:
+                connection.execute(sa.text("SELECT pg_advisory_unlock(7311001)"))
+                connection.commit()
+        else:
+            yield connection
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision. Safe to call from several processes at once."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    with _migration_lock(engine) as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+        connection.commit()

@@ -1,0 +1,278 @@
+"""The job store: the one place that knows a job's status. Every change is a conditional update."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, overload
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from conveyor import db
+from conveyor.ids import new_id
+from conveyor.schemas import FINISHED, Job, JobStatus
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@overload
+def _aware(value: datetime) -> datetime: ...
+@overload
+def _aware(value: None) -> None: ...
+def _aware(value: datetime | None) -> datetime | None:
+    """A datetime read back from the database, as UTC-aware (SQLite returns naive ones)."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+class InvalidCursor(ValueError):
+    """A ``cursor`` that this store did not hand out."""
+
+
+def encode_cursor(job_id: str) -> str:
+    return base64.urlsafe_b64encode(job_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise InvalidCursor(cursor) from exc
+    if len(value) != 36:
+        raise InvalidCursor(cursor)
+    return value
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """What a submission records before its task is sent."""
+
+    kind: str
+    request: Mapping[str, Any]
+    task_name: str
+    queue: str
+    owner: str | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    job_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """A job whose task must be sent: what the dispatcher needs to send it."""
+
+    job: Job
+    task_name: str
+    queue: str
+
+
+class JobStore:
+    """Jobs in a SQL database (SQLite or PostgreSQL). Thread-safe; every method is one short transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @staticmethod
+    def _job(row: sa.Row[Any]) -> Job:
+        m = row._mapping
+        return Job(
+            job_id=m["id"],
+            kind=m["kind"],
+            status=JobStatus(m["status"]),
+            progress=m["progress"],
+            request=m["request"],
+            result=m["result"],
+            error=m["error"],
+            attempts=m["attempts"],
+            owner=m["owner"],
+            created_at=_aware(m["created_at"]),
+            started_at=_aware(m["started_at"]),
+            finished_at=_aware(m["finished_at"]),
+            updated_at=_aware(m["updated_at"]),
+        )
+
+    def ping(self) -> None:
+        """Raise unless the database answers."""
+        with self.engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+
+    def create(self, new: NewJob) -> tuple[Job, bool]:
+        """Record a queued job. Returns ``(job, created)``.
+
+        With an idempotency key already used by the same owner, returns the original job and ``False``
+        (the caller compares ``request_hash`` to refuse a different body under the same key).
+        """
+        now = utcnow()
+        job_id = new.job_id or new_id()
+        values = {
+            "id": job_id,
+            "kind": new.kind,
+            "status": JobStatus.QUEUED.value,
+            "progress": 0.0,
+            "request": dict(new.request),
+            "attempts": 0,
+            "owner": new.owner,
+            "idempotency_key": new.idempotency_key,
+            "request_hash": new.request_hash,
+            "task_name": new.task_name,
+            "queue": new.queue,
+            "created_at": now,
+            "updated_at": now,
+        }
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(db.jobs.insert().values(**values))
+        except sa.exc.IntegrityError:
+            if new.idempotency_key is None:
+                raise
+            existing = self.find_by_idempotency_key(new.idempotency_key)
+            if existing is None:
+                raise
+            return existing, False
+        job = self.get(job_id)
+        assert job is not None
+        return job, True
+
+    def find_by_idempotency_key(self, key: str) -> Job | None:
+        with self.engine.connect() as connection:
+            row = connection.execute(db.jobs.select().where(db.jobs.c.idempotency_key == key)).first()
+        return None if row is None else self._job(row)
+
+    def request_hash(self, job_id: str) -> str | None:
+        with self.engine.connect() as connection:
+            return connection.execute(
+                sa.select(db.jobs.c.request_hash).where(db.jobs.c.id == job_id)
+            ).scalar_one_or_none()
+
+    def get(self, job_id: str, owner: str | None = None) -> Job | None:
+        """The job, or ``None`` when unknown (or, with ``owner``, someone else's)."""
+        query = db.jobs.select().where(db.jobs.c.id == job_id)
+        if owner is not None:
+            query = query.where(db.jobs.c.owner == owner)
+        with self.engine.connect() as connection:
+            row = connection.execute(query).first()
+        return None if row is None else self._job(row)
+
+    def page(
+        self,
+        *,
+        status: JobStatus | None = None,
+        kind: str | None = None,
+        owner: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[Job], str | None]:
+        """A page of jobs, newest first, and the cursor of the next page (``None`` on the last)."""
+        query = db.jobs.select().order_by(db.jobs.c.id.desc()).limit(limit + 1)
+        if status is not None:
+            query = query.where(db.jobs.c.status == status.value)
+        if kind is not None:
+            query = query.where(db.jobs.c.kind == kind)
+        if owner is not None:
+            query = query.where(db.jobs.c.owner == owner)
+        if cursor is not None:
+            query = query.where(db.jobs.c.id < decode_cursor(cursor))
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).all()
+        page = [self._job(row) for row in rows[:limit]]
+        next_cursor = encode_cursor(page[-1].job_id) if len(rows) > limit else None
+        return page, next_cursor
+
+    def mark_dispatched(self, job_id: str, queued_event_id: str | None) -> None:
+        """Note that the job's task was handed to the broker (and which event announced it)."""
+        values: dict[str, Any] = {"dispatched_at": utcnow()}
+        if queued_event_id is not None:
+            values["queued_event_id"] = queued_event_id
+        with self.engine.begin() as connection:
+            connection.execute(db.jobs.update().where(db.jobs.c.id == job_id).values(**values))
+
+    def queued_event_id(self, job_id: str) -> str | None:
+        with self.engine.connect() as connection:
+            return connection.execute(
+                sa.select(db.jobs.c.queued_event_id).where(db.jobs.c.id == job_id)
+            ).scalar_one_or_none()
+
+    def undispatched(self, older_than: timedelta, limit: int = 500) -> list[Dispatch]:
+        """Queued jobs whose task was never confirmed sent, oldest first."""
+        cutoff = utcnow() - older_than
+        query = (
+            db.jobs.select()
+            .where(db.jobs.c.dispatched_at.is_(None), db.jobs.c.created_at < cutoff)
+            .where(db.jobs.c.status == JobStatus.QUEUED.value)
+            .order_by(db.jobs.c.created_at)
+            .limit(limit)
+        )
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).all()
+        return [Dispatch(self._job(row), row._mapping["task_name"], row._mapping["queue"]) for row in rows]
+
+    def transition(
+        self,
+        job_id: str,
+        to: JobStatus,
+        *,
+        allowed_from: Iterable[JobStatus],
+        result: Mapping[str, Any] | None = None,
+        error: str | None = None,
+    ) -> Job | None:
+        """Move the job to ``to`` if its status is one of ``allowed_from``.
+
+        Returns the updated job, or ``None`` when the job is unknown or in another state. The check and the
+        write are one statement, so two processes racing on the same job cannot both win.
+        """
+        now = utcnow()
+        values: dict[str, Any] = {"status": to.value, "updated_at": now}
+        if to in FINISHED:
+            values["finished_at"] = now
+        if to is JobStatus.SUCCEEDED:
+            values["progress"] = 100.0
+        if result is not None:
+            values["result"] = dict(result)
+        if error is not None:
+            values["error"] = error
+        return self._update(job_id, db.jobs.c.status.in_([s.value for s in allowed_from]), values)
+
+    def claim(self, job_id: str, *, stale_before: datetime) -> Job | None:
+        """Mark the job started for a new attempt, if it may run now.
+
+        It may when it is queued or retrying, or when it is marked started but nothing touched it since
+        ``stale_before`` (its worker died: no live run outlasts the task time limit). Returns ``None``
+        otherwise, so a duplicate delivery of a running or finished job does nothing.
+        """
+        now = utcnow()
+        condition = sa.or_(
+            db.jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RETRYING.value]),
+            sa.and_(db.jobs.c.status == JobStatus.STARTED.value, db.jobs.c.updated_at < stale_before),
+        )
+        values = {
+            "status": JobStatus.STARTED.value,
+            "updated_at": now,
+            "started_at": now,
+            "attempts": db.jobs.c.attempts + 1,
+        }
+        return self._update(job_id, condition, values)
+
+    def _update(self, job_id: str, condition: sa.ColumnElement[bool], values: dict[str, Any]) -> Job | None:
+        statement = db.jobs.update().where(db.jobs.c.id == job_id, condition).values(**values)
+        with self.engine.begin() as connection:
+            if connection.execute(statement).rowcount != 1:
+                return None
+            row = connection.execute(db.jobs.select().where(db.jobs.c.id == job_id)).one()
+        return self._job(row)
+
+    def set_progress(self, job_id: str, progress: float) -> bool:
+        """Record progress of a started job; ``False`` if the job is no longer running."""
+        statement = (
+            db.jobs.update()
+            .where(db.jobs.c.id == job_id, db.jobs.c.status == JobStatus.STARTED.value)
+            .values(progress=max(0.0, min(100.0, progress)), updated_at=utcnow())
+        )
+        with self.engine.begin() as connection:
+            return bool(connection.execute(statement).rowcount == 1)

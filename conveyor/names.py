@@ -1,0 +1,26 @@
+"""Every name two processes must agree on: queues, task names, Redis keys."""
+
+from typing import Final
+
+QUEUE_UPLOADS: Final = "uploads"
+QUEUE_NOTIFICATIONS: Final = "notifications"
+QUEUE_HOUSEKEEPING: Final = "housekeeping"
+QUEUES: Final = (QUEUE_UPLOADS, QUEUE_NOTIFICATIONS, QUEUE_HOUSEKEEPING)
+
+TASK_INGEST_UPLOAD: Final = "uploads.ingest"
+TASK_SEND_NOTIFICATION: Final = "notifications.send"
+TASK_DISPATCH_PENDING: Final = "housekeeping.dispatch_pending"
+TASK_PURGE_SPOOL: Final = "housekeeping.purge_spool"
+TASK_TRIM_EVENTS: Final = "housekeeping.trim_events"
+
+KIND_UPLOAD: Final = "upload"
+KIND_NOTIFICATION: Final = "notification"
+
+#: The task and queue that run each kind of job.
+TASK_FOR_KIND: Final = {
+    KIND_UPLOAD: (TASK_INGEST_UPLOAD, QUEUE_UPLOADS),
+    KIND_NOTIFICATION: (TASK_SEND_NOTIFICATION, QUEUE_NOTIFICATIONS),
+}
+
+REDIS_PREFIX: Final = "conveyor:"
+EVENTS_STREAM: Final = REDIS_PREFIX + "events"

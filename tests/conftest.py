@@ -1,0 +1,59 @@
+"""Shared fixtures: a real redis-server per session, and settings pointing at temporary directories."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conveyor.settings import Settings
+from conveyor.redis_server import free_port
+from tests.support import Process, base_env, conveyor, redis_server, wait_for_workers, wait_until_healthy
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server for this test session, on a free port."""
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture
+def settings(tmp_path: Path, redis_url: str) -> Settings:
+    """Settings for one test: its own data directory and SQLite job store, the session's Redis."""
+    return Settings(_env_file=None, data_dir=tmp_path / "var", redis_url=redis_url)  # type: ignore[call-arg]
+
+
+class Stack:
+    """A running api and workers (real processes) on the session's Redis."""
+
+    def __init__(self, base_url: str, redis_url: str, data_dir: Path, processes: dict[str, Process]) -> None:
+        self.base_url = base_url
+        self.ws_url = base_url.replace("http://", "ws://")
+        self.redis_url = redis_url
+        self.data_dir = data_dir
+        self.processes = processes
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {name}\n{p.output()[-4000:]}" for name, p in self.processes.items())
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Stack]:
+    """``conveyor api`` plus one ``conveyor worker`` per job queue, as subprocesses, for the whole session."""
+    data_dir = tmp_path_factory.mktemp("stack")
+    port = free_port()
+    env = base_env(data_dir, CONVEYOR_REDIS_URL=redis_url, CONVEYOR_API_PORT=str(port))
+    logs = data_dir / "logs"
+    processes = {"api": conveyor("api", ["api"], env, logs)}
+    for queue in ("uploads", "notifications"):
+        processes[queue] = conveyor(queue, ["worker", "--queues", queue, "--concurrency", "1"], env, logs)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(base_url, 60, list(processes.values()))
+        wait_for_workers(redis_url, ["uploads", "notifications"], 60)
+        yield Stack(base_url, redis_url, data_dir, processes)
+    finally:
+        for process in processes.values():
+            process.stop()

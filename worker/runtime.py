@@ -1,0 +1,71 @@
+"""What a worker process holds open: job store, ledger, event stream, storage. Made once per process."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import redis
+
+from conveyor.celery_app import app as celery_app
+from conveyor.db import create_engine
+from conveyor.dispatch import Dispatcher
+from conveyor.events import EventLog
+from conveyor.jobstore import JobStore
+from conveyor.ledger import Ledger
+from conveyor.settings import Settings, get_settings
+from conveyor.storage import LocalStorage, Storage
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: JobStore
+    ledger: Ledger
+    events: EventLog
+    storage: Storage
+    dispatcher: Dispatcher
+    redis: redis.Redis
+    pid: int
+
+    def close(self) -> None:
+        self.redis.close()
+        self.store.engine.dispose()
+
+
+_runtime: Runtime | None = None
+
+
+def open_runtime(settings: Settings) -> Runtime:
+    """Connections for this process (made lazily by their pools, never at import time)."""
+    engine = create_engine(settings.effective_database_url)
+    client = redis.Redis.from_url(settings.effective_redis_url, socket_timeout=10, health_check_interval=30)
+    store = JobStore(engine)
+    events = EventLog(client, settings.events_max_len)
+    settings.spool_dir.mkdir(parents=True, exist_ok=True)
+    settings.storage_dir.mkdir(parents=True, exist_ok=True)
+    return Runtime(
+        settings=settings,
+        store=store,
+        ledger=Ledger(engine),
+        events=events,
+        storage=LocalStorage(settings.storage_dir),
+        dispatcher=Dispatcher(store, events, celery_app),
+        redis=client,
+        pid=os.getpid(),
+    )
+
+
+def runtime() -> Runtime:
+    """This process's runtime; a forked child never reuses its parent's connections."""
+    global _runtime
+    if _runtime is None or _runtime.pid != os.getpid():
+        _runtime = open_runtime(get_settings())
+    return _runtime
+
+
+def close_runtime() -> None:
+    global _runtime
+    if _runtime is not None and _runtime.pid == os.getpid():
+        _runtime.close()
+    _runtime = None
