@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.settings import Settings
 from conveyor.redis_server import free_port
+from conveyor.settings import Settings
 from tests.support import Process, base_env, conveyor, redis_server, wait_for_workers, wait_until_healthy
 
 

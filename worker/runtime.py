@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 
 import redis
+from celery import Celery
 
 from conveyor.celery_app import app as celery_app
 from conveyor.db import create_engine
@@ -36,8 +37,11 @@ class Runtime:
 _runtime: Runtime | None = None
 
 
-def open_runtime(settings: Settings) -> Runtime:
-    """Connections for this process (made lazily by their pools, never at import time)."""
+def open_runtime(settings: Settings, celery: Celery | None = None) -> Runtime:
+    """Connections for this process (made lazily by their pools, never at import time).
+
+    Tasks are sent through ``celery`` (default: the worker's own app).
+    """
     engine = create_engine(settings.effective_database_url)
     client = redis.Redis.from_url(settings.effective_redis_url, socket_timeout=10, health_check_interval=30)
     store = JobStore(engine)
@@ -50,7 +54,7 @@ def open_runtime(settings: Settings) -> Runtime:
         ledger=Ledger(engine),
         events=events,
         storage=LocalStorage(settings.storage_dir),
-        dispatcher=Dispatcher(store, events, celery_app),
+        dispatcher=Dispatcher(store, events, celery or celery_app),
         redis=client,
         pid=os.getpid(),
     )

@@ -1,0 +1,55 @@
+"""Dispatch: a recorded job always gets its task, even when Redis refused the first send."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import redis
+
+from conveyor.celery_app import create_celery
+from conveyor.db import create_engine, migrate
+from conveyor.dispatch import Dispatcher
+from conveyor.events import EventLog
+from conveyor.jobstore import JobStore, NewJob
+from conveyor.redis_server import free_port
+from conveyor.settings import Settings
+
+
+def dispatcher_for(settings: Settings, redis_url: str) -> Dispatcher:
+    engine = create_engine(settings.effective_database_url)
+    migrate(engine)
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=1)
+    celery = create_celery(settings.model_copy(update={"redis_url": redis_url}))
+    return Dispatcher(JobStore(engine), EventLog(client, 10_000), celery)
+
+
+def queued_message_ids(redis_url: str, queue: str) -> list[str]:
+    import json
+
+    client = redis.Redis.from_url(redis_url)
+    messages = [json.loads(raw)["headers"]["id"] for raw in client.lrange(queue, 0, -1)]
+    client.close()
+    return messages
+
+
+NEW = NewJob(kind="notification", request={"channel": "log", "message": "x"}, task_name="t.test", queue="housekeeping")
+
+
+def test_submit_records_announces_and_sends(settings: Settings, redis_url: str) -> None:
+    dispatcher = dispatcher_for(settings, redis_url)
+    job, created = dispatcher.submit(NEW)
+    assert created
+    assert job.job_id in queued_message_ids(redis_url, "housekeeping")
+    assert dispatcher.store.queued_event_id(job.job_id) is not None
+    assert dispatcher.store.undispatched(timedelta(seconds=-1)) == []
+
+
+def test_broker_down_leaves_the_job_recorded_and_sent_later(settings: Settings, redis_url: str) -> None:
+    down = dispatcher_for(settings, f"redis://127.0.0.1:{free_port()}/0")
+    job, created = down.submit(NEW)
+    assert created, "a job must be recorded even when Redis refuses"
+    assert [d.job.job_id for d in down.store.undispatched(timedelta(seconds=-1))] == [job.job_id]
+    up = dispatcher_for(settings, redis_url)
+    assert up.dispatch_pending(timedelta(seconds=-1)) == 1
+    assert job.job_id in queued_message_ids(redis_url, "housekeeping")
+    assert up.dispatch_pending(timedelta(seconds=-1)) == 0

@@ -1,0 +1,56 @@
+"""The event stream on a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import redis
+import redis.asyncio as aioredis
+
+from conveyor.events import AsyncEventLog, EventLog, decode, encode, id_key
+from conveyor.ids import new_id
+from conveyor.schemas import Event, EventType, JobStatus
+
+
+def event(job_id: str, type_: EventType = EventType.PROGRESS, progress: float = 1.0) -> Event:
+    return Event(type=type_, job_id=job_id, status=JobStatus.STARTED, progress=progress, ts=time.time())
+
+
+def test_encode_decode_round_trip() -> None:
+    original = event(new_id())
+    decoded = decode(b"5-1", encode(original))
+    assert decoded == original.model_copy(update={"event_id": "5-1"})
+    assert id_key("5-1") < id_key("5-2") < id_key("6-0")
+
+
+def test_publish_then_read_after_any_id(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    log = EventLog(client, max_len=10_000)
+    job_id = new_id()
+    ids = [log.publish(event(job_id, progress=p)) for p in range(5)]
+    assert [id_key(i) for i in ids] == sorted(id_key(i) for i in ids)
+
+    async def read() -> None:
+        async_client = aioredis.Redis.from_url(redis_url)
+        reader = AsyncEventLog(async_client, 10_000)
+        after = await reader.after(ids[1])
+        mine = [e for e in after if e.job_id == job_id]
+        assert [e.event_id for e in mine] == ids[2:]
+        assert [e.progress for e in mine] == [2.0, 3.0, 4.0]
+        assert await reader.last_id() == ids[-1]
+        live = await reader.read(ids[-1], block_ms=50)
+        assert live == []
+        await async_client.aclose()
+
+    asyncio.run(read())
+    client.close()
+
+
+def test_trim_older_than_drops_only_old_events(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    log = EventLog(client, max_len=10_000)
+    fresh = log.publish(event(new_id()))
+    log.trim_older_than(3600)
+    assert client.xrange("conveyor:events", min=fresh, max=fresh)
+    client.close()
