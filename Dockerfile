@@ -56,7 +56,7 @@ RUN groupadd --system --gid 10001 conveyor \
 
 COPY --from=build /opt/venv /opt/venv
 
-USER conveyor:conveyor
+USER 10001:10001
 WORKDIR /home/conveyor
 
 EXPOSE 8000 5555

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from celery import Celery
-from kombu.entity import Queue
+from kombu.entity import Exchange, Queue
 
 from conveyor import names
 from conveyor.settings import Settings, get_settings
@@ -45,7 +45,10 @@ def create_celery(settings: Settings) -> Celery:
         worker_send_task_events=True,
         task_send_sent_event=True,
         # Explicit queues and routes; anything unrouted goes to housekeeping.
-        task_queues=[Queue(queue) for queue in names.QUEUES],  # type: ignore[no-untyped-call]
+        task_queues=[
+            Queue(queue, Exchange(queue, type="direct"), routing_key=queue)  # type: ignore[no-untyped-call]
+            for queue in names.QUEUES
+        ],
         task_default_queue=names.QUEUE_HOUSEKEEPING,
         task_create_missing_queues=False,
         task_routes={
@@ -69,6 +72,7 @@ def create_celery(settings: Settings) -> Celery:
                 "schedule": timedelta(seconds=settings.dispatch_interval_seconds),
                 "options": {"expires": settings.dispatch_interval_seconds * 2},
             },
+            "reap-stale": {"task": names.TASK_REAP_STALE, "schedule": timedelta(minutes=1)},
             "purge-spool": {"task": names.TASK_PURGE_SPOOL, "schedule": timedelta(minutes=15)},
             "trim-events": {"task": names.TASK_TRIM_EVENTS, "schedule": timedelta(minutes=10)},
         },

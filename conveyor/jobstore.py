@@ -213,6 +213,19 @@ class JobStore:
             rows = connection.execute(query).all()
         return [Dispatch(self._job(row), row._mapping["task_name"], row._mapping["queue"]) for row in rows]
 
+    def stale_started(self, older_than: timedelta, limit: int = 500) -> list[Dispatch]:
+        """Jobs marked started that nothing has touched for ``older_than``: their worker is gone."""
+        cutoff = utcnow() - older_than
+        query = (
+            db.jobs.select()
+            .where(db.jobs.c.status == JobStatus.STARTED.value, db.jobs.c.updated_at < cutoff)
+            .order_by(db.jobs.c.updated_at)
+            .limit(limit)
+        )
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).all()
+        return [Dispatch(self._job(row), row._mapping["task_name"], row._mapping["queue"]) for row in rows]
+
     def transition(
         self,
         job_id: str,

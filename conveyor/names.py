@@ -11,6 +11,7 @@ TASK_INGEST_UPLOAD: Final = "uploads.ingest"
 TASK_SEND_NOTIFICATION: Final = "notifications.send"
 TASK_DISPATCH_PENDING: Final = "housekeeping.dispatch_pending"
 TASK_PURGE_SPOOL: Final = "housekeeping.purge_spool"
+TASK_REAP_STALE: Final = "housekeeping.reap_stale"
 TASK_TRIM_EVENTS: Final = "housekeeping.trim_events"
 
 KIND_UPLOAD: Final = "upload"

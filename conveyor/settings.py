@@ -35,7 +35,6 @@ class Settings(BaseSettings):
     flower_password: SecretStr | None = None
 
     max_upload_bytes: int = Field(default=2 * GiB, gt=0)
-    upload_chunk_bytes: int = Field(default=1024 * 1024, gt=0)
 
     worker_concurrency: int = Field(default=2, ge=1)
     task_soft_time_limit: int = Field(default=600, ge=1)
@@ -90,6 +89,8 @@ class Settings(BaseSettings):
         """Flower's basic-auth pair: from settings, else generated once and kept under ``data_dir``."""
         if self.flower_password is not None:
             return self.flower_user, self.flower_password.get_secret_value()
+        if self.environment == "production":
+            raise RuntimeError("CONVEYOR_FLOWER_PASSWORD must be set in production (no generated default)")
         path = self.data_dir / "flower-password"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Housekeeping that beat schedules: late dispatch, spool purge, event-stream trim."""
+"""Housekeeping that beat schedules: late dispatch, stale-job recovery, spool purge, event-stream trim."""
 
 from __future__ import annotations
 
@@ -17,6 +17,11 @@ LIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.RETRYING}
 def dispatch_pending(rt: Runtime) -> int:
     """Send the tasks of recorded jobs whose dispatch never completed. Returns how many were sent."""
     return rt.dispatcher.dispatch_pending(timedelta(seconds=rt.settings.dispatch_grace_seconds))
+
+
+def reap_stale(rt: Runtime) -> int:
+    """Re-send started jobs untouched for longer than the broker's own redelivery takes. Returns how many."""
+    return rt.dispatcher.resend_stale(timedelta(seconds=rt.settings.visibility_timeout + 60))
 
 
 def purge_spool(rt: Runtime) -> int:

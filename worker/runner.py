@@ -24,6 +24,10 @@ class Retryable(Exception):
         self.countdown = countdown
 
 
+class JobBusy(Exception):
+    """The job is marked started by a run that may still be alive: look again later, don't drop the message."""
+
+
 class Progress:
     """Reports a job's progress; throttled so that a fast loop cannot flood the store or the stream."""
 
@@ -50,7 +54,9 @@ Handler = Callable[[Runtime, Job, Progress], dict[str, Any]]
 def run_job(rt: Runtime, job_id: str, handler: Handler) -> Job | None:
     """Run ``handler`` for the job once this delivery may run it; record and announce the outcome.
 
-    A job that is finished, cancelled, or running elsewhere is left alone (a duplicate delivery is harmless).
+    A finished or cancelled job is left alone (a duplicate delivery is harmless). A job that another run
+    holds raises :class:`JobBusy`: the task looks again later, so that if that run died (its row goes stale
+    after the task time limit) this delivery takes the job over instead of dropping it.
     ``Retryable`` puts the job in ``retrying`` and is re-raised for the task to schedule the next attempt,
     until ``max_attempts``; any other exception fails the job with its message.
     """
@@ -60,6 +66,8 @@ def run_job(rt: Runtime, job_id: str, handler: Handler) -> Job | None:
         current = rt.store.get(job_id)
         if current is None:
             log.error("no job row for task job_id=%s; nothing done", job_id)
+        elif current.status is JobStatus.STARTED:
+            raise JobBusy(job_id)
         else:
             log.info("delivery skipped job_id=%s status=%s", job_id, current.status)
         return current

@@ -12,7 +12,7 @@ from conveyor import logs, names
 from conveyor.celery_app import app
 from conveyor.settings import get_settings
 from worker import housekeeping, ingest, notify
-from worker.runner import Handler, Retryable, run_job
+from worker.runner import Handler, JobBusy, Retryable, run_job
 from worker.runtime import close_runtime, runtime
 
 
@@ -39,9 +39,15 @@ def backoff(retries: int, base: float = 1.0, cap: float = 300.0) -> float:
     return random.uniform(0, min(cap, base * 2**retries))
 
 
+#: How long a delivery that found its job held by another run waits before looking again.
+BUSY_RECHECK_SECONDS = 30.0
+
+
 def _run(task: Task, job_id: str, handler: Handler) -> None:
     try:
         run_job(runtime(), job_id, handler)
+    except JobBusy as exc:
+        raise task.retry(countdown=BUSY_RECHECK_SECONDS + random.uniform(0, 5), max_retries=None, exc=exc) from exc
     except Retryable as exc:
         countdown = exc.countdown if exc.countdown is not None else backoff(task.request.retries)
         raise task.retry(countdown=countdown, max_retries=None, exc=exc) from exc
@@ -63,6 +69,12 @@ def ingest_upload(self: Task, job_id: str) -> None:
 def dispatch_pending() -> int:
     """Send the tasks of recorded jobs whose dispatch did not complete (the api crashed, Redis was down)."""
     return housekeeping.dispatch_pending(runtime())
+
+
+@app.task(name=names.TASK_REAP_STALE)
+def reap_stale() -> int:
+    """Send again the tasks of started jobs whose worker died and whose message is gone."""
+    return housekeeping.reap_stale(runtime())
 
 
 @app.task(name=names.TASK_PURGE_SPOOL)

@@ -73,21 +73,21 @@ async def events_socket(
                 return
             first = await anyio.to_thread.run_sync(state.store.queued_event_id, job_id)
             start = predecessor(first) if first else None
-        try:
-            async with anyio.create_task_group() as group:
+        async with anyio.create_task_group() as group:
 
-                async def send_then_cancel() -> None:
+            async def send_then_cancel() -> None:
+                try:
                     await _send(websocket, state.events, subscription, start)
-                    group.cancel_scope.cancel()
+                except WebSocketDisconnect:
+                    pass
+                group.cancel_scope.cancel()
 
-                async def receive_then_cancel() -> None:
-                    await _receive(websocket)
-                    group.cancel_scope.cancel()
+            async def receive_then_cancel() -> None:
+                await _receive(websocket)
+                group.cancel_scope.cancel()
 
-                group.start_soon(send_then_cancel)
-                group.start_soon(receive_then_cancel)
-        except WebSocketDisconnect:
-            return
+            group.start_soon(send_then_cancel)
+            group.start_soon(receive_then_cancel)
 
 
 async def _receive(websocket: WebSocket) -> None:

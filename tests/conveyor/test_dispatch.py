@@ -53,3 +53,15 @@ def test_broker_down_leaves_the_job_recorded_and_sent_later(settings: Settings, 
     assert up.dispatch_pending(timedelta(seconds=-1)) == 1
     assert job.job_id in queued_message_ids(redis_url, "housekeeping")
     assert up.dispatch_pending(timedelta(seconds=-1)) == 0
+
+
+def test_stale_started_jobs_are_sent_again_without_a_new_queued_event(settings: Settings, redis_url: str) -> None:
+    from conveyor.jobstore import utcnow
+
+    dispatcher = dispatcher_for(settings, redis_url)
+    job, _ = dispatcher.submit(NEW)
+    dispatcher.store.claim(job.job_id, stale_before=utcnow())
+    before = queued_message_ids(redis_url, "housekeeping").count(job.job_id)
+    assert dispatcher.resend_stale(timedelta(hours=1)) == 0
+    assert dispatcher.resend_stale(timedelta(seconds=-1)) == 1
+    assert queued_message_ids(redis_url, "housekeeping").count(job.job_id) == before + 1

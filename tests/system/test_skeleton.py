@@ -124,6 +124,24 @@ def test_conveyor_run_starts_everything_and_ctrl_c_leaves_nothing(tmp_path: Path
         started = time.monotonic()
         wait_until_healthy(base_url, 60, [run])
         print(f"conveyor run healthy after {time.monotonic() - started:.1f}s")
+        flower = f"http://127.0.0.1:{flower_port}"
+        auth = ("conveyor", "flower-test-secret")
+
+        def flower_tasks() -> dict[str, Any]:
+            try:
+                reply = httpx.get(f"{flower}/api/tasks", auth=auth, timeout=5)
+            except httpx.TransportError:
+                return {}
+            return reply.json() if reply.status_code == 200 else {}  # type: ignore[no-any-return]
+
+        # Flower lists only tasks whose events it saw: wait until it sees beat's housekeeping tasks.
+        deadline = time.monotonic() + 30
+        while not flower_tasks() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert flower_tasks(), f"Flower saw no task events\n{run.output()[-3000:]}"
+        assert httpx.get(f"{flower}/api/tasks", timeout=5).status_code == 401
+        assert httpx.get(f"{flower}/api/tasks", auth=("conveyor", "wrong"), timeout=5).status_code == 401
+
         response = httpx.post(f"{base_url}/notifications", json={"channel": "log", "message": "from run"})
         assert response.status_code == 202, response.text
         job_id = response.json()["job_id"]
@@ -131,17 +149,12 @@ def test_conveyor_run_starts_everything_and_ctrl_c_leaves_nothing(tmp_path: Path
         assert [e["type"] for e in events][-2:] == ["job.started", "job.succeeded"]
         assert httpx.get(f"{base_url}/jobs/{job_id}").json()["status"] == "succeeded"
 
-        flower = f"http://127.0.0.1:{flower_port}"
-        assert httpx.get(f"{flower}/api/tasks", timeout=5).status_code == 401
         deadline = time.monotonic() + 20
-        tasks: dict[str, Any] = {}
-        while time.monotonic() < deadline and job_id not in tasks:
-            reply = httpx.get(f"{flower}/api/tasks", auth=("conveyor", "flower-test-secret"), timeout=5)
-            if reply.status_code == 200:
-                tasks = reply.json()
+        while job_id not in (tasks := flower_tasks()) and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert job_id in tasks, f"Flower does not list {job_id}: {list(tasks)[:5]}\n{run.output()[-3000:]}"
+        assert job_id in tasks, f"Flower does not list {job_id}\n{run.output()[-3000:]}"
         assert tasks[job_id]["name"] == "notifications.send"
+        assert tasks[job_id]["state"] == "SUCCESS"
     finally:
         run.popen.send_signal(signal.SIGINT)
         stop_started = time.monotonic()

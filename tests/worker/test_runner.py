@@ -86,3 +86,16 @@ def test_progress_is_recorded_and_throttled(rt: Runtime) -> None:
 
 def test_a_task_without_a_row_does_nothing(rt: Runtime) -> None:
     assert run_job(rt, "01a207a2-fb69-7023-9247-baa030751cb3", deliver) is None
+
+
+def test_a_delivery_for_a_job_held_elsewhere_asks_to_look_again(rt: Runtime) -> None:
+    from datetime import timedelta
+
+    from conveyor.jobstore import utcnow
+    from worker.runner import JobBusy
+
+    job = make_job(rt)
+    assert rt.store.claim(job.job_id, stale_before=utcnow() - timedelta(hours=1)) is not None
+    with pytest.raises(JobBusy):
+        run_job(rt, job.job_id, deliver)
+    assert rt.ledger.notification(job.job_id) is None

@@ -1,0 +1,64 @@
+"""With Redis down the api says so on /health, still records submissions, and they run once Redis is back."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conveyor.redis_server import free_port, redis_command, wait_for_port
+from tests.support import base_env, conveyor, start_process
+from tests.system.test_skeleton import receive_until
+
+pytestmark = pytest.mark.system
+
+
+def test_submission_while_redis_is_down_runs_when_it_returns(tmp_path: Path) -> None:
+    redis_port, api_port = free_port(), free_port()
+    env = base_env(
+        tmp_path / "var",
+        CONVEYOR_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+        CONVEYOR_API_PORT=str(api_port),
+        CONVEYOR_DISPATCH_INTERVAL_SECONDS="1",
+        CONVEYOR_DISPATCH_GRACE_SECONDS="0",
+    )
+    logs = tmp_path / "logs"
+    api = conveyor("api", ["api"], env, logs)
+    started = []
+    base_url = f"http://127.0.0.1:{api_port}"
+    try:
+        deadline = time.monotonic() + 30
+        health = None
+        while time.monotonic() < deadline:
+            try:
+                health = httpx.get(f"{base_url}/health", timeout=5)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert health is not None, api.output()
+        assert health.status_code == 503
+        assert health.json()["redis"].startswith("unavailable") and "redis" in health.json()["detail"]
+
+        response = httpx.post(f"{base_url}/notifications", json={"channel": "log", "message": "while down"}, timeout=30)
+        assert response.status_code == 202, response.text
+        job_id = response.json()["job_id"]
+        assert httpx.get(f"{base_url}/jobs/{job_id}").json()["status"] == "queued"
+
+        redis_dir = tmp_path / "redis"
+        redis_dir.mkdir()
+        redis = start_process("redis", redis_command(redis_port, redis_dir), os.environ, logs)
+        started.append(redis)
+        wait_for_port(redis_port, 10, redis.popen)
+        for queue in ("notifications", "housekeeping"):
+            started.append(conveyor(queue, ["worker", "--queues", queue, "--concurrency", "1"], env, logs))
+        started.append(conveyor("beat", ["beat"], env, logs))
+
+        events = receive_until(base_url.replace("http", "ws"), f"/ws?job_id={job_id}", {"job.succeeded"}, 60)
+        assert [e["type"] for e in events][-2:] == ["job.started", "job.succeeded"]
+        assert httpx.get(f"{base_url}/health").status_code == 200
+    finally:
+        for process in [api, *reversed(started)]:
+            process.stop()
