@@ -1,8 +1,9 @@
 """One reader of the event stream per api process, fanning each event out to this process's subscribers.
 
-Subscribers never touch Redis for live events: the hub reads once and offers each event (already encoded)
-to every matching subscriber's bounded queue. A subscriber whose queue is full is marked overflowed and
-dropped; nobody else waits for it.
+Subscribers never touch Redis for live events: the hub reads once, encodes each event once, and hands it to
+the mailbox of every subscriber that asked for it, found through an index by job and by topic. A mailbox is
+bounded: one that fills up is marked overflowed and its connection is told to close; nobody else waits for it.
+While a mailbox is backed up, a newer ``job.progress`` for a job replaces the older one still waiting in it.
 """
 
 from __future__ import annotations
@@ -10,17 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+import resource
+import struct
+from collections.abc import Callable, Iterable, Iterator
 
 import orjson
 import redis.exceptions
 
-from conveyor.events import AsyncEventLog
-from conveyor.schemas import Event
+from conveyor.events import AsyncEventLog, id_key
+from conveyor.schemas import Event, EventType, Resync
 
 log = logging.getLogger("conveyor.hub")
 
-Filter = Callable[[Event], bool]
 
 
 def event_json(event: Event) -> str:
@@ -28,64 +30,323 @@ def event_json(event: Event) -> str:
     return orjson.dumps(event.model_dump(mode="json", exclude_none=True)).decode()
 
 
+def text_frame(payload: bytes) -> bytes:
+    """A complete, unmasked WebSocket text frame (what a server sends) carrying ``payload``."""
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 65_536:
+        header = struct.pack("!BBH", 0x81, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, size)
+    return header + payload
+
+
+class Outgoing:
+    """One message on its way to clients, encoded once for all of them: an event (with its id's sort key) or a
+    notice without an id (``event`` and ``key`` are ``None``)."""
+
+    __slots__ = ("event", "key", "text", "_frame")
+
+    def __init__(self, event: Event | None, text: str) -> None:
+        self.event = event
+        self.key = id_key(event.event_id) if event is not None else None
+        self.text = text
+        self._frame: bytes | None = None
+
+    @classmethod
+    def of(cls, event: Event) -> Outgoing:
+        return cls(event, event_json(event))
+
+    @property
+    def frame(self) -> bytes:
+        """The WebSocket frame carrying ``text``, built on first use and shared."""
+        if self._frame is None:
+            self._frame = text_frame(self.text.encode())
+        return self._frame
+
+
+class Full(Exception):
+    """A connection cap is reached (per process, or per topic)."""
+
+
+class Selection:
+    """What one connection listens to: every job event, or named jobs; plus named topics."""
+
+    __slots__ = ("all_jobs", "jobs", "topics")
+
+    def __init__(self, jobs: Iterable[str] = (), topics: Iterable[str] = ()) -> None:
+        self.jobs = set(jobs)
+        self.topics = set(topics)
+        self.all_jobs = not self.jobs and not self.topics
+
+    def matches(self, event: Event) -> bool:
+        """``topic.message`` events go to their topic's listeners only; job events to the job's or to all-jobs."""
+        if event.type is EventType.TOPIC_MESSAGE:
+            return event.topic in self.topics
+        return event.job_id is not None and (self.all_jobs or event.job_id in self.jobs)
+
+
 class Subscription:
-    """A subscriber's view of the live stream: matching events in order, or an overflow."""
+    """A subscriber's bounded mailbox of live events, in stream order.
 
-    def __init__(self, matches: Filter, maxsize: int) -> None:
-        self.matches = matches
-        self.queue: asyncio.Queue[tuple[Event, str] | None] = asyncio.Queue(maxsize)
+    ``limit`` counts events still to be sent; when it is reached the mailbox empties itself, is marked
+    ``overflowed`` and ``on_overflow`` is called. A ``job.progress`` offered while an older one for the same
+    job still waits supersedes it: the older one is skipped and does not count.
+    """
+
+    __slots__ = (
+        "selection", "limit", "overflowed", "on_overflow", "direct", "_items", "_head", "_live", "_progress", "_waiter",
+    )  # fmt: skip
+
+    def __init__(self, selection: Selection, limit: int) -> None:
+        self.selection = selection
+        self.limit = limit
         self.overflowed = False
+        self.on_overflow: Callable[[], None] | None = None
+        #: When set, items bypass the mailbox and go straight to this callable (a caught-up WebSocket).
+        self.direct: Callable[[Outgoing], None] | None = None
+        self._items: list[Outgoing] = []
+        self._head = 0
+        self._live = 0
+        self._progress: dict[str, str] | None = None
+        self._waiter: asyncio.Future[None] | None = None
 
-    def offer(self, event: Event, encoded: str) -> None:
-        if self.overflowed or not self.matches(event):
+    def offer(self, item: Outgoing) -> None:
+        """Queue an event for sending (the hub has checked that the selection wants it)."""
+        if self.direct is not None:
+            self.direct(item)
             return
+        if self.overflowed:
+            return
+        event = item.event
+        if event is not None and event.type is EventType.PROGRESS and event.job_id is not None:
+            latest = self._progress
+            if latest is None:
+                latest = self._progress = {}
+            if event.job_id in latest:
+                self._live -= 1
+            latest[event.job_id] = event.event_id
+        self._push(item)
+
+    def notice(self, item: Outgoing) -> None:
+        """Queue a message that is not an event (it has no id and is never skipped)."""
+        if self.direct is not None:
+            self.direct(item)
+        elif not self.overflowed:
+            self._push(item)
+
+    def _push(self, item: Outgoing) -> None:
+        if self._live >= self.limit:
+            self.overflow()
+            return
+        self._items.append(item)
+        self._live += 1
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def wake(self) -> None:
+        """Wake the connection waiting on :meth:`wait` (something other than an event needs it)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def overflow(self) -> None:
+        """Drop everything waiting and tell the connection to close."""
+        self.overflowed = True
+        self._items, self._head, self._live, self._progress = [], 0, 0, None
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self.on_overflow is not None:
+            self.on_overflow()
+
+    def pop(self) -> Outgoing | None:
+        """The next item to send, or ``None`` when nothing waits."""
+        items = self._items
+        while self._head < len(items):
+            item = items[self._head]
+            self._head += 1
+            event = item.event
+            if event is not None and event.type is EventType.PROGRESS and self._progress is not None:
+                if self._progress.get(event.job_id or "") != event.event_id:
+                    continue
+                del self._progress[event.job_id or ""]
+            self._live -= 1
+            return item
+        items.clear()
+        self._head = 0
+        return None
+
+    async def wait(self) -> None:
+        """Return once an item may be waiting (or the mailbox overflowed)."""
+        if self._head < len(self._items) or self.overflowed:
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
         try:
-            self.queue.put_nowait((event, encoded))
-        except asyncio.QueueFull:
-            self.overflowed = True
-            while not self.queue.empty():
-                self.queue.get_nowait()
-            self.queue.put_nowait(None)
+            await self._waiter
+        finally:
+            self._waiter = None
 
 
 class Hub:
     """The per-process fan-out. ``run()`` reads the stream until cancelled, reconnecting after Redis errors."""
 
-    def __init__(self, events: AsyncEventLog, queue_size: int, block_ms: int = 5000) -> None:
+    def __init__(
+        self,
+        events: AsyncEventLog,
+        queue_size: int,
+        max_connections: int = 10_000,
+        max_per_topic: int = 5_000,
+        block_ms: int = 5000,
+    ) -> None:
         self.events = events
         self.queue_size = queue_size
+        self.max_connections = max_connections
+        self.max_per_topic = max_per_topic
         self.block_ms = block_ms
         self.subscribers: set[Subscription] = set()
+        self._all_jobs: set[Subscription] = set()
+        self._by_job: dict[str, set[Subscription]] = {}
+        self._by_topic: dict[str, set[Subscription]] = {}
         self.last_id: str | None = None
         self.ready = asyncio.Event()
 
     @contextlib.contextmanager
-    def subscribe(self, matches: Filter) -> Iterator[Subscription]:
-        """Live events matching ``matches`` from now on; always unsubscribes on exit."""
-        subscription = Subscription(matches, self.queue_size)
-        self.subscribers.add(subscription)
+    def subscribe(self, selection: Selection) -> Iterator[Subscription]:
+        """Live events for ``selection`` from now on; always unsubscribes on exit. Raises :class:`Full` at a cap."""
+        subscription = self.add(selection)
         try:
             yield subscription
         finally:
-            self.subscribers.discard(subscription)
+            self.remove(subscription)
+
+    def add(self, selection: Selection) -> Subscription:
+        """A new subscription for ``selection`` (see :meth:`subscribe`); the caller must :meth:`remove` it."""
+        if len(self.subscribers) >= self.max_connections:
+            raise Full(f"this api process holds its limit of {self.max_connections} event streams")
+        for topic in selection.topics:
+            self._check_topic(topic)
+        subscription = Subscription(Selection(), self.queue_size)
+        subscription.selection.all_jobs = selection.all_jobs
+        self.subscribers.add(subscription)
+        if selection.all_jobs:
+            self._all_jobs.add(subscription)
+        for job_id in selection.jobs:
+            self.watch(subscription, job_id=job_id)
+        for topic in selection.topics:
+            self.watch(subscription, topic=topic)
+        return subscription
+
+    def remove(self, subscription: Subscription) -> None:
+        """Stop delivering to ``subscription``; harmless when already removed."""
+        subscription.direct = None
+        self.subscribers.discard(subscription)
+        self._all_jobs.discard(subscription)
+        for job_id in tuple(subscription.selection.jobs):
+            self.unwatch(subscription, job_id=job_id)
+        for topic in tuple(subscription.selection.topics):
+            self.unwatch(subscription, topic=topic)
+
+    def _check_topic(self, topic: str) -> None:
+        if len(self._by_topic.get(topic, ())) >= self.max_per_topic:
+            raise Full(f"topic {topic!r} has its limit of {self.max_per_topic} listeners in this api process")
+
+    def watch(self, subscription: Subscription, *, job_id: str | None = None, topic: str | None = None) -> None:
+        """Add a job or a topic to a subscription; from now on its events reach the mailbox."""
+        if topic is not None and topic not in subscription.selection.topics:
+            self._check_topic(topic)
+            subscription.selection.topics.add(topic)
+            self._by_topic.setdefault(topic, set()).add(subscription)
+        if job_id is not None:
+            subscription.selection.jobs.add(job_id)
+            self._by_job.setdefault(job_id, set()).add(subscription)
+
+    def unwatch(self, subscription: Subscription, *, job_id: str | None = None, topic: str | None = None) -> None:
+        """Remove a job or a topic from a subscription."""
+        if job_id is not None:
+            subscription.selection.jobs.discard(job_id)
+            _discard(self._by_job, job_id, subscription)
+        if topic is not None:
+            subscription.selection.topics.discard(topic)
+            _discard(self._by_topic, topic, subscription)
+
+    def topic_listeners(self, topic: str) -> int:
+        return len(self._by_topic.get(topic, ()))
 
     def publish_local(self, event: Event) -> None:
-        encoded = event_json(event)
+        """Hand ``event`` to every subscription that listens to it, each once."""
+        item = Outgoing.of(event)
+        if event.type is EventType.TOPIC_MESSAGE:
+            for subscription in self._by_topic.get(event.topic or "", ()):
+                subscription.offer(item)
+            return
+        if event.job_id is None:
+            return
+        for subscription in self._all_jobs:
+            subscription.offer(item)
+        for subscription in self._by_job.get(event.job_id, ()):
+            if not subscription.selection.all_jobs:
+                subscription.offer(item)
+
+    def notice_all(self, message: str) -> None:
+        item = Outgoing(None, message)
         for subscription in tuple(self.subscribers):
-            subscription.offer(event, encoded)
+            subscription.notice(item)
 
     async def run(self) -> None:
         delay = 0.1
+        failed = False
         while True:
             try:
                 if self.last_id is None:
                     self.last_id = await self.events.last_id()
                     self.ready.set()
+                if failed:
+                    await self._check_continuity()
+                    failed = False
                 for event in await self.events.read(self.last_id, self.block_ms):
                     self.last_id = event.event_id
                     self.publish_local(event)
                 delay = 0.1
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+                failed = True
                 log.warning("event stream unreachable, retrying in %.1fs error=%r", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    async def _check_continuity(self) -> None:
+        """After an outage: if events after the last one read may be gone, tell every subscriber (resync)."""
+        assert self.last_id is not None
+        retention = await self.events.retention()
+        if not retention.covers(self.last_id):
+            log.warning("event stream lost events during an outage after=%s; resync sent", self.last_id)
+            resync = Resync(
+                after=self.last_id,
+                first_event_id=retention.first_id,
+                detail="the event stream lost events while Redis was unreachable; read the state of your jobs",
+            )
+            self.notice_all(resync.model_dump_json())
+            newest = retention.last_generated_id or "0-0"
+            if id_key(newest) < id_key(self.last_id):
+                self.last_id = newest
+
+
+def _discard(index: dict[str, set[Subscription]], key: str, subscription: Subscription) -> None:
+    members = index.get(key)
+    if members is not None:
+        members.discard(subscription)
+        if not members:
+            del index[key]
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit (each connection needs one). Returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65_536)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+    return soft

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from api.routes import health, jobs, notifications, uploads, ws
+from api.routes import attempts, health, jobs, notifications, sse, uploads, ws
 from api.state import lifespan_for
 from conveyor import __version__
 from conveyor.settings import Settings, get_settings
@@ -17,6 +17,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         lifespan=lifespan_for(settings or get_settings()),
     )
-    for module in (health, jobs, notifications, uploads, ws):
+    for module in (health, jobs, attempts, notifications, uploads, ws, sse):
         app.include_router(module.router)
     return app

@@ -1,14 +1,18 @@
 """Streaming a multipart upload straight to a spool file, hashing as it goes, within a size cap.
 
-The body is never held in memory: each chunk from the socket is parsed, hashed and written, then dropped.
-Any failure (too large, malformed, client gone) removes the partial file.
+The body is never held in memory: each chunk from the socket is parsed on the event loop and its file bytes
+are hashed and written by a thread, one block behind. Any failure (too large, a refused type, malformed,
+client gone) removes the partial file.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
+import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -17,11 +21,18 @@ import anyio
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
+from conveyor.sniff import SNIFF_BYTES, allowed, sniff
 from conveyor.spool import PARTIAL_SUFFIX, spool_path
 
+log = logging.getLogger("conveyor.uploads")
 MAX_HEADER_BYTES = 16 * 1024
 MAX_FIELD_BYTES = 64 * 1024
 MAX_PARTS = 16
+MAX_FIELDS = 8
+#: The file's bytes are hashed and written in blocks of this size, on a thread, while the next arrives.
+BLOCK_BYTES = 1024 * 1024
+#: Every this many bytes, writeback of the spool file starts in the background.
+WRITEBACK_BYTES = 32 * 1024 * 1024
 #: Room for boundaries and part headers on top of the file itself, when judging Content-Length.
 MULTIPART_OVERHEAD = 64 * 1024
 FILE_FIELD = "file"
@@ -46,6 +57,7 @@ class Spooled:
     sha256: str
     filename: str | None
     content_type: str | None
+    sniffed_type: str
     fields: dict[str, str]
 
 
@@ -62,17 +74,104 @@ class _Part:
     is_file: bool = False
 
 
-class _Receiver:
-    """python-multipart callbacks writing the ``file`` part to the spool file."""
+class _SpoolWriter:
+    """Hashes and writes the file's bytes on worker threads, one block behind the parser.
 
-    def __init__(self, partial: Path, max_bytes: int) -> None:
+    The event loop only parses and hands over blocks of :data:`BLOCK_BYTES`; hashing and writing each run
+    on a thread, in parallel with each other and with receiving the next block. At most two blocks are held
+    at a time, so memory stays flat.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.handle: IO[bytes] = path.open("wb", buffering=0)
+        self.digest = hashlib.sha256()
+        self.block: list[memoryview] = []
+        self.block_bytes = 0
+        self.ready: list[list[memoryview]] = []
+        self.pending: asyncio.Future[tuple[None, None]] | None = None
+        self.written = 0
+        self.advised = 0
+
+    def feed(self, chunk: memoryview) -> None:
+        """Queue a piece of the file (a view into the received chunk: no copy is made)."""
+        self.block.append(chunk)
+        self.block_bytes += len(chunk)
+        if self.block_bytes >= BLOCK_BYTES:
+            self.ready.append(self.block)
+            self.block, self.block_bytes = [], 0
+
+    def _hash(self, block: list[memoryview]) -> None:
+        for view in block:
+            self.digest.update(view)
+
+    def _write(self, block: list[memoryview]) -> None:
+        for view in block:
+            _write_all(self.handle, view)
+        self.written += sum(len(view) for view in block)
+        if self.written - self.advised >= WRITEBACK_BYTES:
+            # Start writing these pages to disk now, so the final fsync has little left to do and the
+            # page cache does not fill up with one upload.
+            os.posix_fadvise(self.handle.fileno(), self.advised, self.written - self.advised, os.POSIX_FADV_DONTNEED)
+            self.advised = self.written
+
+    async def pump(self) -> None:
+        """Hand every full block to two threads, one hashing and one writing it, after the previous block is
+        done (so both see the blocks in order)."""
+        while self.ready:
+            block = self.ready.pop(0)
+            if self.pending is not None:
+                await self.pending
+            loop = asyncio.get_running_loop()
+            self.pending = asyncio.gather(
+                loop.run_in_executor(None, self._hash, block), loop.run_in_executor(None, self._write, block)
+            )
+
+    async def finish(self) -> None:
+        """Write what is left, then fsync and close: once this returns the bytes are on disk."""
+        if self.block:
+            self.ready.append(self.block)
+            self.block, self.block_bytes = [], 0
+        await self.pump()
+        if self.pending is not None:
+            await self.pending
+            self.pending = None
+        await anyio.to_thread.run_sync(_sync_and_close, self.handle)
+
+    async def aclose(self) -> None:
+        """Stop without finishing (after a failure): wait for the thread, then close."""
+        if self.pending is not None:
+            with contextlib.suppress(Exception):
+                await self.pending
+            self.pending = None
+        self.handle.close()
+
+
+def _write_all(handle: IO[bytes], view: memoryview) -> None:
+    while view:
+        written = handle.write(view)
+        if not written:
+            raise OSError("the spool file took no bytes")
+        view = view[written:]
+
+
+def _sync_and_close(handle: IO[bytes]) -> None:
+    os.fsync(handle.fileno())
+    handle.close()
+
+
+class _Receiver:
+    """python-multipart callbacks: the ``file`` part goes to a :class:`_SpoolWriter`, other fields are kept."""
+
+    def __init__(self, partial: Path, max_bytes: int, allowed_types: list[str]) -> None:
         self.partial = partial
         self.max_bytes = max_bytes
+        self.allowed_types = allowed_types
         self.part = _Part()
         self.parts = 0
-        self.handle: IO[bytes] | None = None
-        self.digest = hashlib.sha256()
+        self.writer: _SpoolWriter | None = None
         self.size = 0
+        self.head = bytearray()
+        self.sniffed: str | None = None
         self.file_done = False
         self.filename: str | None = None
         self.content_type: str | None = None
@@ -112,46 +211,49 @@ class _Receiver:
             self.part.filename = params[b"filename"].decode("utf-8", "replace")
         self.part.content_type = self.part.headers.get("content-type")
         if self.part.name == FILE_FIELD:
-            if self.handle is not None or self.file_done:
+            if self.writer is not None:
                 raise UploadError(400, f"only one part may be named {FILE_FIELD!r}")
             self.part.is_file = True
             self.filename = self.part.filename
             self.content_type = self.part.content_type
-            self.handle = self.partial.open("wb")
+            self.writer = _SpoolWriter(self.partial)
+        elif len(self.fields) >= MAX_FIELDS:
+            raise UploadError(400, f"too many form fields (at most {MAX_FIELDS})")
+
+    def _sniff(self) -> None:
+        self.sniffed = sniff(bytes(self.head))
+        if not allowed(self.sniffed, self.allowed_types):
+            raise UploadError(415, f"content type {self.sniffed} is not accepted here")
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        chunk = data[start:end]
         if self.part.is_file:
-            assert self.handle is not None
-            self.size += len(chunk)
+            assert self.writer is not None
+            self.size += end - start
             if self.size > self.max_bytes:
                 raise UploadError(413, f"file larger than the limit of {self.max_bytes} bytes")
-            self.digest.update(chunk)
-            self.handle.write(chunk)
+            chunk = memoryview(data)[start:end]
+            if self.sniffed is None:
+                self.head += chunk[: SNIFF_BYTES - len(self.head)]
+                if len(self.head) >= SNIFF_BYTES:
+                    self._sniff()
+            self.writer.feed(chunk)
         else:
-            self.part.value += chunk
+            self.part.value += data[start:end]
             if len(self.part.value) > MAX_FIELD_BYTES:
                 raise UploadError(400, f"form field {self.part.name!r} larger than {MAX_FIELD_BYTES} bytes")
 
     def on_part_end(self) -> None:
         if self.part.is_file:
+            if self.sniffed is None:
+                self._sniff()
             self.file_done = True
         elif self.part.name is not None:
             self.fields[self.part.name] = self.part.value.decode("utf-8", "replace")
 
-    def close(self) -> None:
-        if self.handle is not None and not self.handle.closed:
-            self.handle.close()
 
-
-def _finish(handle: IO[bytes], partial: Path, final: Path) -> None:
-    handle.flush()
-    os.fsync(handle.fileno())
-    handle.close()
-    os.replace(partial, final)
-
-
-async def spool_upload(request: Request, spool_dir: Path, name: str, max_bytes: int) -> Spooled:
+async def spool_upload(
+    request: Request, spool_dir: Path, name: str, max_bytes: int, allowed_types: list[str] | None = None
+) -> Spooled:
     """Receive the request's ``file`` part into ``spool_dir/name``, durably, and return what was received.
 
     Raises :class:`UploadError` (4xx) for a body that is not multipart, too large, malformed, or has no
@@ -168,7 +270,7 @@ async def spool_upload(request: Request, spool_dir: Path, name: str, max_bytes: 
         raise UploadError(413, f"body of {declared} bytes exceeds the upload limit of {max_bytes} bytes")
     final = spool_path(spool_dir, name)
     partial = final.with_name(final.name + PARTIAL_SUFFIX)
-    receiver = _Receiver(partial, max_bytes)
+    receiver = _Receiver(partial, max_bytes, allowed_types or [])
     callbacks = {
         attr: getattr(receiver, attr)
         for attr in (
@@ -182,13 +284,25 @@ async def spool_upload(request: Request, spool_dir: Path, name: str, max_bytes: 
         )
     }
     parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+    started = time.monotonic()
     try:
         async for chunk in request.stream():
             parser.write(chunk)
+            if receiver.writer is not None:
+                await receiver.writer.pump()
         parser.finalize()
-        if not receiver.file_done or receiver.handle is None:
+        if not receiver.file_done or receiver.writer is None:
             raise UploadError(422, f"a part named {FILE_FIELD!r} with the file is required")
-        await anyio.to_thread.run_sync(_finish, receiver.handle, partial, final)
+        flush_started = time.monotonic()
+        await receiver.writer.finish()
+        os.replace(partial, final)
+        log.info(
+            "upload spooled name=%s bytes=%d seconds=%.3f flush_seconds=%.3f",
+            name,
+            receiver.size,
+            time.monotonic() - started,
+            time.monotonic() - flush_started,
+        )
     except UploadError:
         raise
     except Exception as exc:
@@ -198,7 +312,8 @@ async def spool_upload(request: Request, spool_dir: Path, name: str, max_bytes: 
             raise UploadError(400, "client disconnected before the upload finished") from exc
         raise UploadError(400, f"malformed multipart body: {exc}") from exc
     finally:
-        receiver.close()
+        if receiver.writer is not None:
+            await receiver.writer.aclose()
         if not final.exists():
             with contextlib.suppress(FileNotFoundError):
                 partial.unlink()
@@ -206,8 +321,9 @@ async def spool_upload(request: Request, spool_dir: Path, name: str, max_bytes: 
         name=name,
         path=final,
         size=receiver.size,
-        sha256=receiver.digest.hexdigest(),
+        sha256=receiver.writer.digest.hexdigest(),
         filename=receiver.filename,
         content_type=receiver.content_type,
+        sniffed_type=receiver.sniffed or "application/octet-stream",
         fields=receiver.fields,
     )

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from celery import Celery
 from fastapi import FastAPI
 
-from api.hub import Hub
+from api.hub import Hub, raise_open_file_limit
 from conveyor.celery_app import create_celery
 from conveyor.db import create_engine, migrate
 from conveyor.dispatch import Dispatcher
@@ -23,6 +23,7 @@ from conveyor.events import AsyncEventLog, EventLog
 from conveyor.jobstore import JobStore
 from conveyor.ledger import Ledger
 from conveyor.settings import Settings
+from conveyor.storage import LocalStorage, Storage
 
 log = logging.getLogger("conveyor.api")
 
@@ -37,6 +38,7 @@ class AppState:
     hub: Hub
     redis: aioredis.Redis
     celery: Celery
+    storage: Storage
 
 
 class State(TypedDict):
@@ -55,7 +57,8 @@ async def open_state(settings: Settings) -> AsyncIterator[AppState]:
     celery = create_celery(settings)
     store = JobStore(engine)
     events = AsyncEventLog(async_redis, settings.events_max_len)
-    hub = Hub(events, settings.ws_send_queue)
+    hub = Hub(events, settings.ws_send_queue, settings.stream_max_connections, settings.stream_max_per_topic)
+    raise_open_file_limit()
     settings.spool_dir.mkdir(parents=True, exist_ok=True)
     state = AppState(
         settings=settings,
@@ -66,6 +69,7 @@ async def open_state(settings: Settings) -> AsyncIterator[AppState]:
         hub=hub,
         redis=async_redis,
         celery=celery,
+        storage=LocalStorage(settings.storage_dir),
     )
     reader = asyncio.create_task(hub.run(), name="event-hub")
     try:

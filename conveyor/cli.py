@@ -48,6 +48,8 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
         access_log=False,
         timeout_graceful_shutdown=3,
         ws_per_message_deflate=False,
+        ws_ping_interval=settings.ws_ping_interval or None,
+        ws_ping_timeout=settings.ws_ping_timeout,
     )
     return 0
 

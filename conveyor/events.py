@@ -6,7 +6,9 @@ page through with ``after(last_id)``; ids only grow, so "after" is exact: no gap
 
 from __future__ import annotations
 
+import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -17,6 +19,9 @@ from conveyor.names import EVENTS_STREAM
 from conveyor.schemas import EVENT_FOR_STATUS, Event, EventType, Job
 
 FIELD = b"e"
+#: The largest sequence part of a stream id.
+MAX_SEQ = 18446744073709551615
+log = logging.getLogger("conveyor.events")
 
 
 def encode(event: Event) -> dict[bytes, bytes]:
@@ -35,6 +40,65 @@ def id_key(event_id: str) -> tuple[int, int]:
     """A sortable key for a stream id (``ms-seq``); raises ``ValueError`` on anything else."""
     ms, _, seq = event_id.partition("-")
     return int(ms), int(seq or 0)
+
+
+def predecessor(event_id: str) -> str:
+    """The greatest stream id below ``event_id``, so that reading "after" it includes ``event_id``."""
+    ms, seq = id_key(event_id)
+    return f"{ms}-{seq - 1}" if seq > 0 else f"{ms - 1}-{MAX_SEQ}"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass(frozen=True)
+class Retention:
+    """What the stream still holds: its oldest entry's id and the newest id it ever gave out.
+
+    Both are ``None`` when there is no stream at all; ``first_id`` alone is ``None`` when everything was trimmed.
+    """
+
+    first_id: str | None
+    last_generated_id: str | None
+    #: True when the stream is known never to have lost an entry (Redis 7 reports how many were ever added).
+    complete: bool = False
+
+    def covers(self, after: str) -> bool:
+        """True when every event ever published after ``after`` is still in the stream.
+
+        False (a resync is due) when an event after ``after`` may have been trimmed: ``after`` lies below the
+        oldest retained id with room for another id in between, or the stream was emptied after ``after``, or
+        the stream never gave out ``after`` (it was reset or lost data). It may be a false alarm when nothing
+        was trimmed in between; it is never true when something was.
+        """
+        key = id_key(after)
+        if self.last_generated_id is None:
+            return key == (0, 0)
+        if key > id_key(self.last_generated_id):
+            return False
+        if self.complete:
+            return True
+        if self.first_id is None:
+            return key == id_key(self.last_generated_id)
+        return key >= id_key(predecessor(self.first_id))
+
+
+def flower_progress(job_id: str, percent: float) -> None:
+    """Also announce a job's progress as a Celery ``task-progress`` event, so Flower's event stream carries it.
+
+    Only inside a running Celery task (elsewhere it does nothing); a failure to send is logged, never raised:
+    the event stream, not Flower, is where progress is guaranteed.
+    """
+    from celery import current_task
+
+    task = current_task
+    if task is None or not task.request.id:
+        return
+    try:
+        task.send_event("task-progress", job_id=job_id, progress=round(percent, 2), retry=False)
+    except Exception as exc:  # Flower's copy is best effort; the stream has the event
+        log.warning("celery progress event not sent job_id=%s error=%r", job_id, exc)
 
 
 def job_event(job: Job, type_: EventType | None = None, **extra: Any) -> Event:
@@ -96,6 +160,17 @@ class AsyncEventLog:
             return None
         entry_id = entries[0][0]
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    async def retention(self) -> Retention:
+        """The stream's oldest retained id and newest generated id (see :class:`Retention`)."""
+        try:
+            info: Any = await self.client.xinfo_stream(EVENTS_STREAM)
+        except redis.exceptions.ResponseError:
+            return Retention(None, None)
+        first = info.get("first-entry")
+        added = info.get("entries-added")
+        complete = added is not None and int(added) == int(info["length"])
+        return Retention(_text(first[0]) if first else None, _text(info["last-generated-id"]), complete)
 
     async def after(self, last_id: str, count: int = 500) -> list[Event]:
         """Up to ``count`` events with ids greater than ``last_id``, oldest first."""

@@ -272,6 +272,22 @@ class JobStore:
         }
         return self._update(job_id, condition, values)
 
+    def requeue(self, job_id: str) -> Job | None:
+        """Put a failed job back in the queue for a fresh run, if it is failed: error, result, progress and the
+        attempt count start again, and its task counts as not yet sent. ``None`` when unknown or not failed."""
+        values: dict[str, Any] = {
+            "status": JobStatus.QUEUED.value,
+            "error": None,
+            "result": None,
+            "progress": 0.0,
+            "attempts": 0,
+            "started_at": None,
+            "finished_at": None,
+            "dispatched_at": None,
+            "updated_at": utcnow(),
+        }
+        return self._update(job_id, db.jobs.c.status == JobStatus.FAILED.value, values)
+
     def _update(self, job_id: str, condition: sa.ColumnElement[bool], values: dict[str, Any]) -> Job | None:
         statement = db.jobs.update().where(db.jobs.c.id == job_id, condition).values(**values)
         with self.engine.begin() as connection:

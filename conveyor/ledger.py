@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from conveyor import db
-from conveyor.jobstore import _aware, utcnow
+from conveyor.jobstore import _aware, decode_cursor, encode_cursor, utcnow
 
 
 class Ledger:
@@ -39,6 +39,15 @@ class Ledger:
         except sa.exc.IntegrityError:
             return False
         return True
+
+    def record_effect(self, job_id: str, effect: str, detail: Mapping[str, Any]) -> dict[str, Any]:
+        """Record that the effect happened, once. Returns the detail that stands: the first record's."""
+        with self.engine.begin() as connection:
+            if self._record_effect(connection, job_id, effect, detail):
+                return dict(detail)
+        first = self.effect(job_id, effect)
+        assert first is not None
+        return first
 
     def log_notification(
         self, job_id: str, *, level: str, message: str, data: Mapping[str, Any] | None, owner: str | None
@@ -88,6 +97,20 @@ class Ledger:
                 )
             row = connection.execute(db.uploads.select().where(db.uploads.c.id == job_id)).one()
         return self._upload(row)
+
+    def uploads(
+        self, *, owner: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of stored uploads, newest first, and the cursor of the next page (``None`` on the last)."""
+        query = db.uploads.select().order_by(db.uploads.c.id.desc()).limit(limit + 1)
+        if owner is not None:
+            query = query.where(db.uploads.c.owner == owner)
+        if cursor is not None:
+            query = query.where(db.uploads.c.id < decode_cursor(cursor))
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).all()
+        page = [self._upload(row) for row in rows[:limit]]
+        return page, encode_cursor(page[-1]["upload_id"]) if len(rows) > limit else None
 
     def upload(self, upload_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as connection:

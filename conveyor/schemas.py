@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_serializer, field_validator
 
 EVENT_VERSION = 1
 
@@ -69,6 +71,14 @@ class Job(BaseModel):
     finished_at: datetime | None = None
     updated_at: datetime
 
+    @field_serializer("request")
+    def _redact(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {k: "**********" if k in REDACTED_REQUEST_KEYS and v is not None else v for k, v in request.items()}
+
+
+#: Request fields stored for the worker but never shown by the api (a webhook's own signing secret).
+REDACTED_REQUEST_KEYS = frozenset({"secret"})
+
 
 class JobPage(BaseModel):
     """One page of ``GET /jobs``: newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
@@ -109,6 +119,52 @@ class Event(BaseModel):
     attempt: int | None = None
     topic: str | None = None
     message: Any = None
+    next_attempt_at: float | None = Field(default=None, description="On job.retrying: epoch seconds of the next try")
+
+
+class StreamCommand(BaseModel):
+    """A WebSocket client's message changing what it receives; names exactly one of ``job_id`` and ``topic``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    op: Literal["subscribe", "unsubscribe"]
+    job_id: str | None = Field(default=None, min_length=1, max_length=64)
+    topic: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class Snapshot(BaseModel):
+    """Sent on ``subscribe`` to a job, before any of its live events: the job as the store held it then."""
+
+    type: Literal["snapshot"] = "snapshot"
+    job_id: str
+    job: Job
+
+
+class SubscriptionNotice(BaseModel):
+    """Confirms a ``subscribe`` to a topic, or an ``unsubscribe``."""
+
+    type: Literal["subscribed", "unsubscribed"]
+    job_id: str | None = None
+    topic: str | None = None
+
+
+class Resync(BaseModel):
+    """The resume point is older than what the stream retains: events after ``after`` may be missing.
+
+    The events the stream still holds follow; read the state of the jobs you follow over HTTP.
+    """
+
+    type: Literal["resync"] = "resync"
+    after: str = Field(description="The resume point the stream could not honour")
+    first_event_id: str | None = Field(description="The oldest event the stream still holds")
+    detail: str
+
+
+class StreamError(BaseModel):
+    """Sent just before the server closes an event stream (WebSocket close code 1003, 1008 or 1013)."""
+
+    type: Literal["error"] = "error"
+    detail: str
 
 
 class LogNotification(BaseModel):
@@ -122,8 +178,75 @@ class LogNotification(BaseModel):
     data: dict[str, Any] | None = Field(default=None, description="Optional structured context, stored as given")
 
 
-#: The body of ``POST /notifications``; later channels join this as a union discriminated by ``channel``.
-NotificationRequest = LogNotification
+#: A plain ASCII address (``local@domain``): no display name, nothing a header or the SMTP envelope could trip on.
+_ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
+
+
+def _json_size(value: Any, limit: int, what: str) -> Any:
+    if len(orjson.dumps(value)) > limit:
+        raise ValueError(f"{what} is larger than {limit} bytes as JSON")
+    return value
+
+
+class WebhookNotification(BaseModel):
+    """Channel ``webhook``: POST ``{"type", "timestamp", "data"}`` as JSON to ``url``, signed per Standard
+    Webhooks with ``secret`` (else the server's ``CONVEYOR_WEBHOOK_SECRET``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    channel: Literal["webhook"]
+    url: HttpUrl
+    type: str = Field(default="notification", min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")
+    data: dict[str, Any] = Field(default_factory=dict, description="The payload's data object, at most 256 KiB")
+    secret: str | None = Field(default=None, description="whsec_<base64>; stored for delivery, never shown back")
+
+    @field_validator("data")
+    @classmethod
+    def _data_size(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _json_size(value, 262_144, "data")  # type: ignore[no-any-return]
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, value: str | None) -> str | None:
+        if value is not None:
+            from conveyor.webhooks import signing_key
+
+            signing_key(value)
+        return value
+
+
+class EmailNotification(BaseModel):
+    """Channel ``email``: one message to every address in ``to``, plain text with an optional HTML part."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    channel: Literal["email"]
+    to: list[Annotated[str, Field(max_length=254, pattern=_ADDRESS.pattern)]] = Field(min_length=1, max_length=50)
+    subject: str = Field(min_length=1, max_length=998, pattern=r"^[^\r\n]*$")
+    text: str = Field(min_length=1, max_length=1_048_576)
+    html: str | None = Field(default=None, max_length=1_048_576)
+
+
+class WebsocketNotification(BaseModel):
+    """Channel ``websocket``: a ``topic.message`` event to every client connected with ``/ws?topic=<topic>``,
+    on every api process."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    channel: Literal["websocket"]
+    topic: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")
+    message: dict[str, Any] | list[Any] | str | int | float | bool = Field(description="Any JSON value but null")
+
+    @field_validator("message")
+    @classmethod
+    def _message_size(cls, value: Any) -> Any:
+        return _json_size(value, 65_536, "message")
+
+
+#: The body of ``POST /notifications``: one model per channel, chosen by ``channel``.
+NotificationRequest = Annotated[
+    LogNotification | WebhookNotification | EmailNotification | WebsocketNotification, Field(discriminator="channel")
+]
 
 
 class UploadRef(BaseModel):
@@ -134,6 +257,26 @@ class UploadRef(BaseModel):
     sha256: str
     filename: str | None
     client_content_type: str | None
+    sniffed_type: str = "application/octet-stream"
+
+
+class Upload(BaseModel):
+    """A stored upload. Its id is the id of the job that stored it; its content is at ``/uploads/{id}/content``."""
+
+    upload_id: str
+    filename: str | None = Field(description="The client's file name, sanitised; metadata only")
+    size: int
+    sha256: str
+    content_type: str | None = Field(description="Sniffed from the bytes, not taken from the client")
+    storage_key: str
+    created_at: datetime
+
+
+class UploadPage(BaseModel):
+    """One page of ``GET /uploads``, newest first."""
+
+    uploads: list[Upload]
+    next_cursor: str | None
 
 
 class HealthReport(BaseModel):

@@ -35,16 +35,50 @@ class Settings(BaseSettings):
     flower_password: SecretStr | None = None
 
     max_upload_bytes: int = Field(default=2 * GiB, gt=0)
+    upload_allowed_types: str = Field(
+        default="", description="Comma-separated content types (image/* patterns) uploads may have; empty: any"
+    )
 
     worker_concurrency: int = Field(default=2, ge=1)
     task_soft_time_limit: int = Field(default=600, ge=1)
     task_time_limit: int = Field(default=660, ge=1)
     visibility_timeout: int = Field(default=900, ge=60)
     max_attempts: int = Field(default=5, ge=1)
+    retry_backoff_base: float = Field(default=1.0, gt=0, description="Seconds; attempt n waits up to base * 2**n")
+    retry_backoff_cap: float = Field(default=300.0, gt=0, description="Longest wait between attempts (Retry-After too)")
+
+    # Notifications: webhooks (Standard Webhooks signatures) and e-mail (SMTP).
+    webhook_secret: SecretStr | None = Field(default=None, description="whsec_<base64>; a request may bring its own")
+    webhook_timeout: float = Field(default=10.0, gt=0, description="Seconds to connect, and to wait for each read")
+    webhook_allow_private: bool = Field(default=False, description="Allow loopback/private/link-local targets")
+    webhook_max_response_bytes: int = Field(default=65_536, ge=0, description="Most of a response body read")
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_starttls: bool = False
+    smtp_ssl: bool = False
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = "conveyor@localhost"
+    smtp_timeout: float = Field(default=30.0, gt=0)
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            from conveyor.webhooks import signing_key
+
+            signing_key(value.get_secret_value())
+        return value
 
     events_max_len: int = Field(default=100_000, ge=1000)
     events_max_age_seconds: int = Field(default=7 * 86400, ge=60)
     ws_send_queue: int = Field(default=1000, ge=10)
+    # Event streams (WebSocket /ws and SSE /events): caps per api process, keep-alives.
+    stream_max_connections: int = Field(default=10_000, ge=1, description="Open event streams per api process")
+    stream_max_per_topic: int = Field(default=5_000, ge=1, description="Streams subscribed to one topic, per process")
+    sse_heartbeat_seconds: float = Field(default=15.0, gt=0, description="Idle seconds before an SSE comment line")
+    ws_ping_interval: float = Field(default=20.0, ge=0, description="Seconds between WebSocket pings; 0: none")
+    ws_ping_timeout: float = Field(default=20.0, gt=0, description="Seconds to wait for a pong before closing")
 
     dispatch_grace_seconds: float = Field(default=5.0, ge=0)
     dispatch_interval_seconds: float = Field(default=5.0, gt=0)
@@ -72,6 +106,11 @@ class Settings(BaseSettings):
     def effective_database_url(self) -> str:
         """The job store's SQLAlchemy URL: the configured one, else SQLite under ``data_dir``."""
         return self.database_url or f"sqlite:///{self.data_dir / 'conveyor.db'}"
+
+    @property
+    def allowed_upload_types(self) -> list[str]:
+        """The upload allow-list as patterns; empty means every type is accepted."""
+        return [item.strip().lower() for item in self.upload_allowed_types.split(",") if item.strip()]
 
     @property
     def spool_dir(self) -> Path:

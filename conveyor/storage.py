@@ -29,7 +29,10 @@ class Storage(ABC):
 
     @abstractmethod
     def path(self, key: str) -> Path:
-        """A local path to the content (local backend) for streaming it back."""
+        """A local file holding the content, for reading it back (a remote backend would cache it here).
+
+        Raises ``ValueError`` for a key that would escape the store.
+        """
 
 
 class LocalStorage(Storage):

@@ -63,6 +63,6 @@ def ingest(rt: Runtime, job: Job, progress: Progress) -> dict[str, Any]:
         filename=ref.filename,
         size=ref.size,
         sha256=ref.sha256,
-        content_type=ref.client_content_type,
+        content_type=ref.sniffed_type,
         storage_key=key,
     )

@@ -1,20 +1,90 @@
-"""Delivering notifications. Channel ``log`` writes the message to the notification log, once per job."""
+"""Delivering notifications: pick the channel, record every attempt, and never deliver twice.
+
+A delivery that succeeded is recorded in the effect ledger (``notification.<channel>``) and a later run of the
+same job returns that record instead of sending again; a delivery that failed records nothing there, so a retry
+(automatic, or ``POST /jobs/{id}/retry``) sends for real. Every attempt, whatever its outcome, gets a row in the
+delivery-attempt log. What is left is at least once: a crash between the peer's acceptance and the ledger write
+means one more send, which receivers recognise by its unchanged ``webhook-id`` or ``Message-ID``.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
-from conveyor.schemas import Job, LogNotification
-from worker.runner import Progress
+from pydantic import TypeAdapter
+
+from conveyor.attempts import AttemptLog, Outcome
+from conveyor.schemas import (
+    EmailNotification,
+    Job,
+    LogNotification,
+    NotificationRequest,
+    WebhookNotification,
+    WebsocketNotification,
+)
+from worker.channels import DeliveryError, Sent, email, log, webhook, websocket
+from worker.runner import Failed, Progress, Retryable
 from worker.runtime import Runtime
+
+logger = logging.getLogger("conveyor.notify")
+_REQUEST: TypeAdapter[NotificationRequest] = TypeAdapter(NotificationRequest)
+
+
+def _send(rt: Runtime, job: Job, request: NotificationRequest) -> Sent:
+    if isinstance(request, LogNotification):
+        return log.send(rt.ledger, job, request)
+    if isinstance(request, WebhookNotification):
+        return webhook.send(rt.settings, job.job_id, job.created_at, request)
+    if isinstance(request, EmailNotification):
+        return email.send(rt.settings, job.job_id, job.created_at, request)
+    assert isinstance(request, WebsocketNotification)
+    return websocket.send(rt.events, job, request)
 
 
 def deliver(rt: Runtime, job: Job, progress: Progress) -> dict[str, Any]:
-    """Deliver the job's notification through its channel; returns what happened, for the job's result.
+    """Deliver the job's notification through its channel once; returns what happened, for the job's result.
 
-    Delivering twice for the same job has the effect of delivering once.
+    Raises :class:`Retryable` for a transient failure (with the peer's ``Retry-After`` when it gave one) and
+    :class:`Failed` for a permanent one. Running it again after a success sends nothing.
     """
-    request = LogNotification.model_validate(job.request)
-    return rt.ledger.log_notification(
-        job.job_id, level=request.level, message=request.message, data=request.data, owner=job.owner
-    )
+    request = _REQUEST.validate_python(job.request)
+    effect = f"notification.{request.channel}"
+    if not isinstance(request, LogNotification):
+        done = rt.ledger.effect(job.job_id, effect)
+        if done is not None:
+            logger.info("already delivered job_id=%s channel=%s; not sent again", job.job_id, request.channel)
+            return done
+    attempts = AttemptLog(rt.ledger.engine)
+    started = time.monotonic()
+
+    def record(outcome: Outcome, **fields: Any) -> None:
+        fields["duration_ms"] = int((time.monotonic() - started) * 1000)
+        attempts.record(job.job_id, attempt=job.attempts, channel=request.channel, outcome=outcome, **fields)
+
+    try:
+        sent = _send(rt, job, request)
+    except DeliveryError as exc:
+        outcome = Outcome.TRANSIENT if exc.transient else Outcome.PERMANENT
+        record(outcome, status_code=exc.status_code, reply=exc.reply, error=str(exc))
+        logger.warning(
+            "delivery failed job_id=%s channel=%s attempt=%d outcome=%s error=%r",
+            job.job_id,
+            request.channel,
+            job.attempts,
+            outcome.value,
+            str(exc),
+        )
+        if exc.transient:
+            raise Retryable(str(exc), exc.retry_after) from exc
+        raise Failed(str(exc)) from exc
+    except Exception as exc:
+        record(Outcome.PERMANENT, error=f"{type(exc).__name__}: {exc}")
+        raise
+    result = {"channel": request.channel, **sent.detail}
+    if not isinstance(request, LogNotification):
+        result = rt.ledger.record_effect(job.job_id, effect, result)
+    record(Outcome.DELIVERED, status_code=sent.status_code, reply=sent.reply)
+    logger.info("delivered job_id=%s channel=%s attempt=%d", job.job_id, request.channel, job.attempts)
+    return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -22,6 +23,16 @@ class Retryable(Exception):
     def __init__(self, message: str, countdown: float | None = None) -> None:
         super().__init__(message)
         self.countdown = countdown
+
+
+class Failed(Exception):
+    """A failure that another attempt would not fix (the peer refused the request): the job fails at once with
+    this message, without a traceback in the log."""
+
+
+def backoff(retries: int, base: float = 1.0, cap: float = 300.0) -> float:
+    """Exponential backoff with full jitter: a random delay up to ``base * 2**retries``, at most ``cap``."""
+    return random.uniform(0, min(cap, base * 2**retries))
 
 
 class JobBusy(Exception):
@@ -57,8 +68,10 @@ def run_job(rt: Runtime, job_id: str, handler: Handler) -> Job | None:
     A finished or cancelled job is left alone (a duplicate delivery is harmless). A job that another run
     holds raises :class:`JobBusy`: the task looks again later, so that if that run died (its row goes stale
     after the task time limit) this delivery takes the job over instead of dropping it.
-    ``Retryable`` puts the job in ``retrying`` and is re-raised for the task to schedule the next attempt,
-    until ``max_attempts``; any other exception fails the job with its message.
+    ``Retryable`` puts the job in ``retrying`` and is re-raised, its ``countdown`` set (its own, at most
+    ``retry_backoff_cap``, else exponential backoff with jitter), for the task to schedule the next attempt; the
+    ``job.retrying`` event carries the attempt, the error and ``next_attempt_at``. After ``max_attempts`` the job
+    fails with the last error. :class:`Failed` or any other exception fails the job at once with its message.
     """
     stale_before = utcnow() - timedelta(seconds=rt.settings.task_time_limit)
     job = rt.store.claim(job_id, stale_before=stale_before)
@@ -77,12 +90,23 @@ def run_job(rt: Runtime, job_id: str, handler: Handler) -> Job | None:
         result = handler(rt, job, Progress(rt, job))
     except Retryable as exc:
         if job.attempts < rt.settings.max_attempts:
+            settings = rt.settings
+            cap = settings.retry_backoff_cap
+            if exc.countdown is None:
+                exc.countdown = backoff(job.attempts - 1, settings.retry_backoff_base, cap)
+            exc.countdown = max(0.0, min(exc.countdown, cap))
             retrying = rt.store.transition(job_id, JobStatus.RETRYING, allowed_from=[JobStatus.STARTED], error=str(exc))
             if retrying is not None:
-                rt.events.publish(job_event(retrying, attempt=job.attempts))
-            log.warning("job will retry job_id=%s attempt=%d error=%r", job_id, job.attempts, str(exc))
+                event = job_event(retrying, attempt=job.attempts)
+                rt.events.publish(event.model_copy(update={"next_attempt_at": event.ts + exc.countdown}))
+            log.warning(
+                "job will retry job_id=%s attempt=%d in=%.2fs error=%r", job_id, job.attempts, exc.countdown, str(exc)
+            )
             raise
         return _fail(rt, job_id, f"{exc} (after {job.attempts} attempts)")
+    except Failed as exc:
+        log.warning("job failed job_id=%s error=%r", job_id, str(exc))
+        return _fail(rt, job_id, str(exc))
     except Exception as exc:
         log.exception("job failed job_id=%s", job_id)
         return _fail(rt, job_id, f"{type(exc).__name__}: {exc}")

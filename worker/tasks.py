@@ -12,7 +12,7 @@ from conveyor import logs, names
 from conveyor.celery_app import app
 from conveyor.settings import get_settings
 from worker import housekeeping, ingest, notify
-from worker.runner import Handler, JobBusy, Retryable, run_job
+from worker.runner import Handler, JobBusy, Retryable, backoff, run_job
 from worker.runtime import close_runtime, runtime
 
 
@@ -34,11 +34,6 @@ def _close(**_kwargs: Any) -> None:
     close_runtime()
 
 
-def backoff(retries: int, base: float = 1.0, cap: float = 300.0) -> float:
-    """Exponential backoff with full jitter: a random delay up to ``base * 2**retries``, at most ``cap``."""
-    return random.uniform(0, min(cap, base * 2**retries))
-
-
 #: How long a delivery that found its job held by another run waits before looking again.
 BUSY_RECHECK_SECONDS = 30.0
 
@@ -49,7 +44,10 @@ def _run(task: Task, job_id: str, handler: Handler) -> None:
     except JobBusy as exc:
         raise task.retry(countdown=BUSY_RECHECK_SECONDS + random.uniform(0, 5), max_retries=None, exc=exc) from exc
     except Retryable as exc:
-        countdown = exc.countdown if exc.countdown is not None else backoff(task.request.retries)
+        settings = get_settings()
+        countdown = exc.countdown
+        if countdown is None:
+            countdown = backoff(task.request.retries, settings.retry_backoff_base, settings.retry_backoff_cap)
         raise task.retry(countdown=countdown, max_retries=None, exc=exc) from exc
 
 

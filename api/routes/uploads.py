@@ -5,16 +5,21 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Header, HTTPException, Request, Response
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response
+from fastapi.responses import FileResponse
 
 from api.deps import StateDep
 from api.spooling import UploadError, spool_upload
+from api.state import AppState
 from api.submit import submit
+from conveyor.filenames import content_disposition, safe_filename
 from conveyor.ids import new_id
+from conveyor.jobstore import InvalidCursor
 from conveyor.names import KIND_UPLOAD
-from conveyor.schemas import Accepted, UploadRef
+from conveyor.schemas import Accepted, Upload, UploadPage, UploadRef
 
 router = APIRouter(tags=["uploads"])
+UploadId = Annotated[str, Path(min_length=1, max_length=64)]
 
 _UPLOAD_BODY = {
     "requestBody": {
@@ -30,17 +35,6 @@ _UPLOAD_BODY = {
         },
     }
 }
-
-
-def safe_filename(name: str | None) -> str | None:
-    """The client's filename as harmless metadata: last path component, no control characters, bounded."""
-    if not name:
-        return None
-    base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    cleaned = "".join(ch for ch in base if ch.isprintable()).strip()
-    if cleaned in ("", ".", ".."):
-        return None
-    return cleaned[:255]
 
 
 @router.post(
@@ -67,7 +61,9 @@ async def create_upload(
     job_id = new_id()
     settings = state.settings
     try:
-        spooled = await spool_upload(request, settings.spool_dir, job_id, settings.max_upload_bytes)
+        spooled = await spool_upload(
+            request, settings.spool_dir, job_id, settings.max_upload_bytes, settings.allowed_upload_types
+        )
     except UploadError as exc:
         raise HTTPException(exc.status, exc.detail) from exc
     ref = UploadRef(
@@ -76,6 +72,7 @@ async def create_upload(
         sha256=spooled.sha256,
         filename=safe_filename(spooled.filename),
         client_content_type=spooled.content_type,
+        sniffed_type=spooled.sniffed_type,
     )
     summary: dict[str, Any] = {"upload": ref.model_dump(mode="json")}
     try:
@@ -97,10 +94,63 @@ async def create_upload(
     return result
 
 
-@router.get("/uploads/{upload_id}", responses={404: {"description": "No such upload"}})
-async def get_upload(state: StateDep, upload_id: str) -> dict[str, Any]:
-    """A stored upload's metadata (its id is the id of the job that ingested it)."""
-    upload = await anyio.to_thread.run_sync(state.ledger.upload, upload_id)
-    if upload is None:
+@router.get("/uploads", responses={400: {"description": "Bad cursor"}})
+async def list_uploads(
+    state: StateDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=100)] = None,
+) -> UploadPage:
+    """Stored uploads, newest first. Pass ``next_cursor`` as ``cursor`` for the next page."""
+    try:
+        uploads, next_cursor = await anyio.to_thread.run_sync(lambda: state.ledger.uploads(limit=limit, cursor=cursor))
+    except InvalidCursor as exc:
+        raise HTTPException(400, "cursor is not one this api handed out") from exc
+    return UploadPage(uploads=[Upload.model_validate(u) for u in uploads], next_cursor=next_cursor)
+
+
+async def _find(state: AppState, upload_id: str) -> Upload:
+    found = await anyio.to_thread.run_sync(state.ledger.upload, upload_id)
+    if found is None:
         raise HTTPException(404, f"no upload {upload_id}")
-    return upload
+    return Upload.model_validate(found)
+
+
+@router.get("/uploads/{upload_id}", responses={404: {"description": "No such upload"}})
+async def get_upload(state: StateDep, upload_id: UploadId) -> Upload:
+    """A stored upload's metadata (its id is the id of the job that ingested it)."""
+    return await _find(state, upload_id)
+
+
+@router.get(
+    "/uploads/{upload_id}/content",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "The stored bytes"},
+        206: {"description": "The requested byte range"},
+        304: {"description": "Unchanged (If-None-Match)"},
+        404: {"description": "No such upload"},
+        416: {"description": "Range not satisfiable"},
+    },
+)
+async def get_upload_content(
+    state: StateDep,
+    upload_id: UploadId,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """The stored bytes, streamed. ``ETag`` is the sha256 (quoted); ``Range`` (one or more byte ranges) and
+    ``If-Range`` are honoured; ``If-None-Match`` with the ETag answers 304."""
+    upload = await _find(state, upload_id)
+    etag = f'"{upload.sha256}"'
+    if if_none_match is not None and etag in {tag.strip() for tag in if_none_match.split(",")} | {"*"}:
+        return Response(status_code=304, headers={"ETag": etag})
+    path = state.storage.path(upload.storage_key)
+    return FileResponse(
+        path,
+        media_type=upload.content_type or "application/octet-stream",
+        headers={
+            "ETag": etag,
+            "Content-Disposition": content_disposition(upload.filename),
+            "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "private, max-age=31536000, immutable",
+        },
+    )

@@ -1,128 +1,138 @@
-"""``GET /ws``: job events over WebSocket, resumable with ``last_event_id``.
+"""``GET /ws``: job and topic events over WebSocket, resumable with ``last_event_id``; commands on the open socket.
 
-Order of operations makes resumption exact: the subscription to live events is in place before the
-backlog is read, and every event is sent at most once by comparing stream ids. So a client sees every
-matching event after its resume point, in order, with no gap and no repeat.
+What is sent, and in which order, is :class:`api.streaming.EventStream`'s business (shared with SSE). This
+module adds the WebSocket side: the client's ``subscribe``/``unsubscribe`` messages, and closing with a code
+— 1003 for a binary message, 1008 for a malformed one or a bad request, 1013 when a cap is reached or the
+client fell too far behind — after a ``{"type": "error", "detail": …}`` message. Keep-alive pings are
+uvicorn's (``CONVEYOR_WS_PING_INTERVAL``).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from pydantic import ValidationError
 from starlette.websockets import WebSocketState
 
 from api.deps import StateDep
-from api.hub import Filter, Subscription, event_json
-from conveyor.events import AsyncEventLog, id_key
+from api.hub import Full
+from api.streaming import (
+    CLOSE_POLICY,
+    CLOSE_UNSUPPORTED,
+    TOO_FAR_BEHIND,
+    EventStream,
+    Refused,
+    full,
+    parse_request,
+)
+from conveyor.schemas import StreamCommand, StreamError
 
 log = logging.getLogger("conveyor.ws")
 router = APIRouter()
 
-CLOSE_POLICY = 1008
-CLOSE_TRY_AGAIN = 1013
-BACKLOG_PAGE = 500
+#: Longest a command message may be, in characters.
+MAX_COMMAND = 1024
+#: Seconds spent trying to deliver the closing message to a client that does not read.
+CLOSE_TIMEOUT = 10.0
 
 
-def make_filter(job_id: str | None, topic: str | None) -> Filter:
-    """The events a connection asked for: one job, one topic, or every job event."""
-    if job_id is not None:
-        return lambda event: event.job_id == job_id
-    if topic is not None:
-        return lambda event: event.topic == topic
-    return lambda event: event.job_id is not None
+class _WebSocketSender:
+    __slots__ = ("websocket",)
 
+    def __init__(self, websocket: WebSocket) -> None:
+        self.websocket = websocket
 
-def predecessor(event_id: str) -> str:
-    """The greatest stream id below ``event_id``, so that reading "after" it includes ``event_id``."""
-    ms, seq = id_key(event_id)
-    return f"{ms}-{seq - 1}" if seq > 0 else f"{ms - 1}-18446744073709551615"
+    async def send(self, message: str, event_id: str | None) -> None:
+        await self.websocket.send_text(message)
 
-
-async def _close(websocket: WebSocket, code: int, reason: str) -> None:
-    if websocket.application_state == WebSocketState.CONNECTED:
-        await websocket.send_json({"type": "error", "detail": reason})
-        await websocket.close(code, reason[:120])
+    async def heartbeat(self) -> None:  # pragma: no cover - WebSocket keep-alive is uvicorn's ping
+        return None
 
 
 @router.websocket("/ws")
-async def events_socket(
-    websocket: WebSocket,
-    state: StateDep,
-    job_id: Annotated[str | None, Query(max_length=64)] = None,
-    topic: Annotated[str | None, Query(max_length=200)] = None,
-    last_event_id: Annotated[str | None, Query(max_length=64)] = None,
-) -> None:
-    """Push matching events: first those after ``last_event_id`` (or the job's whole history when a job is
-    named and no resume point is given), then live ones."""
+async def events_socket(websocket: WebSocket, state: StateDep) -> None:
+    """Push matching events: first those after ``last_event_id`` (or the named jobs' whole history when no
+    resume point is given), then live ones; accept ``subscribe``/``unsubscribe`` messages meanwhile."""
     await websocket.accept()
-    if last_event_id is not None:
-        try:
-            id_key(last_event_id)
-        except ValueError:
-            await _close(websocket, CLOSE_POLICY, "last_event_id is not an event id")
-            return
-    with state.hub.subscribe(make_filter(job_id, topic)) as subscription:
-        start = last_event_id
-        if start is None and job_id is not None:
-            job = await anyio.to_thread.run_sync(state.store.get, job_id)
-            if job is None:
-                await _close(websocket, CLOSE_POLICY, f"no job {job_id}")
-                return
-            first = await anyio.to_thread.run_sync(state.store.queued_event_id, job_id)
-            start = predecessor(first) if first else None
-        async with anyio.create_task_group() as group:
-
-            async def send_then_cancel() -> None:
-                try:
-                    await _send(websocket, state.events, subscription, start)
-                except WebSocketDisconnect:
-                    pass
-                group.cancel_scope.cancel()
-
-            async def receive_then_cancel() -> None:
-                await _receive(websocket)
-                group.cancel_scope.cancel()
-
-            group.start_soon(send_then_cancel)
-            group.start_soon(receive_then_cancel)
-
-
-async def _receive(websocket: WebSocket) -> None:
-    """Drain what the client sends until it disconnects (commands come in a later version)."""
+    outcome: Refused | None
     try:
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-    except (WebSocketDisconnect, RuntimeError):
-        return
+        request = parse_request(websocket.query_params)
+        with state.hub.subscribe(request.selection()) as subscription:
+            stream = EventStream(state, subscription)
+            start = await stream.start_point(request)
+            outcome = await _serve(websocket, stream, start)
+    except Refused as exc:
+        outcome = exc
+    except Full as exc:
+        outcome = full(exc)
+    if outcome is not None:
+        await _close(websocket, outcome)
 
 
-async def _send(websocket: WebSocket, events: AsyncEventLog, subscription: Subscription, start: str | None) -> None:
-    sent: tuple[int, int] = (0, 0)
-    if start is not None:
-        sent = id_key(start)
-        cursor = start
-        while True:
-            page = await events.after(cursor, BACKLOG_PAGE)
-            for event in page:
-                if subscription.matches(event):
-                    await websocket.send_text(event_json(event))
-                sent = id_key(event.event_id)
-            if len(page) < BACKLOG_PAGE:
-                break
-            cursor = page[-1].event_id
+async def _serve(websocket: WebSocket, stream: EventStream, start: str | None) -> Refused | None:
+    """Send and receive side by side until either ends; returns why the stream must close, if it must."""
+    outcome: Refused | None = None
+    async with anyio.create_task_group() as group:
+        stream.subscription.on_overflow = group.cancel_scope.cancel
+
+        async def send() -> None:
+            nonlocal outcome
+            try:
+                await stream.run(_WebSocketSender(websocket), start)
+            except Refused as exc:
+                outcome = exc
+            except WebSocketDisconnect:
+                pass
+            group.cancel_scope.cancel()
+
+        async def receive() -> None:
+            nonlocal outcome
+            outcome = await _receive(websocket, stream)
+            group.cancel_scope.cancel()
+
+        group.start_soon(send)
+        group.start_soon(receive)
+    if stream.subscription.overflowed:
+        return TOO_FAR_BEHIND
+    return outcome
+
+
+async def _receive(websocket: WebSocket, stream: EventStream) -> Refused | None:
+    """Apply the client's commands until it disconnects (``None``) or sends something unacceptable."""
     while True:
-        item = await subscription.queue.get()
-        if item is None:
-            await _close(websocket, CLOSE_TRY_AGAIN, "too far behind; reconnect with last_event_id")
+        try:
+            message = await websocket.receive()
+        except (WebSocketDisconnect, RuntimeError):
+            return None
+        if message["type"] == "websocket.disconnect":
+            return None
+        text = message.get("text")
+        if text is None:
+            return Refused("binary messages are not supported; send JSON text", CLOSE_UNSUPPORTED)
+        if len(text) > MAX_COMMAND:
+            return Refused(f"a command is at most {MAX_COMMAND} characters")
+        try:
+            command = StreamCommand.model_validate_json(text)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'message'}: {e['msg']}" for e in exc.errors())
+            return Refused(f'bad command ({problems}); send {{"op": "subscribe", "job_id": …}}')
+        try:
+            await stream.command(command)
+        except Refused as exc:
+            return exc
+
+
+async def _close(websocket: WebSocket, outcome: Refused) -> None:
+    """Send the error message and the close code, unless the client is gone or does not read in time."""
+    if websocket.application_state != WebSocketState.CONNECTED:
+        return
+    with anyio.move_on_after(CLOSE_TIMEOUT):
+        try:
+            await websocket.send_text(StreamError(detail=outcome.detail).model_dump_json())
+            await websocket.close(outcome.ws_code, outcome.detail.encode()[:120].decode(errors="ignore"))
+        except (WebSocketDisconnect, RuntimeError):
             return
-        event, encoded = item
-        key = id_key(event.event_id)
-        if key <= sent:
-            continue
-        await websocket.send_text(encoded)
-        sent = key
+    if outcome.ws_code != CLOSE_POLICY:
+        log.info("event stream closed code=%d detail=%r", outcome.ws_code, outcome.detail)

@@ -1,0 +1,233 @@
+"""Backlog, then live: how every event stream (WebSocket ``/ws``, SSE ``/events``) sends events.
+
+One :class:`EventStream` per connection, whatever the transport:
+
+1. the connection subscribes to the hub first, so live events start collecting in its mailbox;
+2. it reads the backlog after the resume point from the stream (``XRANGE``, pages of 500), checking after
+   each page that the stream still covers the cursor — if not, a ``resync`` message goes first — and sends
+   the matching events, remembering the highest id read;
+3. then it sends live events from the mailbox, skipping any id not above the highest already read.
+
+An event published while the backlog is read is in both; the id comparison sends it once. None can fall in
+between, because the subscription existed before the first read. Subscribing to a job on an open stream
+(a command) takes effect in the same loop: the job joins the subscription (the listener is in place), then
+the job is read from the store and sent as a ``snapshot``, then its live events follow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import anyio
+
+from api.hub import Full, Selection, Subscription, event_json
+from conveyor.events import id_key, predecessor
+from conveyor.schemas import Resync, Snapshot, StreamCommand, SubscriptionNotice
+
+if TYPE_CHECKING:
+    from api.state import AppState
+
+BACKLOG_PAGE = 500
+#: Most jobs plus topics one stream may follow.
+MAX_FOLLOWED = 100
+
+CLOSE_UNSUPPORTED = 1003
+CLOSE_POLICY = 1008
+CLOSE_TRY_AGAIN = 1013
+
+
+class Refused(Exception):
+    """Why a stream is refused or ends: a WebSocket close code and, before an SSE response starts, an HTTP status."""
+
+    def __init__(self, detail: str, ws_code: int = CLOSE_POLICY, http_status: int = 400) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.ws_code = ws_code
+        self.http_status = http_status
+
+
+TOO_FAR_BEHIND = Refused("too far behind; reconnect with last_event_id", CLOSE_TRY_AGAIN, 503)
+
+
+def full(exc: Full) -> Refused:
+    """The refusal for a connection cap: WebSocket close 1013, HTTP 503."""
+    return Refused(str(exc), CLOSE_TRY_AGAIN, 503)
+
+
+@dataclass(frozen=True)
+class StreamRequest:
+    """What a client asked for when it connected: jobs and topics (none: every job event), and a resume point."""
+
+    jobs: tuple[str, ...] = ()
+    topics: tuple[str, ...] = ()
+    resume: str | None = None
+
+    def selection(self) -> Selection:
+        return Selection(self.jobs, self.topics)
+
+
+def _values(query: Mapping[str, str], name: str, max_length: int) -> tuple[str, ...]:
+    getlist = getattr(query, "getlist", None)
+    values: Sequence[str] = getlist(name) if getlist is not None else ([query[name]] if name in query else [])
+    for value in values:
+        if not 0 < len(value) <= max_length:
+            raise Refused(f"{name} must be 1 to {max_length} characters")
+    return tuple(dict.fromkeys(values))
+
+
+def parse_request(query: Mapping[str, str], last_event_id_header: str | None = None) -> StreamRequest:
+    """The filters and resume point of a stream request (``job_id`` and ``topic`` may repeat).
+
+    The ``Last-Event-ID`` header, when given, wins over the ``last_event_id`` parameter. Raises
+    :class:`Refused` (1008 / 400) for a malformed id or too many filters.
+    """
+    jobs = _values(query, "job_id", 64)
+    topics = _values(query, "topic", 200)
+    if len(jobs) + len(topics) > MAX_FOLLOWED:
+        raise Refused(f"at most {MAX_FOLLOWED} job_id and topic filters")
+    resume = last_event_id_header if last_event_id_header is not None else query.get("last_event_id")
+    if resume is not None:
+        try:
+            if len(resume) > 64:
+                raise ValueError(resume)
+            id_key(resume)
+        except ValueError:
+            raise Refused("last_event_id is not an event id") from None
+    return StreamRequest(jobs, topics, resume)
+
+
+class Sender(Protocol):
+    """How a transport delivers one message; ``event_id`` is ``None`` for a message that is not an event."""
+
+    async def send(self, message: str, event_id: str | None) -> None: ...
+
+    async def heartbeat(self) -> None: ...
+
+
+@dataclass
+class _Command:
+    command: StreamCommand
+    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class EventStream:
+    """One connection's events: the backlog after its resume point, then live ones; each at most once, in order."""
+
+    def __init__(self, state: AppState, subscription: Subscription) -> None:
+        self.state = state
+        self.subscription = subscription
+        self._commands: list[_Command] = []
+
+    async def start_point(self, request: StreamRequest) -> str | None:
+        """The id to read the backlog after: the resume point; else, for named jobs, just before the earliest
+        job's ``job.queued`` event (their whole history); else ``None`` (live events only).
+
+        Raises :class:`Refused` (1008 / 404) when a named job does not exist.
+        """
+        if request.resume is not None:
+            return request.resume
+        firsts = []
+        for job_id in request.jobs:
+            if await anyio.to_thread.run_sync(self.state.store.get, job_id) is None:
+                raise Refused(f"no job {job_id}", CLOSE_POLICY, 404)
+            first = await anyio.to_thread.run_sync(self.state.store.queued_event_id, job_id)
+            if first:
+                firsts.append(first)
+        return predecessor(min(firsts, key=id_key)) if firsts else None
+
+    async def command(self, command: StreamCommand) -> None:
+        """Apply a client's subscribe/unsubscribe in the sending loop, in order; returns once it is done."""
+        if (command.job_id is None) == (command.topic is None):
+            raise Refused("a command names exactly one of job_id and topic")
+        pending = _Command(command)
+        self._commands.append(pending)
+        self.subscription.wake()
+        await pending.done
+
+    async def run(self, sender: Sender, start: str | None, heartbeat: float | None = None) -> None:
+        """Send until the connection ends. Raises :class:`Refused` when the stream must close: the client fell
+        too far behind, or a command could not be honoured."""
+        sent = await self._backlog(sender, start) if start is not None else (0, 0)
+        subscription = self.subscription
+        matches = subscription.selection.matches
+        while True:
+            if subscription.overflowed:
+                raise TOO_FAR_BEHIND
+            if self._commands:
+                await self._apply(sender, self._commands.pop(0))
+                continue
+            item = subscription.pop()
+            if item is None:
+                if heartbeat is None:
+                    await subscription.wait()
+                    continue
+                try:
+                    async with asyncio.timeout(heartbeat):
+                        await subscription.wait()
+                except TimeoutError:
+                    await sender.heartbeat()
+                continue
+            event, message = item
+            if event is None:
+                await sender.send(message, None)
+                continue
+            key = id_key(event.event_id)
+            if key <= sent or not matches(event):
+                continue
+            await sender.send(message, event.event_id)
+            sent = key
+
+    async def _backlog(self, sender: Sender, start: str) -> tuple[int, int]:
+        events = self.state.events
+        matches = self.subscription.selection.matches
+        cursor = start
+        resynced = False
+        while True:
+            page = await events.after(cursor, BACKLOG_PAGE)
+            if not resynced:
+                retention = await events.retention()
+                if not retention.covers(cursor):
+                    resynced = True
+                    resync = Resync(
+                        after=cursor,
+                        first_event_id=retention.first_id,
+                        detail="events after this point may have been trimmed; read the state of your jobs over HTTP",
+                    )
+                    await sender.send(resync.model_dump_json(), None)
+            for event in page:
+                if matches(event):
+                    await sender.send(event_json(event), event.event_id)
+            if page:
+                cursor = page[-1].event_id
+            if len(page) < BACKLOG_PAGE:
+                return id_key(cursor)
+
+    async def _apply(self, sender: Sender, pending: _Command) -> None:
+        command = pending.command
+        hub = self.state.hub
+        selection = self.subscription.selection
+        if command.op == "unsubscribe":
+            hub.unwatch(self.subscription, job_id=command.job_id, topic=command.topic)
+            notice = SubscriptionNotice(type="unsubscribed", job_id=command.job_id, topic=command.topic)
+            await sender.send(notice.model_dump_json(exclude_none=True), None)
+        else:
+            if len(selection.jobs) + len(selection.topics) >= MAX_FOLLOWED:
+                raise Refused(f"a stream follows at most {MAX_FOLLOWED} jobs and topics")
+            try:
+                hub.watch(self.subscription, job_id=command.job_id, topic=command.topic)
+            except Full as exc:
+                raise full(exc) from None
+            if command.job_id is not None:
+                job = await anyio.to_thread.run_sync(self.state.store.get, command.job_id)
+                if job is None:
+                    hub.unwatch(self.subscription, job_id=command.job_id)
+                    raise Refused(f"no job {command.job_id}", CLOSE_POLICY, 404)
+                await sender.send(Snapshot(job_id=job.job_id, job=job).model_dump_json(), None)
+            else:
+                notice = SubscriptionNotice(type="subscribed", topic=command.topic)
+                await sender.send(notice.model_dump_json(exclude_none=True), None)
+        if not pending.done.done():
+            pending.done.set_result(None)

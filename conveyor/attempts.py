@@ -1,0 +1,115 @@
+"""The delivery-attempt log: every try to deliver a notification, with what the peer answered.
+
+Workers append one row per attempt; ``GET /jobs/{job_id}/attempts`` reads them back in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from conveyor import db
+from conveyor.jobstore import _aware, utcnow
+
+#: Longest reply or error text kept per attempt.
+MAX_TEXT = 1000
+
+
+class Outcome(StrEnum):
+    DELIVERED = "delivered"
+    #: Failed in a way another attempt may fix (timeout, 5xx, 429, SMTP 4xx).
+    TRANSIENT = "transient"
+    #: Failed in a way another attempt would not fix (4xx, SMTP 5xx, a refused address).
+    PERMANENT = "permanent"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One recorded delivery attempt."""
+
+    job_id: str
+    attempt: int
+    channel: str
+    outcome: Outcome
+    status_code: int | None
+    reply: str | None
+    error: str | None
+    duration_ms: int | None
+    at: datetime
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "attempt": self.attempt,
+            "at": self.at.isoformat(),
+            "channel": self.channel,
+            "outcome": self.outcome.value,
+            "status_code": self.status_code,
+            "reply": self.reply,
+            "error": self.error,
+            "duration_ms": self.duration_ms,
+        }
+
+
+def _clip(text: str | None) -> str | None:
+    return None if text is None else text[:MAX_TEXT]
+
+
+class AttemptLog:
+    """Delivery attempts in the job store's database. Rows are only ever added."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def record(
+        self,
+        job_id: str,
+        *,
+        attempt: int,
+        channel: str,
+        outcome: Outcome,
+        status_code: int | None = None,
+        reply: str | None = None,
+        error: str | None = None,
+        duration_ms: int | None = None,
+    ) -> None:
+        """Append one attempt (texts are clipped to ``MAX_TEXT`` characters)."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                db.delivery_attempts.insert().values(
+                    job_id=job_id,
+                    attempt=attempt,
+                    channel=channel,
+                    outcome=outcome.value,
+                    status_code=status_code,
+                    reply=_clip(reply),
+                    error=_clip(error),
+                    duration_ms=duration_ms,
+                    created_at=utcnow(),
+                )
+            )
+
+    def of(self, job_id: str, limit: int = 1000) -> list[Attempt]:
+        """The job's attempts, oldest first."""
+        table = db.delivery_attempts
+        query = sa.select(table).where(table.c.job_id == job_id).order_by(table.c.id).limit(limit)
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).all()
+        return [
+            Attempt(
+                job_id=row.job_id,
+                attempt=row.attempt,
+                channel=row.channel,
+                outcome=Outcome(row.outcome),
+                status_code=row.status_code,
+                reply=row.reply,
+                error=row.error,
+                duration_ms=row.duration_ms,
+                at=_aware(row.created_at),
+            )
+            for row in rows
+        ]
