@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test test-fast test-system lint format clean
+.PHONY: run test test-fast test-system lint format bench clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ is needed (PYTHON=$(PYTHON))"; exit 1; }
@@ -28,6 +28,9 @@ test-fast: $(VENV)/.dev
 
 test-system: $(VENV)/.dev
 	$(BIN)/pytest -m system
+
+bench: $(VENV)/.dev
+	$(BIN)/python -m bench
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

@@ -24,7 +24,6 @@ from conveyor.schemas import Event, EventType, Resync
 log = logging.getLogger("conveyor.hub")
 
 
-
 def event_json(event: Event) -> str:
     """The message a client receives for an event."""
     return orjson.dumps(event.model_dump(mode="json", exclude_none=True)).decode()
@@ -279,14 +278,14 @@ class Hub:
         """Hand ``event`` to every subscription that listens to it, each once."""
         item = Outgoing.of(event)
         if event.type is EventType.TOPIC_MESSAGE:
-            for subscription in self._by_topic.get(event.topic or "", ()):
+            for subscription in tuple(self._by_topic.get(event.topic or "", ())):
                 subscription.offer(item)
             return
         if event.job_id is None:
             return
-        for subscription in self._all_jobs:
+        for subscription in tuple(self._all_jobs):
             subscription.offer(item)
-        for subscription in self._by_job.get(event.job_id, ()):
+        for subscription in tuple(self._by_job.get(event.job_id, ())):
             if not subscription.selection.all_jobs:
                 subscription.offer(item)
 
@@ -306,7 +305,7 @@ class Hub:
                 if failed:
                     await self._check_continuity()
                     failed = False
-                for event in await self.events.read(self.last_id, self.block_ms):
+                for event in await self.events.read(self.last_id, self.block_ms, count=min(1000, self.queue_size)):
                     self.last_id = event.event_id
                     self.publish_local(event)
                 delay = 0.1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from api import errors
 from api.routes import attempts, health, jobs, notifications, sse, uploads, ws
 from api.state import lifespan_for
 from conveyor import __version__
@@ -19,4 +20,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     for module in (health, jobs, attempts, notifications, uploads, ws, sse):
         app.include_router(module.router)
+    errors.install(app)
     return app

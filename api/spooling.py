@@ -19,7 +19,7 @@ from typing import IO
 
 import anyio
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from conveyor.sniff import SNIFF_BYTES, allowed, sniff
 from conveyor.spool import PARTIAL_SUFFIX, spool_path
@@ -105,9 +105,14 @@ class _SpoolWriter:
             self.digest.update(view)
 
     def _write(self, block: list[memoryview]) -> None:
-        for view in block:
-            _write_all(self.handle, view)
-        self.written += sum(len(view) for view in block)
+        size = sum(len(view) for view in block)
+        done = os.writev(self.handle.fileno(), block)
+        if done < size:  # a short write: finish piece by piece
+            for view in block:
+                skip = min(done, len(view))
+                done -= skip
+                _write_all(self.handle, view[skip:])
+        self.written += size
         if self.written - self.advised >= WRITEBACK_BYTES:
             # Start writing these pages to disk now, so the final fsync has little left to do and the
             # page cache does not fill up with one upload.
@@ -286,9 +291,15 @@ async def spool_upload(
     parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
     started = time.monotonic()
     try:
-        async for chunk in request.stream():
-            parser.write(chunk)
-            if receiver.writer is not None:
+        receive = request.receive
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            more = message.get("more_body", False)
+            parser.write(message.get("body", b""))
+            if receiver.writer is not None and receiver.writer.ready:
                 await receiver.writer.pump()
         parser.finalize()
         if not receiver.file_done or receiver.writer is None:
@@ -306,8 +317,6 @@ async def spool_upload(
     except UploadError:
         raise
     except Exception as exc:
-        from starlette.requests import ClientDisconnect
-
         if isinstance(exc, ClientDisconnect):
             raise UploadError(400, "client disconnected before the upload finished") from exc
         raise UploadError(400, f"malformed multipart body: {exc}") from exc

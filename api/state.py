@@ -14,6 +14,8 @@ import redis
 import redis.asyncio as aioredis
 from celery import Celery
 from fastapi import FastAPI
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
 
 from api.hub import Hub, raise_open_file_limit
 from conveyor.celery_app import create_celery
@@ -50,8 +52,13 @@ async def open_state(settings: Settings) -> AsyncIterator[AppState]:
     """Open the job store, Redis pools and the event hub; close them all on exit."""
     engine = create_engine(settings.effective_database_url, pool_size=20, max_overflow=20)
     await anyio.to_thread.run_sync(migrate, engine)
+    # After a Redis restart every pooled connection is stale: retrying a command once on a fresh one hides that.
     async_redis = aioredis.Redis.from_url(
-        settings.effective_redis_url, socket_timeout=10, socket_connect_timeout=3, health_check_interval=30
+        settings.effective_redis_url,
+        socket_timeout=10,
+        socket_connect_timeout=3,
+        health_check_interval=30,
+        retry=AsyncRetry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
     )
     sync_redis = redis.Redis.from_url(settings.effective_redis_url, socket_timeout=5, socket_connect_timeout=3)
     celery = create_celery(settings)

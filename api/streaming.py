@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
-from api.hub import Full, Selection, Subscription, event_json
+from api.hub import Full, Outgoing, Selection, Subscription
 from conveyor.events import id_key, predecessor
 from conveyor.schemas import Resync, Snapshot, StreamCommand, SubscriptionNotice
 
@@ -100,11 +100,16 @@ def parse_request(query: Mapping[str, str], last_event_id_header: str | None = N
 
 
 class Sender(Protocol):
-    """How a transport delivers one message; ``event_id`` is ``None`` for a message that is not an event."""
+    """How a transport delivers one message (an event, or a notice without an id)."""
 
-    async def send(self, message: str, event_id: str | None) -> None: ...
+    async def send(self, item: Outgoing) -> None: ...
 
     async def heartbeat(self) -> None: ...
+
+
+def notice(message: str) -> Outgoing:
+    """A message that is not an event (``resync``, ``snapshot``, …)."""
+    return Outgoing(None, message)
 
 
 @dataclass
@@ -138,19 +143,44 @@ class EventStream:
                 firsts.append(first)
         return predecessor(min(firsts, key=id_key)) if firsts else None
 
-    async def command(self, command: StreamCommand) -> None:
-        """Apply a client's subscribe/unsubscribe in the sending loop, in order; returns once it is done."""
+    def submit(self, command: StreamCommand) -> asyncio.Future[None]:
+        """Queue a client's subscribe/unsubscribe for the sending loop, which applies it before anything else
+        still waiting; the future is done once it is applied. Raises :class:`Refused` for a malformed command."""
         if (command.job_id is None) == (command.topic is None):
             raise Refused("a command names exactly one of job_id and topic")
+        if len(self._commands) >= 8:
+            raise Refused("too many commands waiting; wait for the answers")
         pending = _Command(command)
         self._commands.append(pending)
         self.subscription.wake()
-        await pending.done
+        return pending.done
 
-    async def run(self, sender: Sender, start: str | None, heartbeat: float | None = None) -> None:
-        """Send until the connection ends. Raises :class:`Refused` when the stream must close: the client fell
-        too far behind, or a command could not be honoured."""
-        sent = await self._backlog(sender, start) if start is not None else (0, 0)
+    @property
+    def busy(self) -> bool:
+        """True while commands wait to be applied."""
+        return bool(self._commands)
+
+    async def command(self, command: StreamCommand) -> None:
+        """Apply a client's subscribe/unsubscribe in the sending loop, in order; returns once it is done."""
+        await self.submit(command)
+
+    async def run(
+        self,
+        sender: Sender,
+        start: str | None,
+        heartbeat: float | None = None,
+        *,
+        sent: tuple[int, int] = (0, 0),
+        until_idle: bool = False,
+    ) -> tuple[int, int]:
+        """Send until the connection ends — or, with ``until_idle``, until nothing waits to be sent; returns the
+        key of the newest id sent or read past (pass it back as ``sent`` to continue without repeats).
+
+        Raises :class:`Refused` when the stream must close: the client fell too far behind, or a command could
+        not be honoured.
+        """
+        if start is not None:
+            sent = max(sent, await self._backlog(sender, start))
         subscription = self.subscription
         matches = subscription.selection.matches
         while True:
@@ -161,6 +191,8 @@ class EventStream:
                 continue
             item = subscription.pop()
             if item is None:
+                if until_idle:
+                    return sent
                 if heartbeat is None:
                     await subscription.wait()
                     continue
@@ -170,14 +202,13 @@ class EventStream:
                 except TimeoutError:
                     await sender.heartbeat()
                 continue
-            event, message = item
-            if event is None:
-                await sender.send(message, None)
+            event, key = item.event, item.key
+            if event is None or key is None:
+                await sender.send(item)
                 continue
-            key = id_key(event.event_id)
             if key <= sent or not matches(event):
                 continue
-            await sender.send(message, event.event_id)
+            await sender.send(item)
             sent = key
 
     async def _backlog(self, sender: Sender, start: str) -> tuple[int, int]:
@@ -196,10 +227,10 @@ class EventStream:
                         first_event_id=retention.first_id,
                         detail="events after this point may have been trimmed; read the state of your jobs over HTTP",
                     )
-                    await sender.send(resync.model_dump_json(), None)
+                    await sender.send(notice(resync.model_dump_json()))
             for event in page:
                 if matches(event):
-                    await sender.send(event_json(event), event.event_id)
+                    await sender.send(Outgoing.of(event))
             if page:
                 cursor = page[-1].event_id
             if len(page) < BACKLOG_PAGE:
@@ -211,8 +242,8 @@ class EventStream:
         selection = self.subscription.selection
         if command.op == "unsubscribe":
             hub.unwatch(self.subscription, job_id=command.job_id, topic=command.topic)
-            notice = SubscriptionNotice(type="unsubscribed", job_id=command.job_id, topic=command.topic)
-            await sender.send(notice.model_dump_json(exclude_none=True), None)
+            unsubscribed = SubscriptionNotice(type="unsubscribed", job_id=command.job_id, topic=command.topic)
+            await sender.send(notice(unsubscribed.model_dump_json(exclude_none=True)))
         else:
             if len(selection.jobs) + len(selection.topics) >= MAX_FOLLOWED:
                 raise Refused(f"a stream follows at most {MAX_FOLLOWED} jobs and topics")
@@ -225,9 +256,9 @@ class EventStream:
                 if job is None:
                     hub.unwatch(self.subscription, job_id=command.job_id)
                     raise Refused(f"no job {command.job_id}", CLOSE_POLICY, 404)
-                await sender.send(Snapshot(job_id=job.job_id, job=job).model_dump_json(), None)
+                await sender.send(notice(Snapshot(job_id=job.job_id, job=job).model_dump_json()))
             else:
-                notice = SubscriptionNotice(type="subscribed", topic=command.topic)
-                await sender.send(notice.model_dump_json(exclude_none=True), None)
+                subscribed = SubscriptionNotice(type="subscribed", topic=command.topic)
+                await sender.send(notice(subscribed.model_dump_json(exclude_none=True)))
         if not pending.done.done():
             pending.done.set_result(None)

@@ -19,11 +19,24 @@ def create_celery(settings: Settings) -> Celery:
     app = Celery("conveyor", set_as_current=False)
     app.conf.update(
         broker_url=settings.effective_redis_url,
+        # kombu's Redis transport, minus a restore-on-close that can kill a worker after a Redis restart.
+        broker_transport="conveyor.broker:Transport",
+        # A worker (and beat) that loses Redis keeps reconnecting, however long it is gone.
         broker_connection_retry_on_startup=True,
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,
         broker_transport_options={
-            # A message a worker took but never acknowledged goes back to the queue after this long.
-            # It must exceed task_time_limit, or a task still running would be delivered twice.
+            # A message a worker took but never acknowledged goes back to the queue after this long. A job's claim
+            # and heartbeat make a redelivery harmless (a live run keeps its job), so this is tuned for recovery:
+            # it bounds how long a message held by a dead worker before its job was claimed stays lost.
             "visibility_timeout": settings.visibility_timeout,
+            # Look for such messages every 5 s (kombu's default sweep is every ~100 s) ...
+            "unacked_restore_interval": 5,
+            "unacked_restore_throttle": 1,
+            # ... and don't let a sweeper that died holding the sweep lock stop the others for long.
+            "unacked_mutex_expire": 30,
+            # Connecting to a Redis host that is gone fails in seconds instead of hanging.
+            "socket_connect_timeout": 5,
         },
         # JSON only: a pickled message pushed into a queue is refused, never executed.
         task_serializer="json",
@@ -37,7 +50,8 @@ def create_celery(settings: Settings) -> Celery:
         # so a crash loses nothing; tasks are idempotent, keyed by job id.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        # One message at a time per process: uploads are long, and a prefetched message waits behind them.
+        # One message at a time per process, on every queue: uploads are long, and a prefetched message waits
+        # behind them; and a message held but not yet claimed is the one thing only the visibility timeout recovers.
         worker_prefetch_multiplier=1,
         task_soft_time_limit=settings.task_soft_time_limit,
         task_time_limit=settings.task_time_limit,
@@ -59,8 +73,10 @@ def create_celery(settings: Settings) -> Celery:
         # A publish to a Redis that is down fails fast; the dispatcher sends it again later.
         task_publish_retry=True,
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5},
-        # If the broker connection drops, stop running tasks whose messages will be redelivered anyway.
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # If the broker connection drops, running tasks go on and record their outcome in the job store; their
+        # messages come back after the visibility timeout and find the job finished. Cancelling them would kill a
+        # run for a Redis blip (and count a crash).
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         imports=("worker.tasks",),
@@ -72,7 +88,11 @@ def create_celery(settings: Settings) -> Celery:
                 "schedule": timedelta(seconds=settings.dispatch_interval_seconds),
                 "options": {"expires": settings.dispatch_interval_seconds * 2},
             },
-            "reap-stale": {"task": names.TASK_REAP_STALE, "schedule": timedelta(minutes=1)},
+            "reap-stale": {
+                "task": names.TASK_REAP_STALE,
+                "schedule": timedelta(seconds=settings.heartbeat_seconds * 2),
+                "options": {"expires": settings.heartbeat_seconds * 4},
+            },
             "purge-spool": {"task": names.TASK_PURGE_SPOOL, "schedule": timedelta(minutes=15)},
             "trim-events": {"task": names.TASK_TRIM_EVENTS, "schedule": timedelta(minutes=10)},
         },

@@ -43,7 +43,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
         port=args.port or settings.api_port,
         loop="uvloop",
         http="httptools",
-        ws="websockets-sansio",
+        ws="api.wsnative:WebSocketProtocol",
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=3,

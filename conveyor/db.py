@@ -35,6 +35,12 @@ jobs = sa.Table(
     sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("dispatched_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("queued_event_id", sa.String(40), nullable=True),
+    # Touched every few seconds by the run holding a started job; a run whose heartbeat is old is dead.
+    sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=True),
+    # When a retrying job's next attempt is due.
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True),
+    # Runs that died holding the job (worker killed, out of memory, time limit).
+    sa.Column("crashes", sa.Integer, nullable=False, default=0, server_default="0"),
     sa.Index("ix_jobs_status_id", "status", "id"),
     sa.Index("ix_jobs_kind_id", "kind", "id"),
     sa.Index("ix_jobs_owner_id", "owner", "id"),

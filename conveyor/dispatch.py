@@ -12,6 +12,7 @@ import logging
 from datetime import timedelta
 
 from celery import Celery
+from kombu.exceptions import ChannelError
 
 from conveyor.events import EventLog, job_event
 from conveyor.jobstore import Dispatch, JobStore, NewJob
@@ -41,8 +42,8 @@ class Dispatcher:
         return job, created
 
     def send(self, dispatch: Dispatch, *, announce: bool = True) -> bool:
-        """Publish ``job.queued`` (unless ``announce`` is off) and send the task; ``False`` (logged) if Redis
-        refused."""
+        """Publish ``job.queued`` (unless ``announce`` is off), send the task and note when it was sent; ``False``
+        (logged) if Redis refused."""
         job = dispatch.job
         try:
             event_id = self.events.publish(job_event(job)) if announce else None
@@ -50,29 +51,59 @@ class Dispatcher:
         except Exception as exc:  # noqa: BLE001 - any broker failure leaves the row for dispatch_pending
             log.warning("dispatch deferred job_id=%s error=%r", job.job_id, exc)
             return False
-        if not announce:
-            return True
         try:
             self.store.mark_dispatched(job.job_id, event_id)
         except Exception as exc:  # noqa: BLE001 - the task is sent; at worst dispatch_pending sends it again
             log.warning("dispatch not marked job_id=%s error=%r", job.job_id, exc)
         return True
 
-    def dispatch_pending(self, grace: timedelta) -> int:
-        """Send every queued job whose task was not confirmed sent within ``grace``. Returns how many went."""
+    def dispatch_pending(self, grace: timedelta, abandoned_after: timedelta | None = None) -> int:
+        """Send every queued job whose task was not confirmed sent within ``grace``, and every retrying job whose
+        next attempt is due and that nobody else will send (its holder, if any, gone for ``abandoned_after``;
+        default ``grace``). Returns how many went."""
         sent = 0
         for dispatch in self.store.undispatched(grace):
             if self.send(dispatch):
                 log.info("dispatched late job_id=%s", dispatch.job.job_id)
                 sent += 1
+        for dispatch in self.store.retries_due(grace if abandoned_after is None else abandoned_after):
+            if self.send(dispatch, announce=False):
+                log.info("retry sent job_id=%s attempt=%d", dispatch.job.job_id, dispatch.job.attempts + 1)
+                sent += 1
         return sent
 
-    def resend_stale(self, older_than: timedelta) -> int:
-        """Send again the task of every started job untouched for ``older_than`` (its worker and message
-        are gone). The worker's claim lets exactly one delivery run it. Returns how many were sent."""
+    def resend_lost(self, older_than: timedelta) -> int:
+        """Send again the task of every job sent more than ``older_than`` ago, still unclaimed, whose queue in the
+        broker is empty: its message is not waiting, and a live worker claims what it takes within moments, so the
+        message is lost or held by a dead worker (a worker or Redis died between taking it and claiming the job, or
+        Redis lost its last second of writes in a machine crash). If Redis gives a held message back later, it is
+        a duplicate the claim drops. A queue with a backlog is looked at again once it drains; meanwhile the
+        visibility timeout returns held messages. Returns how many were sent."""
+        candidates = self.store.unclaimed(older_than)
+        empty = {queue for queue in {d.queue for d in candidates} if self._waiting(queue) == 0}
         sent = 0
-        for dispatch in self.store.stale_started(older_than):
+        for dispatch in candidates:
+            if dispatch.queue in empty and self.send(dispatch, announce=False):
+                log.warning("lost message sent again job_id=%s queue=%s", dispatch.job.job_id, dispatch.queue)
+                sent += 1
+        return sent
+
+    def _waiting(self, queue: str) -> int:
+        """Messages waiting in ``queue`` in the broker (0 when the broker holds no such queue)."""
+        with self.celery.connection_for_write() as connection:
+            try:
+                _name, count, _consumers = connection.default_channel.queue_declare(queue=queue, passive=True)
+            except ChannelError:
+                return 0
+        return int(count)
+
+    def resend_stale(self, dead_after: timedelta) -> int:
+        """Send again the task of every started job whose run's heartbeat is older than ``dead_after`` (that run
+        died), at most once per ``dead_after``. The worker's claim lets exactly one delivery take it over.
+        Returns how many were sent."""
+        sent = 0
+        for dispatch in self.store.stale_started(dead_after):
             if self.send(dispatch, announce=False):
-                log.warning("stale job sent again job_id=%s", dispatch.job.job_id)
+                log.warning("job of a dead run sent again job_id=%s", dispatch.job.job_id)
                 sent += 1
         return sent

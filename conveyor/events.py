@@ -92,10 +92,10 @@ def flower_progress(job_id: str, percent: float) -> None:
     """
     from celery import current_task
 
-    task = current_task
-    if task is None or not task.request.id:
-        return
     try:
+        task = current_task._get_current_object()  # the proxy itself is never None
+        if task is None or not task.request.id:
+            return
         task.send_event("task-progress", job_id=job_id, progress=round(percent, 2), retry=False)
     except Exception as exc:  # Flower's copy is best effort; the stream has the event
         log.warning("celery progress event not sent job_id=%s error=%r", job_id, exc)

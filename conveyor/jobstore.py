@@ -14,11 +14,16 @@ from sqlalchemy.engine import Engine
 
 from conveyor import db
 from conveyor.ids import new_id
+from conveyor.outbox import Dispatch as Dispatch  # re-exported: callers import it from the job store
+from conveyor.outbox import Outbox
+from conveyor.outbox import utcnow as utcnow
 from conveyor.schemas import FINISHED, Job, JobStatus
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+#: Errors that mean "the job store did not answer" (down, restarting, unreachable, locked), not "the request was
+#: wrong": whoever meets one may try again later.
+UNAVAILABLE: tuple[type[Exception], ...] = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
+#: How far ahead of its time a retrying job may be claimed (clocks of different hosts disagree a little).
+CLOCK_SLACK = timedelta(seconds=1)
 
 
 @overload
@@ -64,23 +69,13 @@ class NewJob:
     job_id: str | None = None
 
 
-@dataclass(frozen=True)
-class Dispatch:
-    """A job whose task must be sent: what the dispatcher needs to send it."""
-
-    job: Job
-    task_name: str
-    queue: str
-
-
-class JobStore:
+class JobStore(Outbox):
     """Jobs in a SQL database (SQLite or PostgreSQL). Thread-safe; every method is one short transaction."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    @staticmethod
-    def _job(row: sa.Row[Any]) -> Job:
+    def _job(self, row: sa.Row[Any]) -> Job:
         m = row._mapping
         return Job(
             job_id=m["id"],
@@ -91,6 +86,7 @@ class JobStore:
             result=m["result"],
             error=m["error"],
             attempts=m["attempts"],
+            crashes=m["crashes"],
             owner=m["owner"],
             created_at=_aware(m["created_at"]),
             started_at=_aware(m["started_at"]),
@@ -185,47 +181,6 @@ class JobStore:
         next_cursor = encode_cursor(page[-1].job_id) if len(rows) > limit else None
         return page, next_cursor
 
-    def mark_dispatched(self, job_id: str, queued_event_id: str | None) -> None:
-        """Note that the job's task was handed to the broker (and which event announced it)."""
-        values: dict[str, Any] = {"dispatched_at": utcnow()}
-        if queued_event_id is not None:
-            values["queued_event_id"] = queued_event_id
-        with self.engine.begin() as connection:
-            connection.execute(db.jobs.update().where(db.jobs.c.id == job_id).values(**values))
-
-    def queued_event_id(self, job_id: str) -> str | None:
-        with self.engine.connect() as connection:
-            return connection.execute(
-                sa.select(db.jobs.c.queued_event_id).where(db.jobs.c.id == job_id)
-            ).scalar_one_or_none()
-
-    def undispatched(self, older_than: timedelta, limit: int = 500) -> list[Dispatch]:
-        """Queued jobs whose task was never confirmed sent, oldest first."""
-        cutoff = utcnow() - older_than
-        query = (
-            db.jobs.select()
-            .where(db.jobs.c.dispatched_at.is_(None), db.jobs.c.created_at < cutoff)
-            .where(db.jobs.c.status == JobStatus.QUEUED.value)
-            .order_by(db.jobs.c.created_at)
-            .limit(limit)
-        )
-        with self.engine.connect() as connection:
-            rows = connection.execute(query).all()
-        return [Dispatch(self._job(row), row._mapping["task_name"], row._mapping["queue"]) for row in rows]
-
-    def stale_started(self, older_than: timedelta, limit: int = 500) -> list[Dispatch]:
-        """Jobs marked started that nothing has touched for ``older_than``: their worker is gone."""
-        cutoff = utcnow() - older_than
-        query = (
-            db.jobs.select()
-            .where(db.jobs.c.status == JobStatus.STARTED.value, db.jobs.c.updated_at < cutoff)
-            .order_by(db.jobs.c.updated_at)
-            .limit(limit)
-        )
-        with self.engine.connect() as connection:
-            rows = connection.execute(query).all()
-        return [Dispatch(self._job(row), row._mapping["task_name"], row._mapping["queue"]) for row in rows]
-
     def transition(
         self,
         job_id: str,
@@ -234,8 +189,10 @@ class JobStore:
         allowed_from: Iterable[JobStatus],
         result: Mapping[str, Any] | None = None,
         error: str | None = None,
+        attempt: int | None = None,
     ) -> Job | None:
-        """Move the job to ``to`` if its status is one of ``allowed_from``.
+        """Move the job to ``to`` if its status is one of ``allowed_from`` (and, with ``attempt``, only if no later
+        run has claimed it since: a run that was taken for dead cannot overwrite its successor's outcome).
 
         Returns the updated job, or ``None`` when the job is unknown or in another state. The check and the
         write are one statement, so two processes racing on the same job cannot both win.
@@ -250,26 +207,68 @@ class JobStore:
             values["result"] = dict(result)
         if error is not None:
             values["error"] = error
-        return self._update(job_id, db.jobs.c.status.in_([s.value for s in allowed_from]), values)
+        condition: sa.ColumnElement[bool] = db.jobs.c.status.in_([s.value for s in allowed_from])
+        if attempt is not None:
+            condition = sa.and_(condition, db.jobs.c.attempts == attempt)
+        return self._update(job_id, condition, values)
 
-    def claim(self, job_id: str, *, stale_before: datetime) -> Job | None:
-        """Mark the job started for a new attempt, if it may run now.
+    def claim(self, job_id: str, *, stale_before: datetime, due_before: datetime | None = None) -> Job | None:
+        """Mark the job started for a new attempt (its heartbeat fresh), if it may run now.
 
-        It may when it is queued or retrying, or when it is marked started but nothing touched it since
-        ``stale_before`` (its worker died: no live run outlasts the task time limit). Returns ``None``
-        otherwise, so a duplicate delivery of a running or finished job does nothing.
+        It may when it is queued; when it is retrying and its next attempt is due by ``due_before`` (default: now,
+        with a second of slack); or when it is started but its run's heartbeat is older than ``stale_before`` (that
+        run died). Taking a job over from a dead run counts one crash. Returns ``None`` otherwise, so a duplicate
+        delivery of a running, early or finished job does nothing.
         """
         now = utcnow()
+        c = db.jobs.c
         condition = sa.or_(
-            db.jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RETRYING.value]),
-            sa.and_(db.jobs.c.status == JobStatus.STARTED.value, db.jobs.c.updated_at < stale_before),
+            c.status == JobStatus.QUEUED.value,
+            sa.and_(
+                c.status == JobStatus.RETRYING.value,
+                sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= (due_before or now + CLOCK_SLACK)),
+            ),
+            sa.and_(c.status == JobStatus.STARTED.value, sa.func.coalesce(c.heartbeat_at, c.updated_at) < stale_before),
         )
         values = {
             "status": JobStatus.STARTED.value,
             "updated_at": now,
             "started_at": now,
-            "attempts": db.jobs.c.attempts + 1,
+            "heartbeat_at": now,
+            "next_attempt_at": None,
+            "attempts": c.attempts + 1,
+            "crashes": c.crashes + sa.case((c.status == JobStatus.STARTED.value, 1), else_=0),
         }
+        return self._update(job_id, condition, values)
+
+    def heartbeat(self, job_id: str, attempt: int) -> bool:
+        """Note that the run holding attempt ``attempt`` of the job is alive. ``False`` when the job is no longer
+        that run's (finished, cancelled, or taken over)."""
+        statement = (
+            db.jobs.update()
+            .where(db.jobs.c.id == job_id, db.jobs.c.status == JobStatus.STARTED.value, db.jobs.c.attempts == attempt)
+            .values(heartbeat_at=utcnow())
+        )
+        with self.engine.begin() as connection:
+            return bool(connection.execute(statement).rowcount == 1)
+
+    def schedule_retry(self, job_id: str, *, attempt: int, error: str, delay: float, held: bool) -> Job | None:
+        """Move attempt ``attempt`` of a started job to ``retrying``, its next attempt due in ``delay`` seconds.
+
+        With ``held`` the calling run makes the next attempt itself (``dispatched_at`` is set to now, not after the
+        due time); otherwise the dispatcher sends it when due. :meth:`retries_due` tells the two apart and covers a
+        holder that died. ``None`` when the job is no longer that run's.
+        """
+        now = utcnow()
+        values: dict[str, Any] = {
+            "status": JobStatus.RETRYING.value,
+            "updated_at": now,
+            "error": error,
+            "next_attempt_at": now + timedelta(seconds=max(0.0, delay)),
+            "dispatched_at": now if held else None,
+            "heartbeat_at": None,
+        }
+        condition = sa.and_(db.jobs.c.status == JobStatus.STARTED.value, db.jobs.c.attempts == attempt)
         return self._update(job_id, condition, values)
 
     def requeue(self, job_id: str) -> Job | None:
@@ -281,8 +280,11 @@ class JobStore:
             "result": None,
             "progress": 0.0,
             "attempts": 0,
+            "crashes": 0,
             "started_at": None,
             "finished_at": None,
+            "heartbeat_at": None,
+            "next_attempt_at": None,
             "dispatched_at": None,
             "updated_at": utcnow(),
         }

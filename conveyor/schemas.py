@@ -65,6 +65,7 @@ class Job(BaseModel):
     result: dict[str, Any] | None = None
     error: str | None = None
     attempts: int = 0
+    crashes: int = Field(default=0, description="Runs of this job that died before finishing (worker killed)")
     owner: str | None = None
     created_at: datetime
     started_at: datetime | None = None
@@ -120,6 +121,7 @@ class Event(BaseModel):
     topic: str | None = None
     message: Any = None
     next_attempt_at: float | None = Field(default=None, description="On job.retrying: epoch seconds of the next try")
+    reason: str | None = Field(default=None, description="On job.failed: why, as a word (e.g. poisoned)")
 
 
 class StreamCommand(BaseModel):

@@ -11,6 +11,8 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 GiB = 1024**3
+#: Heartbeats a run may miss before it counts as dead (see ``Settings.dead_after_seconds``).
+HEARTBEAT_MISSES = 3
 
 
 class Settings(BaseSettings):
@@ -42,7 +44,11 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=2, ge=1)
     task_soft_time_limit: int = Field(default=600, ge=1)
     task_time_limit: int = Field(default=660, ge=1)
-    visibility_timeout: int = Field(default=900, ge=60)
+    visibility_timeout: int = Field(
+        default=45, ge=10, description="Seconds before Redis gives a message a dead worker held to another worker"
+    )
+    heartbeat_seconds: float = Field(default=5.0, gt=0, description="How often a run touches its job's row")
+    max_crashes: int = Field(default=3, ge=1, description="Runs that may die holding a job before it is poisoned")
     max_attempts: int = Field(default=5, ge=1)
     retry_backoff_base: float = Field(default=1.0, gt=0, description="Seconds; attempt n waits up to base * 2**n")
     retry_backoff_cap: float = Field(default=300.0, gt=0, description="Longest wait between attempts (Retry-After too)")
@@ -79,6 +85,7 @@ class Settings(BaseSettings):
     sse_heartbeat_seconds: float = Field(default=15.0, gt=0, description="Idle seconds before an SSE comment line")
     ws_ping_interval: float = Field(default=20.0, ge=0, description="Seconds between WebSocket pings; 0: none")
     ws_ping_timeout: float = Field(default=20.0, gt=0, description="Seconds to wait for a pong before closing")
+    ws_native: bool = Field(default=True, description="Serve /ws on Conveyor's own protocol (false: the ASGI route)")
 
     dispatch_grace_seconds: float = Field(default=5.0, ge=0)
     dispatch_interval_seconds: float = Field(default=5.0, gt=0)
@@ -91,6 +98,11 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @property
+    def dead_after_seconds(self) -> float:
+        """How old a run's heartbeat must be for the run to count as dead: ``HEARTBEAT_MISSES`` beats missed."""
+        return self.heartbeat_seconds * HEARTBEAT_MISSES
 
     @property
     def embedded_redis(self) -> bool:

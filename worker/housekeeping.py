@@ -15,13 +15,21 @@ LIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.RETRYING}
 
 
 def dispatch_pending(rt: Runtime) -> int:
-    """Send the tasks of recorded jobs whose dispatch never completed. Returns how many were sent."""
-    return rt.dispatcher.dispatch_pending(timedelta(seconds=rt.settings.dispatch_grace_seconds))
+    """Send the tasks of recorded jobs whose dispatch never completed, and of retrying jobs whose next attempt is
+    due (a run that meant to make it itself counts as gone once the attempt is a dead-run window late). Returns how
+    many were sent."""
+    settings = rt.settings
+    return rt.dispatcher.dispatch_pending(
+        timedelta(seconds=settings.dispatch_grace_seconds), timedelta(seconds=settings.dead_after_seconds)
+    )
 
 
 def reap_stale(rt: Runtime) -> int:
-    """Re-send started jobs untouched for longer than the broker's own redelivery takes. Returns how many."""
-    return rt.dispatcher.resend_stale(timedelta(seconds=rt.settings.visibility_timeout + 60))
+    """Re-send started jobs whose run's heartbeat is older than ``dead_after_seconds`` (the run died), so that a
+    live worker takes them over, and jobs whose message vanished before any run claimed them (sent that long ago,
+    unclaimed, and their queue is empty). Returns how many were sent."""
+    dead_after = timedelta(seconds=rt.settings.dead_after_seconds)
+    return rt.dispatcher.resend_stale(dead_after) + rt.dispatcher.resend_lost(dead_after)
 
 
 def purge_spool(rt: Runtime) -> int:

@@ -25,7 +25,7 @@ from conveyor.schemas import (
     WebsocketNotification,
 )
 from worker.channels import DeliveryError, Sent, email, log, webhook, websocket
-from worker.runner import Failed, Progress, Retryable
+from worker.runner import Failed, Progress, Retryable, persist
 from worker.runtime import Runtime
 
 logger = logging.getLogger("conveyor.notify")
@@ -84,7 +84,8 @@ def deliver(rt: Runtime, job: Job, progress: Progress) -> dict[str, Any]:
         raise
     result = {"channel": request.channel, **sent.detail}
     if not isinstance(request, LogNotification):
-        result = rt.ledger.record_effect(job.job_id, effect, result)
-    record(Outcome.DELIVERED, status_code=sent.status_code, reply=sent.reply)
+        delivered = result
+        result = persist(rt, lambda: rt.ledger.record_effect(job.job_id, effect, delivered))
+    persist(rt, lambda: record(Outcome.DELIVERED, status_code=sent.status_code, reply=sent.reply))
     logger.info("delivered job_id=%s channel=%s attempt=%d", job.job_id, request.channel, job.attempts)
     return result

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import redis
 from celery import Celery
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from conveyor.celery_app import app as celery_app
 from conveyor.db import create_engine
@@ -43,7 +45,14 @@ def open_runtime(settings: Settings, celery: Celery | None = None) -> Runtime:
     Tasks are sent through ``celery`` (default: the worker's own app).
     """
     engine = create_engine(settings.effective_database_url)
-    client = redis.Redis.from_url(settings.effective_redis_url, socket_timeout=10, health_check_interval=30)
+    # A Redis restart (seconds) is ridden out: each command is tried again with backoff for about 25 s.
+    client = redis.Redis.from_url(
+        settings.effective_redis_url,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=15),
+    )
     store = JobStore(engine)
     events = EventLog(client, settings.events_max_len)
     settings.spool_dir.mkdir(parents=True, exist_ok=True)

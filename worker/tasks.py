@@ -1,19 +1,23 @@
-"""The Celery tasks. Each unpacks its arguments, calls a plain function, and handles retry."""
+"""The Celery tasks. Each unpacks its arguments and calls a plain function; :func:`run` is what job tasks share."""
 
 from __future__ import annotations
 
-import random
+import logging
+import time
 from typing import Any
 
-from celery import Task
+from celery.exceptions import Reject
 from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
 
 from conveyor import logs, names
 from conveyor.celery_app import app
+from conveyor.jobstore import UNAVAILABLE
 from conveyor.settings import get_settings
 from worker import housekeeping, ingest, notify
-from worker.runner import Handler, JobBusy, Retryable, backoff, run_job
+from worker.runner import Handler, JobBusy, Retryable, run_job
 from worker.runtime import close_runtime, runtime
+
+log = logging.getLogger("conveyor.worker")
 
 
 @setup_logging.connect
@@ -34,33 +38,52 @@ def _close(**_kwargs: Any) -> None:
     close_runtime()
 
 
-#: How long a delivery that found its job held by another run waits before looking again.
-BUSY_RECHECK_SECONDS = 30.0
+#: How long a delivery waits in place for a job store that does not answer before it puts its message back.
+STORE_WAIT_SECONDS = 60.0
 
 
-def _run(task: Task, job_id: str, handler: Handler) -> None:
-    try:
-        run_job(runtime(), job_id, handler)
-    except JobBusy as exc:
-        raise task.retry(countdown=BUSY_RECHECK_SECONDS + random.uniform(0, 5), max_retries=None, exc=exc) from exc
-    except Retryable as exc:
-        settings = get_settings()
-        countdown = exc.countdown
-        if countdown is None:
-            countdown = backoff(task.request.retries, settings.retry_backoff_base, settings.retry_backoff_cap)
-        raise task.retry(countdown=countdown, max_retries=None, exc=exc) from exc
+def run(job_id: str, handler: Handler) -> None:
+    """Run job ``job_id`` with ``handler`` inside a Celery task: what every job task of Conveyor does, and what a
+    plugin's own task (loaded with Celery's ``--include``) calls to run its jobs the same way.
+
+    The message is acknowledged when the job's outcome is recorded, when the job needs nothing from this delivery
+    (finished, cancelled, held by a live run, or its next attempt left to the dispatcher), or after a held retry's
+    attempts. While the job store does not answer, the delivery waits in place (backoff up to 5 s) and, after
+    ``STORE_WAIT_SECONDS``, puts its message back in the queue: a job store outage never loses a job. No broker ETA
+    message is ever made.
+    """
+    rt = runtime()
+    waited, pause = 0.0, 0.5
+    while True:
+        try:
+            run_job(rt, job_id, handler)
+            return
+        except JobBusy:
+            log.info("duplicate delivery dropped: a live run holds the job job_id=%s", job_id)
+            return
+        except Retryable as exc:
+            if not exc.held:
+                return
+            time.sleep(exc.countdown or 0.0)
+        except UNAVAILABLE as exc:
+            if waited >= STORE_WAIT_SECONDS:
+                log.warning("job store still unavailable; message put back job_id=%s error=%r", job_id, exc)
+                raise Reject(exc, requeue=True) from exc
+            log.warning("job store unavailable; trying again in %.1fs job_id=%s error=%r", pause, job_id, exc)
+            time.sleep(pause)
+            waited, pause = waited + pause, min(pause * 2, 5.0)
 
 
-@app.task(name=names.TASK_SEND_NOTIFICATION, bind=True)
-def send_notification(self: Task, job_id: str) -> None:
+@app.task(name=names.TASK_SEND_NOTIFICATION)
+def send_notification(job_id: str) -> None:
     """Deliver the notification of job ``job_id``. At most one delivery per job, however often it runs."""
-    _run(self, job_id, notify.deliver)
+    run(job_id, notify.deliver)
 
 
-@app.task(name=names.TASK_INGEST_UPLOAD, bind=True)
-def ingest_upload(self: Task, job_id: str) -> None:
+@app.task(name=names.TASK_INGEST_UPLOAD)
+def ingest_upload(job_id: str) -> None:
     """Verify and store the upload of job ``job_id``, with progress events. Re-running it is harmless."""
-    _run(self, job_id, ingest.ingest)
+    run(job_id, ingest.ingest)
 
 
 @app.task(name=names.TASK_DISPATCH_PENDING)
@@ -71,7 +94,7 @@ def dispatch_pending() -> int:
 
 @app.task(name=names.TASK_REAP_STALE)
 def reap_stale() -> int:
-    """Send again the tasks of started jobs whose worker died and whose message is gone."""
+    """Send again the tasks of started jobs whose run died (heartbeat stale), for a live worker to take over."""
     return housekeeping.reap_stale(runtime())
 
 

@@ -18,8 +18,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from api.deps import StateDep
-from api.hub import Full
-from api.streaming import TOO_FAR_BEHIND, EventStream, Refused, StreamRequest, full, parse_request
+from api.hub import Full, Outgoing
+from api.streaming import TOO_FAR_BEHIND, EventStream, Refused, StreamRequest, full, notice, parse_request
 from conveyor.schemas import StreamError
 
 if TYPE_CHECKING:
@@ -38,9 +38,10 @@ class _SseSender:
     def __init__(self, send: Send) -> None:
         self.send_body = send
 
-    async def send(self, message: str, event_id: str | None) -> None:
-        head = f"id: {event_id}\ndata: " if event_id is not None else "data: "
-        await self.send_body({"type": "http.response.body", "body": f"{head}{message}\n\n".encode(), "more_body": True})
+    async def send(self, item: Outgoing) -> None:
+        head = f"id: {item.event.event_id}\ndata: " if item.event is not None else "data: "
+        body = f"{head}{item.text}\n\n".encode()
+        await self.send_body({"type": "http.response.body", "body": body, "more_body": True})
 
     async def heartbeat(self) -> None:
         await self.send_body({"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True})
@@ -64,7 +65,7 @@ class EventSourceResponse(Response):
                 outcome = await _serve(stream, start, receive, send, self.state.settings.sse_heartbeat_seconds)
                 if outcome is not None:
                     with anyio.move_on_after(CLOSE_TIMEOUT):
-                        await _SseSender(send).send(StreamError(detail=outcome.detail).model_dump_json(), None)
+                        await _SseSender(send).send(notice(StreamError(detail=outcome.detail).model_dump_json()))
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except Full as exc:
             await _refuse(full(exc), scope, receive, send)

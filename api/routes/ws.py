@@ -2,9 +2,10 @@
 
 What is sent, and in which order, is :class:`api.streaming.EventStream`'s business (shared with SSE). This
 module adds the WebSocket side: the client's ``subscribe``/``unsubscribe`` messages, and closing with a code
-— 1003 for a binary message, 1008 for a malformed one or a bad request, 1013 when a cap is reached or the
-client fell too far behind — after a ``{"type": "error", "detail": …}`` message. Keep-alive pings are
-uvicorn's (``CONVEYOR_WS_PING_INTERVAL``).
+— 1003 for a binary message, 1008 for a malformed one or a bad request, 1009 above 4 KiB, 1013 when a cap
+is reached or the client fell too far behind — after a ``{"type": "error", "detail": …}`` message.
+Keep-alive pings are uvicorn's (``CONVEYOR_WS_PING_INTERVAL``). ``conveyor api`` serves ``/ws`` with
+:mod:`api.wsnative` instead, unless ``CONVEYOR_WS_NATIVE`` is false.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pydantic import ValidationError
 from starlette.websockets import WebSocketState
 
 from api.deps import StateDep
-from api.hub import Full
+from api.hub import Full, Outgoing
 from api.streaming import (
     CLOSE_POLICY,
     CLOSE_UNSUPPORTED,
@@ -32,8 +33,9 @@ from conveyor.schemas import StreamCommand, StreamError
 log = logging.getLogger("conveyor.ws")
 router = APIRouter()
 
-#: Longest a command message may be, in characters.
-MAX_COMMAND = 1024
+#: Largest client message, in bytes (as on the native protocol); larger ones are closed with 1009.
+MAX_COMMAND = 4096
+CLOSE_TOO_BIG = 1009
 #: Seconds spent trying to deliver the closing message to a client that does not read.
 CLOSE_TIMEOUT = 10.0
 
@@ -44,8 +46,8 @@ class _WebSocketSender:
     def __init__(self, websocket: WebSocket) -> None:
         self.websocket = websocket
 
-    async def send(self, message: str, event_id: str | None) -> None:
-        await self.websocket.send_text(message)
+    async def send(self, item: Outgoing) -> None:
+        await self.websocket.send_text(item.text)
 
     async def heartbeat(self) -> None:  # pragma: no cover - WebSocket keep-alive is uvicorn's ping
         return None
@@ -111,8 +113,8 @@ async def _receive(websocket: WebSocket, stream: EventStream) -> Refused | None:
         text = message.get("text")
         if text is None:
             return Refused("binary messages are not supported; send JSON text", CLOSE_UNSUPPORTED)
-        if len(text) > MAX_COMMAND:
-            return Refused(f"a command is at most {MAX_COMMAND} characters")
+        if len(text.encode()) > MAX_COMMAND:
+            return Refused(f"a message is at most {MAX_COMMAND} bytes", CLOSE_TOO_BIG)
         try:
             command = StreamCommand.model_validate_json(text)
         except ValidationError as exc:

@@ -1,0 +1,364 @@
+"""Conveyor's WebSocket protocol for uvicorn: ``/ws`` served natively, any other WebSocket path by uvicorn's own.
+
+``conveyor api`` runs uvicorn with ``ws="api.wsnative:WebSocketProtocol"``. For ``/ws`` (unless
+``CONVEYOR_WS_NATIVE`` is false) the connection never enters the ASGI stack: the handshake and the client's
+frames go through the ``websockets`` library's sans-I/O protocol, and events are written straight to the
+socket. That is what lets one process hold 10,000 clients: no ASGI task, middleware frames or receive queue
+per idle connection, one keep-alive timer for all of them, and each event's frame encoded once and written to
+every caught-up client in the hub's loop (``Subscription.direct``), as ``websockets.broadcast()`` does.
+
+What is sent, and in which order, is still :class:`api.streaming.EventStream`'s: while a connection has a
+backlog to send, a command to apply or a full socket buffer, a short-lived task runs the stream's loop on
+its mailbox; once nothing waits, the connection goes back to direct writes. Same messages, close codes and
+guarantees as the ASGI route (``api/routes/ws.py``), which serves ``/ws`` under any other server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import weakref
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.datastructures import QueryParams
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.server import ServerProtocol
+
+from api.hub import Full, Hub, Outgoing, Subscription
+from api.streaming import (
+    CLOSE_UNSUPPORTED,
+    TOO_FAR_BEHIND,
+    EventStream,
+    Refused,
+    StreamRequest,
+    full,
+    parse_request,
+)
+from conveyor.schemas import StreamCommand, StreamError
+
+log = logging.getLogger("conveyor.ws")
+
+PATH = b"/ws"
+#: Largest client message, in bytes (commands are small); larger ones are closed with 1009.
+MAX_MESSAGE = 4096
+#: Seconds a closing connection may take to receive its close frame before it is dropped.
+CLOSE_TIMEOUT = 10.0
+
+
+class _Keepalive:
+    """One timer for every native connection of a process: ping each, drop those that stopped answering."""
+
+    def __init__(self, interval: float, timeout: float) -> None:
+        self.interval = interval
+        self.timeout = timeout
+        self.sockets: set[WebSocketProtocol] = set()
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, socket: WebSocketProtocol) -> None:
+        self.sockets.add(socket)
+        if self.interval > 0 and self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._run(), name="ws-keepalive")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self.sockets:
+                await asyncio.sleep(self.interval)
+                now = loop.time()
+                for socket in tuple(self.sockets):
+                    socket.keepalive(now, self.timeout)
+        finally:
+            self.task = None
+
+
+_keepalives: weakref.WeakKeyDictionary[Hub, _Keepalive] = weakref.WeakKeyDictionary()
+
+
+class WebSocketProtocol(asyncio.Protocol):
+    """One upgraded connection. Created by uvicorn's HTTP protocol with the upgrade request as first data."""
+
+    __slots__ = (
+        "config", "server_state", "app_state", "transport", "delegate", "conn", "stream", "subscription", "sent",
+        "pump", "paused", "writable", "closing", "ping_at", "pong_due", "close_timer",
+    )  # fmt: skip
+
+    def __init__(
+        self, config: Any, server_state: Any, app_state: dict[str, Any], _loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
+        self.config = config
+        self.server_state = server_state
+        self.app_state = app_state
+        self.transport: asyncio.Transport | None = None
+        self.delegate: WebSocketsSansIOProtocol | None = None
+        self.conn: ServerProtocol | None = None
+        self.stream: EventStream | None = None
+        self.subscription: Subscription | None = None
+        self.sent = (0, 0)
+        self.pump: asyncio.Task[None] | None = None
+        self.paused = False
+        self.writable: asyncio.Future[None] | None = None
+        self.closing = False
+        self.ping_at = 0.0
+        self.pong_due = False
+        self.close_timer: asyncio.TimerHandle | None = None
+
+    # --- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.delegate is not None:
+            self.delegate.data_received(data)
+            return
+        conn = self.conn
+        if conn is None:
+            if not self._native(data):
+                self._hand_over(data)
+                return
+            conn = self.conn = ServerProtocol(max_size=MAX_MESSAGE)
+        conn.receive_data(data)
+        for event in conn.events_received():
+            if isinstance(event, Request):
+                self._handshake(event)
+            elif isinstance(event, Frame):
+                self._frame(event)
+        self._flush()
+
+    def pause_writing(self) -> None:
+        if self.delegate is not None:
+            self.delegate.pause_writing()
+            return
+        self.paused = True
+        if self.subscription is not None:
+            self.subscription.direct = None
+
+    def resume_writing(self) -> None:
+        if self.delegate is not None:
+            self.delegate.resume_writing()
+            return
+        self.paused = False
+        if self.writable is not None and not self.writable.done():
+            self.writable.set_result(None)
+        if self.subscription is not None and not self.closing and self.pump is None:
+            self._start_pump(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.delegate is not None:
+            self.delegate.connection_lost(exc)
+            return
+        self.closing = True
+        self._release()
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+            self.close_timer = None
+        self.server_state.connections.discard(self)
+
+    def shutdown(self) -> None:
+        """Called by uvicorn when the server stops: close with 1012 (service restart)."""
+        self._close(1012, "server shutting down")
+
+    # --- handshake and client frames
+
+    def _native(self, data: bytes) -> bool:
+        state = self.app_state.get("conveyor")
+        if state is None or not state.settings.ws_native:
+            return False
+        target = data.split(b"\r\n", 1)[0].split(b" ")
+        return len(target) > 1 and target[1].split(b"?", 1)[0] == PATH
+
+    def _hand_over(self, data: bytes) -> None:
+        delegate = WebSocketsSansIOProtocol(
+            config=self.config, server_state=self.server_state, app_state=self.app_state
+        )
+        assert self.transport is not None
+        delegate.connection_made(self.transport)
+        self.delegate = delegate
+        delegate.data_received(data)
+
+    def _handshake(self, request: Request) -> None:
+        assert self.conn is not None and self.transport is not None
+        response = self.conn.accept(request)
+        self.conn.send_response(response)
+        if response.status_code != 101:
+            self.closing = True
+            return
+        self.server_state.connections.add(self)
+        state = self.app_state["conveyor"]
+        _, _, query = request.path.partition("?")
+        try:
+            stream_request = parse_request(QueryParams(query))
+            self.subscription = state.hub.add(stream_request.selection())
+        except Refused as exc:
+            self._refuse(exc)
+            return
+        except Full as exc:
+            self._refuse(full(exc))
+            return
+        keepalive = _keepalives.get(state.hub)
+        if keepalive is None:
+            keepalive = _keepalives[state.hub] = _Keepalive(
+                state.settings.ws_ping_interval, state.settings.ws_ping_timeout
+            )
+        keepalive.add(self)
+        self.subscription.on_overflow = self._overflowed
+        self.stream = EventStream(state, self.subscription)
+        if stream_request.resume is None and not stream_request.jobs:
+            self.subscription.direct = self._deliver
+        else:
+            self._start_pump(stream_request)
+
+    def _frame(self, frame: Frame) -> None:
+        if self.closing or self.stream is None:
+            return
+        if frame.opcode is Opcode.PONG:
+            self.pong_due = False
+        elif frame.opcode is Opcode.BINARY:
+            self._refuse(Refused("binary messages are not supported; send JSON text", CLOSE_UNSUPPORTED))
+        elif frame.opcode is Opcode.TEXT or frame.opcode is Opcode.CONT:
+            if not frame.fin or frame.opcode is Opcode.CONT:
+                self._refuse(Refused("fragmented messages are not supported"))
+                return
+            try:
+                command = StreamCommand.model_validate_json(bytes(frame.data))
+                self.stream.submit(command)
+            except ValidationError as exc:
+                self._refuse(Refused(_problems(exc)))
+                return
+            except Refused as exc:
+                self._refuse(exc)
+                return
+            if self.pump is None:
+                self._start_pump(None)
+
+    # --- sending
+
+    def _deliver(self, item: Outgoing) -> None:
+        """Direct delivery from the hub (the connection is caught up): write the shared frame, skip repeats."""
+        key = item.key
+        if key is not None:
+            if key <= self.sent:
+                return
+            self.sent = key
+        assert self.transport is not None
+        self.transport.write(item.frame)
+
+    async def send(self, item: Outgoing) -> None:
+        """The :class:`api.streaming.Sender` side, used by the pump: wait while the socket buffer is full."""
+        while self.paused:
+            if self.writable is None or self.writable.done():
+                self.writable = asyncio.get_running_loop().create_future()
+            await self.writable
+        assert self.transport is not None
+        self.transport.write(item.frame)
+
+    async def heartbeat(self) -> None:  # pragma: no cover - keep-alive is the ping timer
+        return None
+
+    def _start_pump(self, request: StreamRequest | None) -> None:
+        assert self.subscription is not None
+        self.subscription.direct = None
+        self.pump = asyncio.get_running_loop().create_task(self._run_pump(request))
+
+    async def _run_pump(self, request: StreamRequest | None) -> None:
+        """Send what the mailbox holds (first the backlog, when starting) until nothing waits; then go direct."""
+        assert self.stream is not None and self.subscription is not None
+        try:
+            start = await self.stream.start_point(request) if request is not None else None
+            self.sent = await self.stream.run(self, start, sent=self.sent, until_idle=True)
+        except Refused as exc:
+            self.pump = None
+            self._refuse(exc)
+            return
+        except (OSError, RuntimeError) as exc:
+            self.pump = None
+            log.warning("event stream failed error=%r", exc)
+            self._close(1011, "internal error")
+            return
+        self.pump = None
+        if not self.paused and not self.closing:
+            self.subscription.direct = self._deliver
+
+    def _overflowed(self) -> None:
+        self._refuse(TOO_FAR_BEHIND)
+
+    # --- closing
+
+    def _refuse(self, refused: Refused) -> None:
+        """Send the error message and the close code; drop the connection if the close is not answered in time."""
+        if self.closing or self.conn is None:
+            return
+        with contextlib.suppress(InvalidState):
+            self.conn.send_text(StreamError(detail=refused.detail).model_dump_json().encode())
+        self._close(refused.ws_code, refused.detail)
+
+    def _close(self, code: int, reason: str) -> None:
+        if self.closing or self.conn is None or self.transport is None:
+            return
+        self.closing = True
+        self._release()
+        with contextlib.suppress(InvalidState):
+            self.conn.send_close(code, reason.encode()[:120].decode(errors="ignore"))
+        self._flush()
+        self.close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.transport.abort)
+
+    def _release(self) -> None:
+        """Stop receiving events: leave the hub, the keep-alive and any running pump."""
+        if self.subscription is not None:
+            state = self.app_state["conveyor"]
+            state.hub.remove(self.subscription)
+            keepalive = _keepalives.get(state.hub)
+            if keepalive is not None:
+                keepalive.sockets.discard(self)
+            self.subscription = None
+        pump, self.pump = self.pump, None
+        if pump is not None and pump is not _current_task():
+            pump.cancel()
+
+    def _flush(self) -> None:
+        conn, transport = self.conn, self.transport
+        if conn is None or transport is None:
+            return
+        for data in conn.data_to_send():
+            if data:
+                transport.write(data)
+            else:
+                transport.close()
+        if conn.state.name == "CLOSED" and not self.closing:
+            self.closing = True
+            self._release()
+
+    def keepalive(self, now: float, timeout: float) -> None:
+        """Called by the shared timer: ping, or drop the connection if the last ping went unanswered."""
+        if self.closing or self.conn is None or self.transport is None:
+            return
+        if self.pong_due:
+            if now - self.ping_at >= timeout:
+                log.info("websocket keepalive timeout; dropped")
+                self.closing = True
+                self._release()
+                self.transport.abort()
+            return
+        self.pong_due = True
+        self.ping_at = now
+        with contextlib.suppress(InvalidState):
+            self.conn.send_ping(os.urandom(4))
+        self._flush()
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
+
+
+def _problems(exc: ValidationError) -> str:
+    problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'message'}: {e['msg']}" for e in exc.errors())
+    return f'bad command ({problems}); send {{"op": "subscribe", "job_id": …}}'

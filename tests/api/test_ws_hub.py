@@ -1,0 +1,154 @@
+"""The hub's routing and mailboxes, the resume rule and request parsing: plain functions, no processes."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+
+import pytest
+
+from api.hub import Full, Hub, Outgoing, Selection, Subscription, text_frame
+from api.streaming import Refused, parse_request
+from conveyor.events import Retention, predecessor
+from conveyor.schemas import Event, EventType, JobStatus
+
+
+def event(event_id: str, type_: EventType = EventType.PROGRESS, job_id: str = "j1", **extra: object) -> Event:
+    return Event(event_id=event_id, type=type_, job_id=job_id, status=JobStatus.STARTED, ts=time.time(), **extra)  # type: ignore[arg-type]
+
+
+def drain(subscription: Subscription) -> list[str]:
+    out = []
+    while (item := subscription.pop()) is not None:
+        out.append(item.event.event_id if item.event else item.text)
+    return out
+
+
+def test_backed_up_progress_keeps_only_the_latest_and_never_drops_other_events() -> None:
+    box = Subscription(Selection(), limit=10)
+    box.offer(Outgoing.of(event("1-0", EventType.STARTED)))
+    for seq in range(1, 6):
+        box.offer(Outgoing.of(event(f"2-{seq}", progress=seq)))
+    box.offer(Outgoing.of(event("3-0", job_id="j2")))
+    box.offer(Outgoing.of(event("4-0", EventType.SUCCEEDED)))
+    assert drain(box) == ["1-0", "2-5", "3-0", "4-0"]
+
+
+def test_superseded_progress_does_not_count_towards_the_limit() -> None:
+    box = Subscription(Selection(), limit=3)
+    for seq in range(100):
+        box.offer(Outgoing.of(event(f"5-{seq}")))
+    assert not box.overflowed
+    assert drain(box) == ["5-99"]
+
+
+def test_a_full_mailbox_overflows_empties_and_calls_back() -> None:
+    calls = []
+    box = Subscription(Selection(), limit=3)
+    box.on_overflow = lambda: calls.append(1)
+    for seq in range(4):
+        box.offer(Outgoing.of(event(f"6-{seq}", EventType.STARTED, job_id=f"j{seq}")))
+    assert box.overflowed and calls == [1] and box.pop() is None
+
+
+def test_hub_routes_by_job_topic_and_all_jobs_each_once() -> None:
+    hub = Hub(events=None, queue_size=100)  # type: ignore[arg-type]
+    everything = hub.add(Selection())
+    one_job = hub.add(Selection(jobs=["j1"]))
+    topic = hub.add(Selection(topics=["news"]))
+    hub.watch(everything, job_id="j1")
+    hub.publish_local(event("1-0", EventType.STARTED, job_id="j1"))
+    hub.publish_local(event("2-0", EventType.STARTED, job_id="j2"))
+    hub.publish_local(event("3-0", EventType.TOPIC_MESSAGE, job_id="j1", topic="news", message="hi"))
+    assert drain(everything) == ["1-0", "2-0"]
+    assert drain(one_job) == ["1-0"]
+    assert drain(topic) == ["3-0"]
+    hub.unwatch(one_job, job_id="j1")
+    hub.remove(topic)
+    hub.publish_local(event("4-0", EventType.STARTED, job_id="j1"))
+    hub.publish_local(event("5-0", EventType.TOPIC_MESSAGE, topic="news"))
+    assert drain(one_job) == [] and drain(topic) == [] and drain(everything) == ["4-0"]
+
+
+def test_hub_caps_connections_and_listeners_per_topic() -> None:
+    hub = Hub(events=None, queue_size=10, max_connections=3, max_per_topic=1)  # type: ignore[arg-type]
+    hub.add(Selection(topics=["a"]))
+    with pytest.raises(Full, match="topic 'a'"):
+        hub.add(Selection(topics=["a"]))
+    second = hub.add(Selection())
+    with pytest.raises(Full, match="topic 'a'"):
+        hub.watch(second, topic="a")
+    hub.add(Selection())
+    with pytest.raises(Full, match="limit of 3"):
+        hub.add(Selection())
+
+
+def test_direct_delivery_bypasses_the_mailbox() -> None:
+    hub = Hub(events=None, queue_size=10)  # type: ignore[arg-type]
+    box = hub.add(Selection())
+    written: list[bytes] = []
+    box.direct = lambda item: written.append(item.frame)
+    hub.publish_local(event("1-0", EventType.STARTED))
+    assert box.pop() is None and len(written) == 1 and written[0].startswith(b"\x81")
+
+
+def test_wait_returns_when_an_item_arrives() -> None:
+    async def scenario() -> list[str]:
+        box = Subscription(Selection(), limit=10)
+        waiting = asyncio.ensure_future(box.wait())
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        box.offer(Outgoing.of(event("1-0", EventType.STARTED)))
+        await asyncio.wait_for(waiting, 1)
+        return drain(box)
+
+    assert asyncio.run(scenario()) == ["1-0"]
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65_535, 65_536])
+def test_text_frame_lengths(size: int) -> None:
+    frame = text_frame(b"x" * size)
+    assert frame[0] == 0x81
+    if size < 126:
+        assert frame[1] == size and len(frame) == 2 + size
+    elif size < 65_536:
+        assert frame[1] == 126 and struct.unpack("!H", frame[2:4])[0] == size
+    else:
+        assert frame[1] == 127 and struct.unpack("!Q", frame[2:10])[0] == size
+
+
+@pytest.mark.parametrize(
+    ("retention", "after", "covered"),
+    [
+        (Retention("10-0", "20-0"), "10-0", True),
+        (Retention("10-0", "20-0"), "15-3", True),
+        (Retention("10-0", "20-0"), predecessor("10-0"), True),
+        (Retention("10-0", "20-0"), "9-0", False),
+        (Retention("10-0", "20-0"), "0-0", False),
+        (Retention("10-0", "20-0", complete=True), "0-0", True),
+        (Retention("10-0", "20-0"), "21-0", False),
+        (Retention(None, "20-0"), "20-0", True),
+        (Retention(None, "20-0"), "19-0", False),
+        (Retention(None, None), "0-0", True),
+        (Retention(None, None), "5-0", False),
+    ],
+)
+def test_retention_covers_exactly_when_nothing_after_the_resume_point_can_be_gone(
+    retention: Retention, after: str, covered: bool
+) -> None:
+    assert retention.covers(after) is covered
+
+
+def test_parse_request_filters_and_resume_point() -> None:
+    from starlette.datastructures import QueryParams
+
+    request = parse_request(QueryParams("job_id=a&job_id=b&topic=t&last_event_id=5-1"))
+    assert request.jobs == ("a", "b") and request.topics == ("t",) and request.resume == "5-1"
+    assert parse_request(QueryParams("last_event_id=5-1"), "7-0").resume == "7-0"
+    assert request.selection().matches(event("1-0", job_id="b"))
+    assert not request.selection().matches(event("1-0", job_id="c"))
+    for bad in ("last_event_id=yesterday", "job_id=" + "x" * 65, "&".join(f"topic={i}" for i in range(101))):
+        with pytest.raises(Refused) as refused:
+            parse_request(QueryParams(bad))
+        assert refused.value.ws_code == 1008 and refused.value.http_status == 400

@@ -1,0 +1,136 @@
+"""Helpers for the event-stream tests: real clients (WebSocket, SSE over httpx), extra api processes, publishing."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+from websockets.sync.client import ClientConnection
+
+from conveyor.events import EventLog
+from conveyor.names import EVENTS_STREAM
+from conveyor.redis_server import free_port
+from conveyor.schemas import Event, EventType, JobStatus
+from tests.support import base_env, conveyor, wait_until_healthy
+
+JOB_TYPES = {t.value for t in EventType} - {EventType.TOPIC_MESSAGE.value}
+FINISHED = {"job.succeeded", "job.failed", "job.cancelled"}
+
+
+def recv(ws: ClientConnection, timeout: float = 30) -> dict[str, Any]:
+    message = ws.recv(timeout=timeout)
+    assert isinstance(message, str)
+    data: dict[str, Any] = json.loads(message)
+    return data
+
+
+def submit(base_url: str, message: str = "hello") -> str:
+    response = httpx.post(f"{base_url}/notifications", json={"channel": "log", "message": message}, timeout=30)
+    assert response.status_code == 202, response.text
+    job_id: str = response.json()["job_id"]
+    return job_id
+
+
+def wait_finished(base_url: str, job_ids: list[str], timeout: float = 60) -> None:
+    """Poll the job store until every job finished (without using the streams under test)."""
+    deadline = time.monotonic() + timeout
+    pending = set(job_ids)
+    with httpx.Client(base_url=base_url, timeout=10) as client:
+        while pending and time.monotonic() < deadline:
+            for job_id in tuple(pending):
+                if client.get(f"/jobs/{job_id}").json()["status"] in ("succeeded", "failed", "cancelled"):
+                    pending.discard(job_id)
+            time.sleep(0.05)
+    assert not pending, f"{len(pending)} jobs did not finish"
+
+
+def job_events_after(redis_url: str, after: str) -> list[str]:
+    """Ids of the job events (not topic messages) the stream holds after ``after``, oldest first."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        entries = client.xrange(EVENTS_STREAM, min=f"({after}")
+        return [
+            entry_id.decode()
+            for entry_id, fields in entries
+            if json.loads(fields[b"e"]).get("type") in JOB_TYPES and json.loads(fields[b"e"]).get("job_id")
+        ]
+    finally:
+        client.close()
+
+
+def publish(redis_url: str, count: int, *, topic: str | None = None, size: int = 0, job: str = "") -> list[str]:
+    """Append ``count`` events straight to the stream (topic messages, or ``job.started`` of made-up jobs)."""
+    client = redis.Redis.from_url(redis_url)
+    log = EventLog(client, max_len=100_000)
+    ids = []
+    try:
+        for i in range(count):
+            if topic is not None:
+                event = Event(type=EventType.TOPIC_MESSAGE, topic=topic, message="x" * size or i, ts=time.time())
+            else:
+                job_id = f"{job}{i}"
+                event = Event(type=EventType.STARTED, job_id=job_id, status=JobStatus.STARTED, ts=time.time(),
+                              message="x" * size or None)  # fmt: skip
+            ids.append(log.publish(event))
+        return ids
+    finally:
+        client.close()
+
+
+class SseReader:
+    """A Server-Sent Events client over httpx: ``next()`` returns the next message as (id, data, comment)."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.lines = response.iter_lines()
+
+    def next(self) -> tuple[str | None, dict[str, Any] | None, str | None]:
+        event_id = data = comment = None
+        for line in self.lines:
+            if line == "":
+                if event_id or data or comment:
+                    return event_id, json.loads(data) if data else None, comment
+                continue
+            field, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if field == "id":
+                event_id = value
+            elif field == "data":
+                data = value
+            elif field == "":
+                comment = value
+        raise EOFError("stream ended")
+
+    def next_data(self) -> tuple[str | None, dict[str, Any]]:
+        while True:
+            event_id, data, _comment = self.next()
+            if data is not None:
+                return event_id, data
+
+
+@contextlib.contextmanager
+def sse(base_url: str, path: str, headers: dict[str, str] | None = None, timeout: float = 30) -> Iterator[SseReader]:
+    with httpx.Client(base_url=base_url, timeout=httpx.Timeout(timeout, connect=10)) as client:
+        with client.stream("GET", path, headers=headers) as response:
+            assert response.status_code == 200, response.read()
+            assert response.headers["content-type"].startswith("text/event-stream")
+            yield SseReader(response)
+
+
+@contextlib.contextmanager
+def api_process(name: str, redis_url: str, data_dir: Path, **settings: str) -> Iterator[str]:
+    """One more ``conveyor api`` process on ``redis_url`` and ``data_dir``; yields its base URL."""
+    port = free_port()
+    env = base_env(data_dir, CONVEYOR_REDIS_URL=redis_url, CONVEYOR_API_PORT=str(port), **settings)
+    process = conveyor(name, ["api"], env, data_dir / "logs")
+    try:
+        wait_until_healthy(f"http://127.0.0.1:{port}", 60, [process])
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.stop()
