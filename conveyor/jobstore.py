@@ -55,6 +55,23 @@ def decode_cursor(cursor: str) -> str:
     return value
 
 
+def keyset_page(
+    engine: Engine, table: sa.Table, filters: Iterable[sa.ColumnElement[bool]], limit: int, cursor: str | None
+) -> tuple[list[sa.Row[Any]], str | None]:
+    """Rows of ``table`` newest first (by UUIDv7 ``id``) after ``cursor``, and the next page's cursor.
+
+    Keyset pagination: no offsets, so rows added between pages are neither skipped nor repeated.
+    Raises :class:`InvalidCursor` for a cursor this module did not make.
+    """
+    query = table.select().where(*filters).order_by(table.c.id.desc()).limit(limit + 1)
+    if cursor is not None:
+        query = query.where(table.c.id < decode_cursor(cursor))
+    with engine.connect() as connection:
+        rows = connection.execute(query).all()
+    next_cursor = encode_cursor(rows[limit - 1]._mapping["id"]) if len(rows) > limit else None
+    return list(rows[:limit]), next_cursor
+
+
 @dataclass(frozen=True)
 class NewJob:
     """What a submission records before its task is sent."""
@@ -166,20 +183,15 @@ class JobStore(Outbox):
         cursor: str | None = None,
     ) -> tuple[list[Job], str | None]:
         """A page of jobs, newest first, and the cursor of the next page (``None`` on the last)."""
-        query = db.jobs.select().order_by(db.jobs.c.id.desc()).limit(limit + 1)
+        filters = []
         if status is not None:
-            query = query.where(db.jobs.c.status == status.value)
+            filters.append(db.jobs.c.status == status.value)
         if kind is not None:
-            query = query.where(db.jobs.c.kind == kind)
+            filters.append(db.jobs.c.kind == kind)
         if owner is not None:
-            query = query.where(db.jobs.c.owner == owner)
-        if cursor is not None:
-            query = query.where(db.jobs.c.id < decode_cursor(cursor))
-        with self.engine.connect() as connection:
-            rows = connection.execute(query).all()
-        page = [self._job(row) for row in rows[:limit]]
-        next_cursor = encode_cursor(page[-1].job_id) if len(rows) > limit else None
-        return page, next_cursor
+            filters.append(db.jobs.c.owner == owner)
+        rows, next_cursor = keyset_page(self.engine, db.jobs, filters, limit, cursor)
+        return [self._job(row) for row in rows], next_cursor
 
     def transition(
         self,

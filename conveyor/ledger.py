@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from conveyor import db
-from conveyor.jobstore import _aware, decode_cursor, encode_cursor, utcnow
+from conveyor.jobstore import _aware, keyset_page, utcnow
 
 
 class Ledger:
@@ -102,15 +102,9 @@ class Ledger:
         self, *, owner: str | None = None, limit: int = 50, cursor: str | None = None
     ) -> tuple[list[dict[str, Any]], str | None]:
         """A page of stored uploads, newest first, and the cursor of the next page (``None`` on the last)."""
-        query = db.uploads.select().order_by(db.uploads.c.id.desc()).limit(limit + 1)
-        if owner is not None:
-            query = query.where(db.uploads.c.owner == owner)
-        if cursor is not None:
-            query = query.where(db.uploads.c.id < decode_cursor(cursor))
-        with self.engine.connect() as connection:
-            rows = connection.execute(query).all()
-        page = [self._upload(row) for row in rows[:limit]]
-        return page, encode_cursor(page[-1]["upload_id"]) if len(rows) > limit else None
+        filters = [] if owner is None else [db.uploads.c.owner == owner]
+        rows, next_cursor = keyset_page(self.engine, db.uploads, filters, limit, cursor)
+        return [self._upload(row) for row in rows], next_cursor
 
     def upload(self, upload_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as connection:
