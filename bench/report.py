@@ -106,11 +106,12 @@ def markdown(reports: list[Report], host: dict[str, Any], command: str) -> str:
     for report in reports:
         lines += ["", f"## {report.name}", "", report.description, ""]
         header = ["setting", "subject"] + [f"{m.label} ({m.unit})" if m.unit else m.label for m in report.metrics]
-        header += [f"{m.label} vs {report.baseline}" for m in report.metrics]
+        ratios = report.metrics if any(r.subject == report.baseline for r in report.rows) else []
+        header += [f"{m.label} vs {report.baseline}" for m in ratios]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in report.rows:
             cells = [row.setting, row.subject] + [_fmt(row.values.get(m.key)) for m in report.metrics]
-            for metric in report.metrics:
+            for metric in ratios:
                 ratio = report.ratio(row, metric)
                 cells.append("–" if ratio is None else f"{ratio:.2f}×")
             lines.append("| " + " | ".join(cells) + " |")
