@@ -6,8 +6,8 @@ import base64
 import binascii
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, overload
+from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -15,7 +15,8 @@ from sqlalchemy.engine import Engine
 from conveyor import db
 from conveyor.ids import new_id
 from conveyor.outbox import Dispatch as Dispatch  # re-exported: callers import it from the job store
-from conveyor.outbox import Outbox
+from conveyor.outbox import Outbox, job_from_row
+from conveyor.outbox import _aware as _aware  # re-exported for the ledger and the attempt log
 from conveyor.outbox import utcnow as utcnow
 from conveyor.schemas import FINISHED, Job, JobStatus
 
@@ -24,17 +25,6 @@ from conveyor.schemas import FINISHED, Job, JobStatus
 UNAVAILABLE: tuple[type[Exception], ...] = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
 #: How far ahead of its time a retrying job may be claimed (clocks of different hosts disagree a little).
 CLOCK_SLACK = timedelta(seconds=1)
-
-
-@overload
-def _aware(value: datetime) -> datetime: ...
-@overload
-def _aware(value: None) -> None: ...
-def _aware(value: datetime | None) -> datetime | None:
-    """A datetime read back from the database, as UTC-aware (SQLite returns naive ones)."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
 
 
 class InvalidCursor(ValueError):
@@ -92,24 +82,7 @@ class JobStore(Outbox):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def _job(self, row: sa.Row[Any]) -> Job:
-        m = row._mapping
-        return Job(
-            job_id=m["id"],
-            kind=m["kind"],
-            status=JobStatus(m["status"]),
-            progress=m["progress"],
-            request=m["request"],
-            result=m["result"],
-            error=m["error"],
-            attempts=m["attempts"],
-            crashes=m["crashes"],
-            owner=m["owner"],
-            created_at=_aware(m["created_at"]),
-            started_at=_aware(m["started_at"]),
-            finished_at=_aware(m["finished_at"]),
-            updated_at=_aware(m["updated_at"]),
-        )
+    _job = staticmethod(job_from_row)
 
     def ping(self) -> None:
         """Raise unless the database answers."""

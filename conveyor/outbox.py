@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, overload
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -24,6 +24,38 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+@overload
+def _aware(value: datetime) -> datetime: ...
+@overload
+def _aware(value: None) -> None: ...
+def _aware(value: datetime | None) -> datetime | None:
+    """A datetime read back from the database, as UTC-aware (SQLite returns naive ones)."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def job_from_row(row: sa.Row[Any]) -> Job:
+    """A ``jobs`` row as the wire model."""
+    m = row._mapping
+    return Job(
+        job_id=m["id"],
+        kind=m["kind"],
+        status=JobStatus(m["status"]),
+        progress=m["progress"],
+        request=m["request"],
+        result=m["result"],
+        error=m["error"],
+        attempts=m["attempts"],
+        crashes=m["crashes"],
+        owner=m["owner"],
+        created_at=_aware(m["created_at"]),
+        started_at=_aware(m["started_at"]),
+        finished_at=_aware(m["finished_at"]),
+        updated_at=_aware(m["updated_at"]),
+    )
+
+
 @dataclass(frozen=True)
 class Dispatch:
     """A job whose task must be sent: what the dispatcher needs to send it."""
@@ -34,17 +66,14 @@ class Dispatch:
 
 
 class Outbox:
-    """Outbox queries over the ``jobs`` table (mixed into ``JobStore``, which supplies ``_job``)."""
+    """Outbox queries over the ``jobs`` table (mixed into ``JobStore``)."""
 
     engine: Engine
-
-    def _job(self, row: sa.Row[Any]) -> Job:
-        raise NotImplementedError
 
     def _dispatches(self, query: sa.Select[Any]) -> list[Dispatch]:
         with self.engine.connect() as connection:
             rows = connection.execute(query).all()
-        return [Dispatch(self._job(row), row._mapping["task_name"], row._mapping["queue"]) for row in rows]
+        return [Dispatch(job_from_row(row), row._mapping["task_name"], row._mapping["queue"]) for row in rows]
 
     def mark_dispatched(self, job_id: str, queued_event_id: str | None) -> None:
         """Note that the job's task was handed to the broker (and which event announced it)."""
