@@ -5,9 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
 from api.state import AppState
+from conveyor.apikeys import Principal
+
+#: Declares the bearer scheme in the OpenAPI document; :class:`api.guard.Guard` has already checked the key.
+_scheme = HTTPBearer(auto_error=False, description="An API key: `conveyor keys create --owner NAME`")
 
 
 def get_state(connection: HTTPConnection) -> AppState:
@@ -15,4 +20,13 @@ def get_state(connection: HTTPConnection) -> AppState:
     return state
 
 
+def get_principal(
+    connection: HTTPConnection, _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_scheme)]
+) -> Principal:
+    """The caller, as the guard authenticated it (every route but the public ones passes the guard)."""
+    principal: Principal = connection.state.principal
+    return principal
+
+
 StateDep = Annotated[AppState, Depends(get_state)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -14,6 +14,7 @@ import logging
 import resource
 import struct
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import orjson
 import redis.exceptions
@@ -70,20 +71,30 @@ class Full(Exception):
 
 
 class Selection:
-    """What one connection listens to: every job event, or named jobs; plus named topics."""
+    """What one connection listens to, as one owner: every job event of the owner's, or named jobs; plus
+    topics, by their routing keys (:meth:`conveyor.topics.TopicPolicy.key`)."""
 
-    __slots__ = ("all_jobs", "jobs", "topics")
+    __slots__ = ("owner", "all_jobs", "jobs", "topics", "topic_key")
 
-    def __init__(self, jobs: Iterable[str] = (), topics: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        owner: str | None = None,
+        jobs: Iterable[str] = (),
+        topics: Iterable[str] = (),
+        topic_key: Callable[[str | None, str], str] = lambda owner, topic: f"{owner or ''}/{topic}",
+    ) -> None:
+        self.owner = owner
         self.jobs = set(jobs)
         self.topics = set(topics)
         self.all_jobs = not self.jobs and not self.topics
+        self.topic_key = topic_key
 
     def matches(self, event: Event) -> bool:
-        """``topic.message`` events go to their topic's listeners only; job events to the job's or to all-jobs."""
+        """``topic.message`` events go to their topic's listeners only; job events to listeners of the job or
+        of all jobs — and never to another owner's."""
         if event.type is EventType.TOPIC_MESSAGE:
-            return event.topic in self.topics
-        return event.job_id is not None and (self.all_jobs or event.job_id in self.jobs)
+            return event.topic is not None and self.topic_key(event.owner, event.topic) in self.topics
+        return event.owner == self.owner and event.job_id is not None and (self.all_jobs or event.job_id in self.jobs)
 
 
 class Subscription:
@@ -199,39 +210,52 @@ class Hub:
         max_connections: int = 10_000,
         max_per_topic: int = 5_000,
         block_ms: int = 5000,
+        *,
+        max_per_holder: int | None = None,
+        topic_key: Callable[[str | None, str], str] | None = None,
     ) -> None:
         self.events = events
         self.queue_size = queue_size
         self.max_connections = max_connections
         self.max_per_topic = max_per_topic
         self.block_ms = block_ms
+        self.max_per_holder = max_per_holder
+        self.topic_key = topic_key or Selection().topic_key
         self.subscribers: set[Subscription] = set()
-        self._all_jobs: set[Subscription] = set()
+        self._holders: dict[Subscription, str] = {}
+        self._held: dict[str, int] = {}
+        self._all_jobs: dict[str | None, set[Subscription]] = {}
         self._by_job: dict[str, set[Subscription]] = {}
         self._by_topic: dict[str, set[Subscription]] = {}
         self.last_id: str | None = None
         self.ready = asyncio.Event()
 
     @contextlib.contextmanager
-    def subscribe(self, selection: Selection) -> Iterator[Subscription]:
+    def subscribe(self, selection: Selection, holder: str | None = None) -> Iterator[Subscription]:
         """Live events for ``selection`` from now on; always unsubscribes on exit. Raises :class:`Full` at a cap."""
-        subscription = self.add(selection)
+        subscription = self.add(selection, holder)
         try:
             yield subscription
         finally:
             self.remove(subscription)
 
-    def add(self, selection: Selection) -> Subscription:
-        """A new subscription for ``selection`` (see :meth:`subscribe`); the caller must :meth:`remove` it."""
+    def add(self, selection: Selection, holder: str | None = None) -> Subscription:
+        """A new subscription for ``selection`` (see :meth:`subscribe`), counted against ``holder``'s cap
+        (an API key's id); the caller must :meth:`remove` it."""
         if len(self.subscribers) >= self.max_connections:
             raise Full(f"this api process holds its limit of {self.max_connections} event streams")
+        if holder is not None and self.max_per_holder is not None and self._held.get(holder, 0) >= self.max_per_holder:
+            raise Full(f"this key holds its limit of {self.max_per_holder} event streams on this api process")
         for topic in selection.topics:
             self._check_topic(topic)
-        subscription = Subscription(Selection(), self.queue_size)
+        subscription = Subscription(Selection(selection.owner, topic_key=self.topic_key), self.queue_size)
         subscription.selection.all_jobs = selection.all_jobs
         self.subscribers.add(subscription)
+        if holder is not None:
+            self._holders[subscription] = holder
+            self._held[holder] = self._held.get(holder, 0) + 1
         if selection.all_jobs:
-            self._all_jobs.add(subscription)
+            self._all_jobs.setdefault(selection.owner, set()).add(subscription)
         for job_id in selection.jobs:
             self.watch(subscription, job_id=job_id)
         for topic in selection.topics:
@@ -242,7 +266,14 @@ class Hub:
         """Stop delivering to ``subscription``; harmless when already removed."""
         subscription.direct = None
         self.subscribers.discard(subscription)
-        self._all_jobs.discard(subscription)
+        _discard(self._all_jobs, subscription.selection.owner, subscription)
+        holder = self._holders.pop(subscription, None)
+        if holder is not None:
+            left = self._held[holder] - 1
+            if left:
+                self._held[holder] = left
+            else:
+                del self._held[holder]
         for job_id in tuple(subscription.selection.jobs):
             self.unwatch(subscription, job_id=job_id)
         for topic in tuple(subscription.selection.topics):
@@ -250,7 +281,8 @@ class Hub:
 
     def _check_topic(self, topic: str) -> None:
         if len(self._by_topic.get(topic, ())) >= self.max_per_topic:
-            raise Full(f"topic {topic!r} has its limit of {self.max_per_topic} listeners in this api process")
+            name = topic.split("/", 1)[-1]  # the routing key's topic, as the client named it
+            raise Full(f"topic {name!r} has its limit of {self.max_per_topic} listeners in this api process")
 
     def watch(self, subscription: Subscription, *, job_id: str | None = None, topic: str | None = None) -> None:
         """Add a job or a topic to a subscription; from now on its events reach the mailbox."""
@@ -271,22 +303,20 @@ class Hub:
             subscription.selection.topics.discard(topic)
             _discard(self._by_topic, topic, subscription)
 
-    def topic_listeners(self, topic: str) -> int:
-        return len(self._by_topic.get(topic, ()))
-
     def publish_local(self, event: Event) -> None:
         """Hand ``event`` to every subscription that listens to it, each once."""
         item = Outgoing.of(event)
         if event.type is EventType.TOPIC_MESSAGE:
-            for subscription in tuple(self._by_topic.get(event.topic or "", ())):
-                subscription.offer(item)
+            if event.topic is not None:
+                for subscription in tuple(self._by_topic.get(self.topic_key(event.owner, event.topic), ())):
+                    subscription.offer(item)
             return
         if event.job_id is None:
             return
-        for subscription in tuple(self._all_jobs):
+        for subscription in tuple(self._all_jobs.get(event.owner, ())):
             subscription.offer(item)
         for subscription in tuple(self._by_job.get(event.job_id, ())):
-            if not subscription.selection.all_jobs:
+            if not subscription.selection.all_jobs and subscription.selection.owner == event.owner:
                 subscription.offer(item)
 
     def notice_all(self, message: str) -> None:
@@ -332,7 +362,7 @@ class Hub:
                 self.last_id = newest
 
 
-def _discard(index: dict[str, set[Subscription]], key: str, subscription: Subscription) -> None:
+def _discard(index: dict[Any, set[Subscription]], key: Any, subscription: Subscription) -> None:
     members = index.get(key)
     if members is not None:
         members.discard(subscription)

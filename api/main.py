@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 
 from api import errors
-from api.routes import attempts, health, jobs, notifications, sse, uploads, ws
+from api.guard import Guard
+from api.routes import attempts, health, jobs, notifications, sse, tickets, uploads, ws
 from api.state import lifespan_for
 from conveyor import __version__
 from conveyor.settings import Settings, get_settings
+
+#: What :class:`api.guard.Guard` may answer on any route but the public ones.
+GUARDED: dict[int | str, dict[str, Any]] = {
+    401: {"description": "No API key, or not a valid one (see WWW-Authenticate)"},
+    408: {"description": "The request body stopped arriving"},
+    413: {"description": "The request body is larger than allowed"},
+    429: {"description": "The key's rate limit is reached (see Retry-After)"},
+    503: {"description": "A dependency is unavailable, or the request took too long (see Retry-After)"},
+}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -18,7 +30,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         lifespan=lifespan_for(settings or get_settings()),
     )
-    for module in (health, jobs, attempts, notifications, uploads, ws, sse):
-        app.include_router(module.router)
+    app.include_router(health.router)
+    for module in (jobs, attempts, notifications, uploads, tickets, ws, sse):
+        app.include_router(module.router, responses=GUARDED)
     errors.install(app)
+    app.add_middleware(Guard)
     return app

@@ -17,15 +17,19 @@ from fastapi import FastAPI
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 
+from api.auth import Authenticator
 from api.hub import Hub, raise_open_file_limit
+from conveyor.apikeys import KeyStore
 from conveyor.celery_app import create_celery
 from conveyor.db import create_engine, migrate
 from conveyor.dispatch import Dispatcher
 from conveyor.events import AsyncEventLog, EventLog
 from conveyor.jobstore import JobStore
 from conveyor.ledger import Ledger
+from conveyor.ratelimit import RateLimiter
 from conveyor.settings import Settings
 from conveyor.storage import LocalStorage, Storage
+from conveyor.topics import TopicPolicy
 
 log = logging.getLogger("conveyor.api")
 
@@ -41,6 +45,9 @@ class AppState:
     redis: aioredis.Redis
     celery: Celery
     storage: Storage
+    auth: Authenticator
+    limiter: RateLimiter
+    topics: TopicPolicy
 
 
 class State(TypedDict):
@@ -64,7 +71,15 @@ async def open_state(settings: Settings) -> AsyncIterator[AppState]:
     celery = create_celery(settings)
     store = JobStore(engine)
     events = AsyncEventLog(async_redis, settings.events_max_len)
-    hub = Hub(events, settings.ws_send_queue, settings.stream_max_connections, settings.stream_max_per_topic)
+    topics = TopicPolicy.parse(settings.shared_topics)
+    hub = Hub(
+        events,
+        settings.ws_send_queue,
+        settings.stream_max_connections,
+        settings.stream_max_per_topic,
+        max_per_holder=settings.max_streams_per_key,
+        topic_key=topics.key,
+    )
     raise_open_file_limit()
     settings.spool_dir.mkdir(parents=True, exist_ok=True)
     state = AppState(
@@ -77,6 +92,11 @@ async def open_state(settings: Settings) -> AsyncIterator[AppState]:
         redis=async_redis,
         celery=celery,
         storage=LocalStorage(settings.storage_dir),
+        auth=Authenticator(
+            KeyStore(engine), async_redis, enabled=settings.auth == "keys", cache_seconds=settings.auth_cache_seconds
+        ),
+        limiter=RateLimiter(async_redis, settings.rate_limit_per_second, settings.rate_limit_burst),
+        topics=topics,
     )
     reader = asyncio.create_task(hub.run(), name="event-hub")
     try:

@@ -23,9 +23,12 @@ from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
+from api.auth import Unauthenticated
 from api.hub import Full, Outgoing, Selection, Subscription
+from conveyor.apikeys import Principal
 from conveyor.events import id_key, predecessor
-from conveyor.schemas import Resync, Snapshot, StreamCommand, SubscriptionNotice
+from conveyor.schemas import Job, Resync, Snapshot, StreamCommand, SubscriptionNotice
+from conveyor.topics import TopicPolicy
 
 if TYPE_CHECKING:
     from api.state import AppState
@@ -65,8 +68,17 @@ class StreamRequest:
     topics: tuple[str, ...] = ()
     resume: str | None = None
 
-    def selection(self) -> Selection:
-        return Selection(self.jobs, self.topics)
+    def selection(self, owner: str | None, topics: TopicPolicy) -> Selection:
+        """What the stream listens to as ``owner``. Raises :class:`Refused` (1008 / 403) for a shared topic
+        the owner may not read."""
+        for topic in self.topics:
+            _check_subscribe(topics, owner, topic)
+        return Selection(owner, self.jobs, (topics.key(owner, topic) for topic in self.topics), topics.key)
+
+
+def _check_subscribe(topics: TopicPolicy, owner: str | None, topic: str) -> None:
+    if not topics.may_subscribe(owner, topic):
+        raise Refused(f"topic {topic!r} is not readable with this key", CLOSE_POLICY, 403)
 
 
 def _values(query: Mapping[str, str], name: str, max_length: int) -> tuple[str, ...]:
@@ -97,6 +109,18 @@ def parse_request(query: Mapping[str, str], last_event_id_header: str | None = N
         except ValueError:
             raise Refused("last_event_id is not an event id") from None
     return StreamRequest(jobs, topics, resume)
+
+
+async def admit(state: AppState, headers: Mapping[str, str], ticket: str | None) -> Principal:
+    """Authenticate a WebSocket stream (bearer header or ``?ticket=``) and take a token from its key's rate
+    limit. Raises :class:`Refused`: 1008 (401) without valid credentials, 1013 (429) over the rate limit."""
+    try:
+        principal = await state.auth.stream(headers, ticket)
+    except Unauthenticated as exc:
+        raise Refused(exc.detail, CLOSE_POLICY, 401) from None
+    if await state.limiter.take(principal.key_id) > 0:
+        raise Refused("rate limit reached for this key; try again later", CLOSE_TRY_AGAIN, 429)
+    return principal
 
 
 class Sender(Protocol):
@@ -136,12 +160,19 @@ class EventStream:
             return request.resume
         firsts = []
         for job_id in request.jobs:
-            if await anyio.to_thread.run_sync(self.state.store.get, job_id) is None:
-                raise Refused(f"no job {job_id}", CLOSE_POLICY, 404)
+            await self._own_job(job_id)
             first = await anyio.to_thread.run_sync(self.state.store.queued_event_id, job_id)
             if first:
                 firsts.append(first)
         return predecessor(min(firsts, key=id_key)) if firsts else None
+
+    async def _own_job(self, job_id: str) -> Job:
+        """The job, if it exists and is the stream owner's; else :class:`Refused` (1008 / 404), the same for
+        both cases so that other owners' job ids are not revealed."""
+        job = await anyio.to_thread.run_sync(self.state.store.get, job_id)
+        if job is None or job.owner != self.subscription.selection.owner:
+            raise Refused(f"no job {job_id}", CLOSE_POLICY, 404)
+        return job
 
     def submit(self, command: StreamCommand) -> asyncio.Future[None]:
         """Queue a client's subscribe/unsubscribe for the sending loop, which applies it before anything else
@@ -240,22 +271,27 @@ class EventStream:
         command = pending.command
         hub = self.state.hub
         selection = self.subscription.selection
+        topics = self.state.topics
+        key = None if command.topic is None else topics.key(selection.owner, command.topic)
         if command.op == "unsubscribe":
-            hub.unwatch(self.subscription, job_id=command.job_id, topic=command.topic)
+            hub.unwatch(self.subscription, job_id=command.job_id, topic=key)
             unsubscribed = SubscriptionNotice(type="unsubscribed", job_id=command.job_id, topic=command.topic)
             await sender.send(notice(unsubscribed.model_dump_json(exclude_none=True)))
         else:
             if len(selection.jobs) + len(selection.topics) >= MAX_FOLLOWED:
                 raise Refused(f"a stream follows at most {MAX_FOLLOWED} jobs and topics")
+            if command.topic is not None:
+                _check_subscribe(topics, selection.owner, command.topic)
             try:
-                hub.watch(self.subscription, job_id=command.job_id, topic=command.topic)
+                hub.watch(self.subscription, job_id=command.job_id, topic=key)
             except Full as exc:
                 raise full(exc) from None
             if command.job_id is not None:
-                job = await anyio.to_thread.run_sync(self.state.store.get, command.job_id)
-                if job is None:
+                try:
+                    job = await self._own_job(command.job_id)
+                except Refused:
                     hub.unwatch(self.subscription, job_id=command.job_id)
-                    raise Refused(f"no job {command.job_id}", CLOSE_POLICY, 404)
+                    raise
                 await sender.send(notice(Snapshot(job_id=job.job_id, job=job).model_dump_json()))
             else:
                 subscribed = SubscriptionNotice(type="subscribed", topic=command.topic)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -13,7 +13,7 @@ import sqlalchemy.exc
 from fastapi import HTTPException, Response
 
 from api.state import AppState
-from conveyor.jobstore import NewJob
+from conveyor.jobstore import IdempotencyConflict, NewJob
 from conveyor.names import TASK_FOR_KIND
 from conveyor.schemas import Accepted, Job
 
@@ -52,28 +52,69 @@ async def submit(
     refused (422); ``fingerprint`` (default: the request) is what "the same request" compares. A job store
     that cannot be written gives 503 and records nothing.
     """
+    accepted_jobs, created = await submit_many(
+        state,
+        response,
+        kind=kind,
+        requests=[request],
+        owner=owner,
+        idempotency_key=idempotency_key,
+        job_ids=[job_id],
+        fingerprint=request if fingerprint is None else fingerprint,
+        batch=False,
+    )
+    return accepted_jobs[0], created
+
+
+async def submit_many(
+    state: AppState,
+    response: Response,
+    *,
+    kind: str,
+    requests: Sequence[Mapping[str, Any]],
+    owner: str | None,
+    idempotency_key: str | None,
+    job_ids: Sequence[str | None] | None = None,
+    fingerprint: Any = None,
+    batch: bool = True,
+) -> tuple[list[Accepted], bool]:
+    """Record several jobs of one kind in one transaction and send their tasks; returns the 202 bodies, in
+    order, and whether they are new. All are recorded, or none (503).
+
+    With an ``Idempotency-Key`` the jobs are one submission: repeating it returns the same jobs
+    (``Idempotent-Replayed: true``), a different ``fingerprint`` (default: the requests) under it is 422.
+    A ``batch`` keeps its keys apart from single submissions' (each job's key gets its index).
+    """
     if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise HTTPException(422, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
     task_name, queue = TASK_FOR_KIND[kind]
-    digest = request_hash({"kind": kind, "request": request if fingerprint is None else fingerprint})
-    new = NewJob(
-        kind=kind,
-        request=request,
-        task_name=task_name,
-        queue=queue,
-        owner=owner,
-        idempotency_key=None if idempotency_key is None else f"{owner or ''}:{idempotency_key}",
-        request_hash=digest,
-        job_id=job_id,
-    )
+    digest = request_hash({"kind": kind, "request": list(requests) if fingerprint is None else fingerprint})
+    news = [
+        NewJob(
+            kind=kind,
+            request=request,
+            task_name=task_name,
+            queue=queue,
+            owner=owner,
+            idempotency_key=None
+            if idempotency_key is None
+            else f"{owner or ''}:{idempotency_key}" + (f"#{index}" if batch else ""),
+            request_hash=digest,
+            job_id=None if job_ids is None else job_ids[index],
+        )
+        for index, request in enumerate(requests)
+    ]
     try:
-        job, created = await anyio.to_thread.run_sync(state.dispatcher.submit, new)
+        results = await anyio.to_thread.run_sync(state.dispatcher.submit_many, news)
     except sqlalchemy.exc.OperationalError as exc:
         log.error("job store unavailable error=%r", exc)
         raise HTTPException(503, "the job store is unavailable; nothing was recorded, try again") from exc
-    if not created:
-        stored_hash = await anyio.to_thread.run_sync(state.store.request_hash, job.job_id)
+    except IdempotencyConflict as exc:
+        raise HTTPException(422, "Idempotency-Key was already used with a different request") from exc
+    replayed = [job for job, created in results if not created]
+    if replayed:
+        stored_hash = await anyio.to_thread.run_sync(state.store.request_hash, replayed[0].job_id)
         if stored_hash != digest:
             raise HTTPException(422, "Idempotency-Key was already used with a different request")
         response.headers["Idempotent-Replayed"] = "true"
-    return accepted(job), created
+    return [accepted(job) for job, _created in results], not replayed

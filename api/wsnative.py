@@ -30,6 +30,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
+from api.auth import origin_allowed
 from api.hub import Full, Hub, Outgoing, Subscription
 from api.streaming import (
     CLOSE_UNSUPPORTED,
@@ -37,6 +38,7 @@ from api.streaming import (
     EventStream,
     Refused,
     StreamRequest,
+    admit,
     full,
     parse_request,
 )
@@ -85,7 +87,7 @@ class WebSocketProtocol(asyncio.Protocol):
 
     __slots__ = (
         "config", "server_state", "app_state", "transport", "delegate", "conn", "stream", "subscription", "sent",
-        "pump", "paused", "writable", "closing", "ping_at", "pong_due", "close_timer",
+        "pump", "paused", "writable", "closing", "ping_at", "pong_due", "close_timer", "early",
     )  # fmt: skip
 
     def __init__(
@@ -107,6 +109,8 @@ class WebSocketProtocol(asyncio.Protocol):
         self.ping_at = 0.0
         self.pong_due = False
         self.close_timer: asyncio.TimerHandle | None = None
+        #: Frames that arrived while the handshake's credentials were being checked, applied after.
+        self.early: list[Frame] | None = None
 
     # --- asyncio.Protocol
 
@@ -184,22 +188,39 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def _handshake(self, request: Request) -> None:
         assert self.conn is not None and self.transport is not None
-        response = self.conn.accept(request)
+        state = self.app_state["conveyor"]
+        if not origin_allowed(request.headers, state.settings.origins):
+            response = self.conn.reject(403, "origin not allowed\n")
+        else:
+            response = self.conn.accept(request)
         self.conn.send_response(response)
         if response.status_code != 101:
             self.closing = True
             return
         self.server_state.connections.add(self)
-        state = self.app_state["conveyor"]
         _, _, query = request.path.partition("?")
+        self.early = []
+        self.pump = asyncio.get_running_loop().create_task(self._admit(request, QueryParams(query)))
+
+    async def _admit(self, request: Request, query: QueryParams) -> None:
+        """Check the credentials, then subscribe; until then no event is sent and client frames wait."""
+        state = self.app_state["conveyor"]
         try:
-            stream_request = parse_request(QueryParams(query))
-            self.subscription = state.hub.add(stream_request.selection())
+            principal = await admit(state, request.headers, query.get("ticket"))
+            stream_request = parse_request(query)
+            selection = stream_request.selection(principal.owner, state.topics)
+            self.subscription = state.hub.add(selection, principal.key_id)
         except Refused as exc:
+            self.pump = None
             self._refuse(exc)
             return
         except Full as exc:
+            self.pump = None
             self._refuse(full(exc))
+            return
+        self.pump = None
+        if self.closing:
+            self._release()
             return
         keepalive = _keepalives.get(state.hub)
         if keepalive is None:
@@ -213,8 +234,18 @@ class WebSocketProtocol(asyncio.Protocol):
             self.subscription.direct = self._deliver
         else:
             self._start_pump(stream_request)
+        early, self.early = self.early or [], None
+        for frame in early:
+            self._frame(frame)
+        self._flush()
 
     def _frame(self, frame: Frame) -> None:
+        if self.early is not None and not self.closing:
+            if len(self.early) >= 8:
+                self._refuse(Refused("too many messages before the connection was admitted"))
+            else:
+                self.early.append(frame)
+            return
         if self.closing or self.stream is None:
             return
         if frame.opcode is Opcode.PONG:

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import TextIO
 
 from conveyor import logs, names
 from conveyor.settings import Settings, get_settings
@@ -95,20 +96,13 @@ def cmd_beat(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def cmd_flower(settings: Settings, _args: argparse.Namespace) -> int:
-    """Run Flower with basic auth (credentials from settings, or generated under the data directory)."""
-    from conveyor.celery_app import app
+    """Run Flower with basic auth on every path but /healthcheck, its /metrics included.
 
-    user, password = settings.flower_credentials()
-    os.environ["FLOWER_BASIC_AUTH"] = f"{user}:{password}"
-    app.start(
-        [
-            "flower",
-            f"--address={settings.flower_host}",
-            f"--port={settings.flower_port}",
-            "--purge_offline_workers=60",
-        ]
-    )
-    return 0
+    Credentials come from settings, or in development from a password generated under the data directory
+    (docs/SECURITY.md). Exits with 2, never listening, when there are none."""
+    from conveyor.flower import serve
+
+    return serve(settings)
 
 
 def cmd_redis(settings: Settings, _args: argparse.Namespace) -> int:
@@ -118,6 +112,74 @@ def cmd_redis(settings: Settings, _args: argparse.Namespace) -> int:
     settings.redis_dir.mkdir(parents=True, exist_ok=True)
     argv = redis_command(settings.redis_port, settings.redis_dir)
     os.execv(argv[0], argv)
+
+
+def _say(line: str, stream: TextIO | None = None) -> None:
+    out = stream or sys.stdout
+    out.write(line + "\n")
+    out.flush()
+
+
+def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
+    """Make, list and revoke API keys (``create`` prints the new key on its last line, once)."""
+    import json
+
+    from conveyor.apikeys import InvalidOwner, KeyStore
+    from conveyor.db import create_engine, migrate
+
+    engine = create_engine(settings.effective_database_url)
+    try:
+        migrate(engine)
+        keys = KeyStore(engine)
+        if args.action == "create":
+            try:
+                key, text = keys.create(args.owner, args.label)
+            except InvalidOwner as exc:
+                _say(f"conveyor keys: {exc}", sys.stderr)
+                return 2
+            _say(f"key {key.key_id} for owner {key.owner}; it is shown only now:")
+            _say(text)
+        elif args.action == "list":
+            for key in keys.list(args.owner):
+                if args.json:
+                    _say(json.dumps(key.as_json()))
+                else:
+                    state = "active" if key.revoked_at is None else f"revoked {key.revoked_at:%Y-%m-%d %H:%M}"
+                    _say(f"{key.key_id}  {key.owner}  {key.created_at:%Y-%m-%d %H:%M}  {state}  {key.label or ''}")
+        else:
+            revoked = keys.revoke(args.key_id)
+            if revoked is None:
+                _say(f"conveyor keys: no key {args.key_id}", sys.stderr)
+                return 1
+            _say(f"revoked {revoked.key_id} (owner {revoked.owner})")
+        return 0
+    finally:
+        engine.dispose()
+
+
+def development_key(settings: Settings) -> str | None:
+    """The development key ``conveyor run`` prints: made on the first start (when no key exists) and kept in
+    ``data_dir/dev-api-key``; ``None`` in production, with auth off, or once that key is revoked."""
+    from conveyor.apikeys import KeyStore
+    from conveyor.db import create_engine
+
+    if settings.environment != "development" or settings.auth != "keys":
+        return None
+    path = settings.data_dir / "dev-api-key"
+    engine = create_engine(settings.effective_database_url)
+    try:
+        keys = KeyStore(engine)
+        if not path.exists():
+            if keys.any_active():
+                return None
+            _key, text = keys.create("dev", "development key made by conveyor run")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch(0o600)
+            path.write_text(text + "\n")
+        text = path.read_text().strip()
+        return text if keys.verify(text) is not None else None
+    finally:
+        engine.dispose()
 
 
 def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
@@ -141,6 +203,7 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
             wait_for_port(settings.redis_port, 10, redis.process)
         env["CONVEYOR_REDIS_URL"] = settings.effective_redis_url
         _migrate(settings)
+        dev_key = development_key(settings)
         me = [sys.executable, "-m", "conveyor"]
         parts = [("api", ["api"]), *((f"worker-{q}", ["worker", "--queues", q]) for q in names.QUEUES)]
         for name, argv in [*parts, ("beat", ["beat"]), ("flower", ["flower"])]:
@@ -151,6 +214,8 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
             f"api     {base}  (docs {base}/docs, events ws://{settings.api_host}:{settings.api_port}/ws)",
             f"flower  http://{settings.flower_host}:{settings.flower_port}  user={user} password={password}",
             f"redis   {settings.effective_redis_url}" + ("  (embedded)" if settings.embedded_redis else ""),
+            *([f"key     {dev_key}  (owner dev; send Authorization: Bearer <key>)"] if dev_key else []),
+            *(["auth    OFF: anyone may use the api (CONVEYOR_AUTH=off)"] if settings.auth == "off" else []),
             f"data    {settings.data_dir}",
             "Ctrl-C stops everything.",
         ):
@@ -169,6 +234,7 @@ COMMANDS = {
     "flower": cmd_flower,
     "redis": cmd_redis,
     "migrate": cmd_migrate,
+    "keys": cmd_keys,
 }
 
 
@@ -183,6 +249,16 @@ def parser() -> argparse.ArgumentParser:
         if name == "worker":
             command.add_argument("--queues", required=True, help=f"comma-separated, of {','.join(names.QUEUES)}")
             command.add_argument("--concurrency", type=int)
+        if name == "keys":
+            actions = command.add_subparsers(dest="action", required=True)
+            create = actions.add_parser("create", help="make a key for an owner; prints it once, on the last line")
+            create.add_argument("--owner", required=True, help="whose jobs, uploads and events the key reaches")
+            create.add_argument("--label", help="a note to recognise the key by")
+            listing = actions.add_parser("list", help="every key: id, owner, created, active or revoked")
+            listing.add_argument("--owner")
+            listing.add_argument("--json", action="store_true", help="one JSON object per line")
+            revoke = actions.add_parser("revoke", help="stop accepting a key (by its id or the whole key)")
+            revoke.add_argument("key_id")
     return root
 
 
@@ -191,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     settings = get_settings()
     process_name = args.command if args.command != "worker" else f"worker-{args.queues}"
+    if args.command == "keys":
+        logging.disable(logging.INFO)
     os.environ.setdefault("CONVEYOR_PROCESS_NAME", process_name)
     logs.configure(os.environ["CONVEYOR_PROCESS_NAME"], settings.log_level, settings.log_format)
     return COMMANDS[args.command](settings, args)

@@ -9,6 +9,7 @@ any step leaves either nothing, or a row that will be sent.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import timedelta
 
 from celery import Celery
@@ -36,26 +37,52 @@ class Dispatcher:
         sent later by :meth:`dispatch_pending`. Raises only when the job store could not record the job, in
         which case nothing was recorded and nothing sent.
         """
-        job, created = self.store.create(new)
-        if created:
-            self.send(Dispatch(job, new.task_name, new.queue))
-        return job, created
+        return self.submit_many([new])[0]
+
+    def submit_many(self, news: Sequence[NewJob]) -> list[tuple[Job, bool]]:
+        """:meth:`submit` for several jobs at once: one transaction records them all, one round trip to
+        Redis announces them, and one more transaction notes that their tasks were sent."""
+        results = self.store.create_many(news)
+        fresh = [
+            Dispatch(job, new.task_name, new.queue)
+            for (job, created), new in zip(results, news, strict=True)
+            if created
+        ]
+        if fresh:
+            self.send_many(fresh)
+        return results
 
     def send(self, dispatch: Dispatch, *, announce: bool = True) -> bool:
         """Publish ``job.queued`` (unless ``announce`` is off), send the task and note when it was sent; ``False``
         (logged) if Redis refused."""
-        job = dispatch.job
+        return self.send_many([dispatch], announce=announce) == 1
+
+    def send_many(self, dispatches: Sequence[Dispatch], *, announce: bool = True) -> int:
+        """:meth:`send` for several jobs; returns how many tasks were sent (the first refusal stops the rest,
+        which :meth:`dispatch_pending` sends later)."""
         try:
-            event_id = self.events.publish(job_event(job)) if announce else None
-            self.celery.send_task(dispatch.task_name, args=[job.job_id], queue=dispatch.queue, task_id=job.job_id)
-        except Exception as exc:  # noqa: BLE001 - any broker failure leaves the row for dispatch_pending
-            log.warning("dispatch deferred job_id=%s error=%r", job.job_id, exc)
-            return False
-        try:
-            self.store.mark_dispatched(job.job_id, event_id)
-        except Exception as exc:  # noqa: BLE001 - the task is sent; at worst dispatch_pending sends it again
-            log.warning("dispatch not marked job_id=%s error=%r", job.job_id, exc)
-        return True
+            if announce:
+                event_ids: list[str | None] = list(self.events.publish_many([job_event(d.job) for d in dispatches]))
+            else:
+                event_ids = [None] * len(dispatches)
+        except Exception as exc:  # noqa: BLE001 - any Redis failure leaves the rows for dispatch_pending
+            log.warning("dispatch deferred jobs=%d error=%r", len(dispatches), exc)
+            return 0
+        sent: list[tuple[str, str | None]] = []
+        for dispatch, event_id in zip(dispatches, event_ids, strict=True):
+            job_id = dispatch.job.job_id
+            try:
+                self.celery.send_task(dispatch.task_name, args=[job_id], queue=dispatch.queue, task_id=job_id)
+            except Exception as exc:  # noqa: BLE001 - any broker failure leaves the row for dispatch_pending
+                log.warning("dispatch deferred job_id=%s error=%r", job_id, exc)
+                break
+            sent.append((job_id, event_id))
+        if sent:
+            try:
+                self.store.mark_dispatched(sent)
+            except Exception as exc:  # noqa: BLE001 - the tasks are sent; at worst dispatch_pending sends them again
+                log.warning("dispatch not marked jobs=%d error=%r", len(sent), exc)
+        return len(sent)
 
     def dispatch_pending(self, grace: timedelta, abandoned_after: timedelta | None = None) -> int:
         """Send every queued job whose task was not confirmed sent within ``grace``, and every retrying job whose

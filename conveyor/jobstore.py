@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import base64
-import binascii
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,6 +26,10 @@ UNAVAILABLE: tuple[type[Exception], ...] = (sa.exc.OperationalError, sa.exc.Inte
 CLOCK_SLACK = timedelta(seconds=1)
 
 
+class IdempotencyConflict(ValueError):
+    """A submission of several jobs whose idempotency keys were partly used before (nothing is recorded)."""
+
+
 class InvalidCursor(ValueError):
     """A ``cursor`` that this store did not hand out."""
 
@@ -38,7 +41,7 @@ def encode_cursor(job_id: str) -> str:
 def decode_cursor(cursor: str) -> str:
     try:
         value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # not base64 (binascii.Error), not ASCII, not UTF-8 inside
         raise InvalidCursor(cursor) from exc
     if len(value) != 36:
         raise InvalidCursor(cursor)
@@ -76,6 +79,30 @@ class NewJob:
     job_id: str | None = None
 
 
+def _new_row(new: NewJob, now: datetime) -> dict[str, Any]:
+    """Every column of a new queued job's row."""
+    return {
+        "id": new.job_id or new_id(),
+        "kind": new.kind,
+        "status": JobStatus.QUEUED.value,
+        "progress": 0.0,
+        "request": dict(new.request),
+        "result": None,
+        "error": None,
+        "attempts": 0,
+        "crashes": 0,
+        "owner": new.owner,
+        "idempotency_key": new.idempotency_key,
+        "request_hash": new.request_hash,
+        "task_name": new.task_name,
+        "queue": new.queue,
+        "created_at": now,
+        "started_at": None,
+        "finished_at": None,
+        "updated_at": now,
+    }
+
+
 class JobStore(Outbox):
     """Jobs in a SQL database (SQLite or PostgreSQL). Thread-safe; every method is one short transaction."""
 
@@ -95,36 +122,26 @@ class JobStore(Outbox):
         With an idempotency key already used by the same owner, returns the original job and ``False``
         (the caller compares ``request_hash`` to refuse a different body under the same key).
         """
+        return self.create_many([new])[0]
+
+    def create_many(self, news: Sequence[NewJob]) -> list[tuple[Job, bool]]:
+        """Record queued jobs, all in one transaction when none reuses an idempotency key; returns
+        ``(job, created)`` for each, in order (see :meth:`create`)."""
         now = utcnow()
-        job_id = new.job_id or new_id()
-        values = {
-            "id": job_id,
-            "kind": new.kind,
-            "status": JobStatus.QUEUED.value,
-            "progress": 0.0,
-            "request": dict(new.request),
-            "attempts": 0,
-            "owner": new.owner,
-            "idempotency_key": new.idempotency_key,
-            "request_hash": new.request_hash,
-            "task_name": new.task_name,
-            "queue": new.queue,
-            "created_at": now,
-            "updated_at": now,
-        }
+        rows = [_new_row(new, now) for new in news]
         try:
             with self.engine.begin() as connection:
-                connection.execute(db.jobs.insert().values(**values))
+                connection.execute(db.jobs.insert(), rows)
         except sa.exc.IntegrityError:
-            if new.idempotency_key is None:
-                raise
-            existing = self.find_by_idempotency_key(new.idempotency_key)
-            if existing is None:
-                raise
-            return existing, False
-        job = self.get(job_id)
-        assert job is not None
-        return job, True
+            # Nothing was written. If every key was used before, this is a replay: the original jobs.
+            existing = [None if new.idempotency_key is None else self.find_by_idempotency_key(new.idempotency_key)
+                        for new in news]  # fmt: skip
+            if all(job is not None for job in existing):
+                return [(job, False) for job in existing if job is not None]
+            if any(job is not None for job in existing):
+                raise IdempotencyConflict("some of these idempotency keys were used before, others not") from None
+            raise
+        return [(self._job(row), True) for row in rows]
 
     def find_by_idempotency_key(self, key: str) -> Job | None:
         with self.engine.connect() as connection:

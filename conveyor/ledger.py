@@ -106,9 +106,13 @@ class Ledger:
         rows, next_cursor = keyset_page(self.engine, db.uploads, filters, limit, cursor)
         return [self._upload(row) for row in rows], next_cursor
 
-    def upload(self, upload_id: str) -> dict[str, Any] | None:
+    def upload(self, upload_id: str, owner: str | None = None) -> dict[str, Any] | None:
+        """A stored upload, or ``None`` when unknown (or, with ``owner``, someone else's)."""
+        query = db.uploads.select().where(db.uploads.c.id == upload_id)
+        if owner is not None:
+            query = query.where(db.uploads.c.owner == owner)
         with self.engine.connect() as connection:
-            row = connection.execute(db.uploads.select().where(db.uploads.c.id == upload_id)).first()
+            row = connection.execute(query).first()
         return None if row is None else self._upload(row)
 
     @staticmethod

@@ -3,10 +3,28 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 
 import orjson
+
+#: Credentials that must never reach a log line: API keys, tickets, bearer and basic authorization values.
+_SECRETS = re.compile(
+    r"(?P<key>cvk_[A-Za-z0-9]+_)[A-Za-z0-9_-]+"
+    r"|(?P<ticket>cvt_)[A-Za-z0-9_-]+"
+    r"|(?P<auth>(?:[Bb]earer|[Bb]asic)\s+)[A-Za-z0-9._~+/=-]+"
+)
+
+
+def _mask(match: re.Match[str]) -> str:
+    return (match.group("key") or match.group("ticket") or match.group("auth")) + "[redacted]"
+
+
+def redact(text: str) -> str:
+    """``text`` with every API key secret, ticket and Authorization credential replaced by ``[redacted]``
+    (a key's public id is kept, so that a line still tells which key it was)."""
+    return _SECRETS.sub(_mask, text)
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -20,7 +38,7 @@ class KeyValueFormatter(logging.Formatter):
         line += f"msg={record.getMessage()!r}" if " " in record.getMessage() else f"msg={record.getMessage()}"
         if record.exc_info:
             line += " exc=" + repr(self.formatException(record.exc_info))
-        return line
+        return redact(line)
 
 
 class JsonFormatter(logging.Formatter):
@@ -38,7 +56,7 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(data).decode()
+        return redact(orjson.dumps(data).decode())
 
 
 def configure(process_name: str, level: str = "INFO", fmt: str = "kv") -> None:
@@ -51,3 +69,5 @@ def configure(process_name: str, level: str = "INFO", fmt: str = "kv") -> None:
     # Per-task lines from Celery repeat what Conveyor logs with the job id; keep their warnings only.
     for noisy in ("httpx", "httpcore", "alembic", "celery.app.trace", "celery.worker.strategy", "celery.beat"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # At DEBUG, websockets logs every handshake header; those are credentials (redacted anyway) and noise.
+    logging.getLogger("websockets").setLevel(max(logging.INFO, root.level))

@@ -7,6 +7,7 @@ The job row is its own outbox (``conveyor/dispatch.py``). These queries find wha
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, overload
@@ -35,9 +36,9 @@ def _aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
-def job_from_row(row: sa.Row[Any]) -> Job:
-    """A ``jobs`` row as the wire model."""
-    m = row._mapping
+def job_from_row(row: sa.Row[Any] | Mapping[str, Any]) -> Job:
+    """A ``jobs`` row (or the mapping of its values) as the wire model."""
+    m = row if isinstance(row, Mapping) else row._mapping
     return Job(
         job_id=m["id"],
         kind=m["kind"],
@@ -75,13 +76,18 @@ class Outbox:
             rows = connection.execute(query).all()
         return [Dispatch(job_from_row(row), row._mapping["task_name"], row._mapping["queue"]) for row in rows]
 
-    def mark_dispatched(self, job_id: str, queued_event_id: str | None) -> None:
-        """Note that the job's task was handed to the broker (and which event announced it)."""
-        values: dict[str, Any] = {"dispatched_at": utcnow()}
-        if queued_event_id is not None:
-            values["queued_event_id"] = queued_event_id
+    def mark_dispatched(self, sent: Iterable[tuple[str, str | None]]) -> None:
+        """Note that these jobs' tasks were handed to the broker, each ``(job_id, queued_event_id)`` (the event
+        that announced it, if one did), in one transaction."""
+        now = utcnow()
+        with_event = [{"job": job_id, "event": event_id} for job_id, event_id in sent if event_id is not None]
+        without = [{"job": job_id} for job_id, event_id in sent if event_id is None]
+        update = db.jobs.update().where(db.jobs.c.id == sa.bindparam("job"))
         with self.engine.begin() as connection:
-            connection.execute(db.jobs.update().where(db.jobs.c.id == job_id).values(**values))
+            if with_event:
+                connection.execute(update.values(dispatched_at=now, queued_event_id=sa.bindparam("event")), with_event)
+            if without:
+                connection.execute(update.values(dispatched_at=now), without)
 
     def queued_event_id(self, job_id: str) -> str | None:
         with self.engine.connect() as connection:

@@ -250,6 +250,23 @@ NotificationRequest = Annotated[
     LogNotification | WebhookNotification | EmailNotification | WebsocketNotification, Field(discriminator="channel")
 ]
 
+#: Most notifications one ``POST /notifications:batch`` may carry.
+MAX_BATCH = 100
+
+
+class NotificationBatch(BaseModel):
+    """Several notifications submitted at once: all are accepted, or none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    notifications: list[NotificationRequest] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class BatchAccepted(BaseModel):
+    """The 202 answer to a batch: one entry per notification, in the order given."""
+
+    jobs: list[Accepted]
+
 
 class UploadRef(BaseModel):
     """What the api hands the ingest task: where the spooled bytes are and what they should hash to."""

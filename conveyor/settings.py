@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 GiB = 1024**3
@@ -35,6 +35,30 @@ class Settings(BaseSettings):
     flower_port: int = 5555
     flower_user: str = "conveyor"
     flower_password: SecretStr | None = None
+
+    # Security: API keys, browser origins, rate limits, request limits (docs/SECURITY.md).
+    auth: Literal["keys", "off"] = Field(
+        default="keys", description="keys: every route but the public ones needs a key; off: open (not in production)"
+    )
+    auth_cache_seconds: float = Field(
+        default=5.0, ge=0, description="How long an api process trusts a key it checked (a revoke takes this long)"
+    )
+    allowed_origins: str = Field(
+        default="", description="Comma-separated browser origins allowed to open /ws and /events; the api's own always"
+    )
+    ws_ticket_seconds: int = Field(default=30, ge=1, le=3600, description="Lifetime of a single-use WebSocket ticket")
+    shared_topics: str = Field(
+        default="",
+        description="Topics every owner shares, as pattern:publishers[:subscribers] items, comma-separated "
+        "(owners |-separated, * for any); other topics are private to each owner",
+    )
+    rate_limit_per_second: float = Field(default=100.0, gt=0, description="Requests per second per key, sustained")
+    rate_limit_burst: int = Field(default=200, ge=1, description="Requests a key may make at once after idling")
+    max_json_bytes: int = Field(default=1024 * 1024, ge=1024, description="Largest request body except uploads")
+    max_streams_per_key: int = Field(default=100, ge=1, description="Open /ws and /events streams per key, per process")
+    request_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="Longest a request may take (uploads: longest pause between body chunks)"
+    )
 
     max_upload_bytes: int = Field(default=2 * GiB, gt=0)
     upload_allowed_types: str = Field(
@@ -98,6 +122,29 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("shared_topics")
+    @classmethod
+    def _shared_topics(cls, value: str) -> str:
+        from conveyor.topics import TopicPolicy
+
+        TopicPolicy.parse(value)
+        return value
+
+    @model_validator(mode="after")
+    def _secure_in_production(self) -> Settings:
+        if self.environment == "production" and self.auth == "off":
+            raise ValueError("CONVEYOR_AUTH=off is refused in production")
+        return self
+
+    @property
+    def origins(self) -> frozenset[str]:
+        """Browser origins allowed to open event streams: the setting's, plus the api's own address."""
+        own = {f"http://{self.api_host}:{self.api_port}"}
+        if self.api_host in ("127.0.0.1", "0.0.0.0", "localhost"):
+            own |= {f"http://localhost:{self.api_port}", f"http://127.0.0.1:{self.api_port}"}
+        listed = {item.strip().rstrip("/").lower() for item in self.allowed_origins.split(",") if item.strip()}
+        return frozenset(own | listed)
 
     @property
     def dead_after_seconds(self) -> float:

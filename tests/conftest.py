@@ -4,12 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from conveyor.redis_server import free_port
 from conveyor.settings import Settings
-from tests.support import Process, base_env, conveyor, redis_server, wait_for_workers, wait_until_healthy
+from tests.support import (
+    Process,
+    base_env,
+    bearer,
+    conveyor,
+    create_key,
+    redis_server,
+    wait_for_workers,
+    wait_until_healthy,
+)
 
 
 @pytest.fixture(scope="session")
@@ -28,12 +39,32 @@ def settings(tmp_path: Path, redis_url: str) -> Settings:
 class Stack:
     """A running api and workers (real processes) on the session's Redis."""
 
-    def __init__(self, base_url: str, redis_url: str, data_dir: Path, processes: dict[str, Process]) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        redis_url: str,
+        data_dir: Path,
+        processes: dict[str, Process],
+        env: dict[str, str],
+        key: str,
+    ) -> None:
         self.base_url = base_url
         self.ws_url = base_url.replace("http://", "ws://")
         self.redis_url = redis_url
         self.data_dir = data_dir
         self.processes = processes
+        self.env = env
+        #: An API key (owner ``tests``) and the header carrying it, for every request of the tests.
+        self.key = key
+        self.headers = bearer(key)
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        """An HTTP client for the api, sending the key."""
+        return httpx.Client(base_url=self.base_url, headers=self.headers, timeout=30, **kwargs)
+
+    def new_key(self, owner: str) -> str:
+        """Another API key, for ``owner``."""
+        return create_key(self.env, owner)
 
     def logs(self) -> str:
         return "\n".join(f"--- {name}\n{p.output()[-4000:]}" for name, p in self.processes.items())
@@ -46,6 +77,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
     port = free_port()
     env = base_env(data_dir, CONVEYOR_REDIS_URL=redis_url, CONVEYOR_API_PORT=str(port))
     logs = data_dir / "logs"
+    key = create_key(env, "tests")
     processes = {"api": conveyor("api", ["api"], env, logs)}
     for queue in ("uploads", "notifications"):
         processes[queue] = conveyor(queue, ["worker", "--queues", queue, "--concurrency", "1"], env, logs)
@@ -53,7 +85,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
     try:
         wait_until_healthy(base_url, 60, list(processes.values()))
         wait_for_workers(redis_url, ["uploads", "notifications"], 60)
-        yield Stack(base_url, redis_url, data_dir, processes)
+        yield Stack(base_url, redis_url, data_dir, processes, env, key)
     finally:
         for process in processes.values():
             process.stop()

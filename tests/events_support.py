@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,9 @@ from tests.support import base_env, conveyor, wait_until_healthy
 
 JOB_TYPES = {t.value for t in EventType} - {EventType.TOPIC_MESSAGE.value}
 FINISHED = {"job.succeeded", "job.failed", "job.cancelled"}
+#: The owner of the session stack's key (tests/conftest.py): events published here straight to the stream
+#: carry it, so that its streams receive them.
+OWNER = "tests"
 
 
 def recv(ws: ClientConnection, timeout: float = 30) -> dict[str, Any]:
@@ -30,53 +33,65 @@ def recv(ws: ClientConnection, timeout: float = 30) -> dict[str, Any]:
     return data
 
 
-def submit(base_url: str, message: str = "hello") -> str:
-    response = httpx.post(f"{base_url}/notifications", json={"channel": "log", "message": message}, timeout=30)
+def submit(base_url: str, message: str = "hello", *, headers: Mapping[str, str]) -> str:
+    response = httpx.post(
+        f"{base_url}/notifications", json={"channel": "log", "message": message}, headers=headers, timeout=30
+    )
     assert response.status_code == 202, response.text
     job_id: str = response.json()["job_id"]
     return job_id
 
 
-def wait_finished(base_url: str, job_ids: list[str], timeout: float = 60) -> None:
+def wait_finished(base_url: str, job_ids: list[str], timeout: float = 60, *, headers: Mapping[str, str]) -> None:
     """Poll the job store until every job finished (without using the streams under test)."""
     deadline = time.monotonic() + timeout
     pending = set(job_ids)
-    with httpx.Client(base_url=base_url, timeout=10) as client:
+    with httpx.Client(base_url=base_url, headers=headers, timeout=10) as client:
         while pending and time.monotonic() < deadline:
             for job_id in tuple(pending):
-                if client.get(f"/jobs/{job_id}").json()["status"] in ("succeeded", "failed", "cancelled"):
+                response = client.get(f"/jobs/{job_id}")
+                if response.status_code == 429:  # the key's rate limit: wait as told
+                    time.sleep(float(response.headers["retry-after"]))
+                    continue
+                if response.json()["status"] in ("succeeded", "failed", "cancelled"):
                     pending.discard(job_id)
             time.sleep(0.05)
     assert not pending, f"{len(pending)} jobs did not finish"
 
 
-def job_events_after(redis_url: str, after: str) -> list[str]:
-    """Ids of the job events (not topic messages) the stream holds after ``after``, oldest first."""
+def job_events_after(redis_url: str, after: str, owner: str = OWNER) -> list[str]:
+    """Ids of ``owner``'s job events (not topic messages) the stream holds after ``after``, oldest first."""
     client = redis.Redis.from_url(redis_url)
     try:
         entries = client.xrange(EVENTS_STREAM, min=f"({after}")
+        events = [(entry_id.decode(), json.loads(fields[b"e"])) for entry_id, fields in entries]
         return [
-            entry_id.decode()
-            for entry_id, fields in entries
-            if json.loads(fields[b"e"]).get("type") in JOB_TYPES and json.loads(fields[b"e"]).get("job_id")
+            entry_id
+            for entry_id, event in events
+            if event.get("type") in JOB_TYPES and event.get("job_id") and event.get("owner") == owner
         ]
     finally:
         client.close()
 
 
-def publish(redis_url: str, count: int, *, topic: str | None = None, size: int = 0, job: str = "") -> list[str]:
-    """Append ``count`` events straight to the stream (topic messages, or ``job.started`` of made-up jobs)."""
+def publish(
+    redis_url: str, count: int, *, topic: str | None = None, size: int = 0, job: str = "", owner: str = OWNER
+) -> list[str]:
+    """Append ``count`` events straight to the stream (topic messages, or ``job.started`` of made-up jobs), as
+    ``owner``'s."""
     client = redis.Redis.from_url(redis_url)
     log = EventLog(client, max_len=100_000)
     ids = []
     try:
         for i in range(count):
             if topic is not None:
-                event = Event(type=EventType.TOPIC_MESSAGE, topic=topic, message="x" * size or i, ts=time.time())
+                event = Event(
+                    type=EventType.TOPIC_MESSAGE, topic=topic, message="x" * size or i, ts=time.time(), owner=owner
+                )
             else:
                 job_id = f"{job}{i}"
                 event = Event(type=EventType.STARTED, job_id=job_id, status=JobStatus.STARTED, ts=time.time(),
-                              message="x" * size or None)  # fmt: skip
+                              message="x" * size or None, owner=owner)  # fmt: skip
             ids.append(log.publish(event))
         return ids
     finally:

@@ -83,9 +83,41 @@ def redis_server(data_dir: Path) -> Iterator[str]:
 def base_env(data_dir: Path, **extra: str) -> dict[str, str]:
     """An environment for conveyor processes: no stray CONVEYOR_ settings from the caller, unbuffered output."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
-    env.update(PYTHONUNBUFFERED="1", CONVEYOR_DATA_DIR=str(data_dir), CONVEYOR_LOG_LEVEL="INFO", **extra)
+    env.update({"PYTHONUNBUFFERED": "1", "CONVEYOR_DATA_DIR": str(data_dir), "CONVEYOR_LOG_LEVEL": "INFO", **extra})
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+def run_env(data_dir: Path, **extra: str) -> tuple[dict[str, str], int, int]:
+    """An environment for ``conveyor run`` on free ports (embedded Redis, api, Flower); returns it with the
+    api's and Flower's ports."""
+    api_port, flower_port = free_port(), free_port()
+    env = base_env(
+        data_dir,
+        CONVEYOR_API_PORT=str(api_port),
+        CONVEYOR_FLOWER_PORT=str(flower_port),
+        CONVEYOR_REDIS_PORT=str(free_port()),
+        **extra,
+    )
+    return env, api_port, flower_port
+
+
+def create_key(env: Mapping[str, str], owner: str) -> str:
+    """Make an API key for ``owner`` with ``conveyor keys create`` (as an operator would); returns the key."""
+    done = subprocess.run(
+        [sys.executable, "-m", "conveyor", "keys", "create", "--owner", owner],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
+def bearer(key: str) -> dict[str, str]:
+    """The ``Authorization`` header carrying ``key``."""
+    return {"Authorization": f"Bearer {key}"}
 
 
 def wait_until_healthy(base_url: str, timeout: float, processes: list[Process] = ()) -> None:  # type: ignore[assignment]

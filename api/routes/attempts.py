@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, HTTPException, Path
 
-from api.deps import StateDep
+from api.deps import PrincipalDep, StateDep
 from conveyor.attempts import AttemptLog
 from conveyor.jobstore import Dispatch
 from conveyor.names import TASK_FOR_KIND
@@ -18,10 +18,10 @@ JobId = Annotated[str, Path(min_length=1, max_length=64)]
 
 
 @router.get("/jobs/{job_id}/attempts", responses={404: {"description": "No such job"}})
-async def list_attempts(state: StateDep, job_id: JobId) -> dict[str, Any]:
+async def list_attempts(state: StateDep, principal: PrincipalDep, job_id: JobId) -> dict[str, Any]:
     """Every delivery attempt of the job, oldest first: when, the channel, the outcome (``delivered``,
     ``transient``, ``permanent``), the peer's status code or SMTP reply code and text, and the error."""
-    job = await anyio.to_thread.run_sync(state.store.get, job_id)
+    job = await anyio.to_thread.run_sync(state.store.get, job_id, principal.owner)
     if job is None:
         raise HTTPException(404, f"no job {job_id}")
     attempts = await anyio.to_thread.run_sync(AttemptLog(state.store.engine).of, job_id)
@@ -33,10 +33,12 @@ async def list_attempts(state: StateDep, job_id: JobId) -> dict[str, Any]:
     status_code=202,
     responses={404: {"description": "No such job"}, 409: {"description": "The job is not failed"}},
 )
-async def retry_job(state: StateDep, job_id: JobId) -> Job:
+async def retry_job(state: StateDep, principal: PrincipalDep, job_id: JobId) -> Job:
     """Queue a failed job again: its error is cleared, its attempts start again from one, ``job.queued`` is
     published and its task sent. 202 means it will run (if Redis is down, the dispatcher sends it later).
     Effects that already happened are not repeated; a delivery that never succeeded is sent."""
+    if await anyio.to_thread.run_sync(state.store.get, job_id, principal.owner) is None:
+        raise HTTPException(404, f"no job {job_id}")
     job = await anyio.to_thread.run_sync(state.store.requeue, job_id)
     if job is None:
         current = await anyio.to_thread.run_sync(state.store.get, job_id)

@@ -7,7 +7,7 @@ from typing import Annotated
 import anyio
 from fastapi import APIRouter, HTTPException, Path, Query
 
-from api.deps import StateDep
+from api.deps import PrincipalDep, StateDep
 from conveyor.events import job_event
 from conveyor.jobstore import InvalidCursor
 from conveyor.schemas import Job, JobPage, JobStatus
@@ -17,9 +17,9 @@ JobId = Annotated[str, Path(min_length=1, max_length=64)]
 
 
 @router.get("/jobs/{job_id}", responses={404: {"description": "No such job"}})
-async def get_job(state: StateDep, job_id: JobId) -> Job:
-    """The job's current state, as the job store holds it."""
-    job = await anyio.to_thread.run_sync(state.store.get, job_id)
+async def get_job(state: StateDep, principal: PrincipalDep, job_id: JobId) -> Job:
+    """The job's current state, as the job store holds it. Another owner's job is 404, like a missing one."""
+    job = await anyio.to_thread.run_sync(state.store.get, job_id, principal.owner)
     if job is None:
         raise HTTPException(404, f"no job {job_id}")
     return job
@@ -28,15 +28,16 @@ async def get_job(state: StateDep, job_id: JobId) -> Job:
 @router.get("/jobs", responses={400: {"description": "Bad cursor"}})
 async def list_jobs(
     state: StateDep,
+    principal: PrincipalDep,
     status: JobStatus | None = None,
     kind: Annotated[str | None, Query(max_length=32)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=100)] = None,
 ) -> JobPage:
-    """A page of jobs, newest first. Pass ``next_cursor`` as ``cursor`` for the next page."""
+    """A page of the caller's jobs, newest first. Pass ``next_cursor`` as ``cursor`` for the next page."""
     try:
         jobs, next_cursor = await anyio.to_thread.run_sync(
-            lambda: state.store.page(status=status, kind=kind, limit=limit, cursor=cursor)
+            lambda: state.store.page(status=status, kind=kind, owner=principal.owner, limit=limit, cursor=cursor)
         )
     except InvalidCursor as exc:
         raise HTTPException(400, "cursor is not one this api handed out") from exc
@@ -48,8 +49,10 @@ async def list_jobs(
     status_code=202,
     responses={404: {"description": "No such job"}, 409: {"description": "The job already finished"}},
 )
-async def cancel_job(state: StateDep, job_id: JobId) -> Job:
+async def cancel_job(state: StateDep, principal: PrincipalDep, job_id: JobId) -> Job:
     """Cancel a job that has not finished. A running task may still complete its work; its result is dropped."""
+    if await anyio.to_thread.run_sync(state.store.get, job_id, principal.owner) is None:
+        raise HTTPException(404, f"no job {job_id}")
     job = await anyio.to_thread.run_sync(
         lambda: state.store.transition(
             job_id,

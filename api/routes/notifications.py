@@ -7,11 +7,20 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Response
 
-from api.deps import StateDep
-from api.submit import submit
+from api.deps import PrincipalDep, StateDep
+from api.state import AppState
+from api.submit import submit, submit_many
 from conveyor import webhooks
+from conveyor.apikeys import Principal
 from conveyor.names import KIND_NOTIFICATION
-from conveyor.schemas import Accepted, NotificationRequest, WebhookNotification
+from conveyor.schemas import (
+    Accepted,
+    BatchAccepted,
+    NotificationBatch,
+    NotificationRequest,
+    WebhookNotification,
+    WebsocketNotification,
+)
 from conveyor.settings import Settings
 
 router = APIRouter(tags=["notifications"])
@@ -36,16 +45,30 @@ def webhook_problem(body: WebhookNotification, settings: Settings) -> str | None
     return None if reason is None else f"url refused: {reason}; set CONVEYOR_WEBHOOK_ALLOW_PRIVATE to allow it"
 
 
+def _refusal(state: AppState, principal: Principal, body: NotificationRequest) -> HTTPException | None:
+    """Why the api refuses a notification before recording it: 422 for a webhook it cannot deliver as asked,
+    403 for a shared topic the key may not publish to; else ``None``."""
+    if isinstance(body, WebhookNotification):
+        problem = webhook_problem(body, state.settings)
+        if problem is not None:
+            return HTTPException(422, problem)
+    if isinstance(body, WebsocketNotification) and not state.topics.may_publish(principal.owner, body.topic):
+        return HTTPException(403, f"topic {body.topic!r} is shared and this key may not publish to it")
+    return None
+
+
 @router.post(
     "/notifications",
     status_code=202,
     responses={
+        403: {"description": "A websocket notification to a shared topic the key may not publish to"},
         422: {"description": "A bad body, or a webhook without a secret or to a refused address"},
         503: {"description": "The job store is unavailable"},
     },
 )
 async def create_notification(
     state: StateDep,
+    principal: PrincipalDep,
     body: NotificationRequest,
     response: Response,
     idempotency_key: Annotated[str | None, Header()] = None,
@@ -54,16 +77,48 @@ async def create_notification(
 
     The same ``Idempotency-Key`` with the same body returns the first job (``Idempotent-Replayed: true``);
     with a different body it is refused (422)."""
-    if isinstance(body, WebhookNotification):
-        problem = webhook_problem(body, state.settings)
-        if problem is not None:
-            raise HTTPException(422, problem)
+    refusal = _refusal(state, principal, body)
+    if refusal is not None:
+        raise refusal
     result, _created = await submit(
         state,
         response,
         kind=KIND_NOTIFICATION,
         request=body.model_dump(mode="json"),
-        owner=None,
+        owner=principal.owner,
         idempotency_key=idempotency_key,
     )
     return result
+
+
+@router.post(
+    "/notifications:batch",
+    status_code=202,
+    responses={
+        403: {"description": "A websocket notification to a shared topic the key may not publish to"},
+        422: {"description": "A bad body (each problem names its index), or a webhook the api refuses"},
+        503: {"description": "The job store is unavailable; nothing was recorded"},
+    },
+)
+async def create_notifications(
+    state: StateDep,
+    principal: PrincipalDep,
+    body: NotificationBatch,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> BatchAccepted:
+    """Accept up to 100 notifications at once: all are recorded in one transaction and announced in one
+    round trip, or none is (the first refusal names its index). One ``Idempotency-Key`` covers the batch."""
+    for index, notification in enumerate(body.notifications):
+        refusal = _refusal(state, principal, notification)
+        if refusal is not None:
+            raise HTTPException(refusal.status_code, f"notifications[{index}]: {refusal.detail}")
+    jobs, _created = await submit_many(
+        state,
+        response,
+        kind=KIND_NOTIFICATION,
+        requests=[notification.model_dump(mode="json") for notification in body.notifications],
+        owner=principal.owner,
+        idempotency_key=idempotency_key,
+    )
+    return BatchAccepted(jobs=jobs)

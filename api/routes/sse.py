@@ -10,16 +10,17 @@ the stream starts are JSON: 400 (bad id or filter), 404 (unknown job), 503 (conn
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import anyio
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from api.deps import StateDep
+from api.deps import PrincipalDep, StateDep
 from api.hub import Full, Outgoing
 from api.streaming import TOO_FAR_BEHIND, EventStream, Refused, StreamRequest, full, notice, parse_request
+from conveyor.apikeys import Principal
 from conveyor.schemas import StreamError
 
 if TYPE_CHECKING:
@@ -50,14 +51,16 @@ class _SseSender:
 class EventSourceResponse(Response):
     """A ``text/event-stream`` of one :class:`EventStream`; refusals before it starts are JSON errors."""
 
-    def __init__(self, state: AppState, request: StreamRequest) -> None:
+    def __init__(self, state: AppState, request: StreamRequest, principal: Principal) -> None:
         super().__init__(media_type="text/event-stream")
         self.state = state
         self.request = request
+        self.principal = principal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            with self.state.hub.subscribe(self.request.selection()) as subscription:
+            selection = self.request.selection(self.principal.owner, self.state.topics)
+            with self.state.hub.subscribe(selection, self.principal.key_id) as subscription:
                 stream = EventStream(self.state, subscription)
                 start = await stream.start_point(self.request)
                 await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
@@ -115,18 +118,27 @@ async def _serve(
 @router.get(
     "/events",
     response_class=EventSourceResponse,
+    status_code=200,
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "The event stream"},
         400: {"description": "Malformed last_event_id or filters"},
+        403: {"description": "A foreign Origin, or a shared topic the key may not read"},
         404: {"description": "A named job does not exist"},
         503: {"description": "The api process holds its limit of event streams (or the topic does)"},
     },
 )
-async def events_stream(request: Request, state: StateDep) -> Response:
-    """Job and topic events as Server-Sent Events: the backlog after ``Last-Event-ID`` (or the named jobs'
-    whole history), then live events, each once and in order."""
+async def events_stream(
+    request: Request,
+    state: StateDep,
+    principal: PrincipalDep,
+    ticket: Annotated[str | None, Query(max_length=100, description="A ticket from POST /ws-tickets")] = None,
+) -> Response:
+    """The caller's job and topic events as Server-Sent Events: the backlog after ``Last-Event-ID`` (or the
+    named jobs' whole history), then live events, each once and in order. Browsers, whose ``EventSource``
+    cannot send a key, pass a ticket instead (:class:`api.guard.Guard` takes it, after refusing a page from
+    a foreign ``Origin`` with 403)."""
     try:
         stream_request = parse_request(request.query_params, request.headers.get("last-event-id"))
     except Refused as exc:
         return JSONResponse({"detail": exc.detail}, exc.http_status)
-    return EventSourceResponse(state, stream_request)
+    return EventSourceResponse(state, stream_request, principal)

@@ -8,7 +8,7 @@ import anyio
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response
 from fastapi.responses import FileResponse
 
-from api.deps import StateDep
+from api.deps import PrincipalDep, StateDep
 from api.spooling import UploadError, spool_upload
 from api.state import AppState
 from api.submit import submit
@@ -50,6 +50,7 @@ _UPLOAD_BODY = {
 )
 async def create_upload(
     state: StateDep,
+    principal: PrincipalDep,
     request: Request,
     response: Response,
     idempotency_key: Annotated[str | None, Header()] = None,
@@ -81,7 +82,7 @@ async def create_upload(
             response,
             kind=KIND_UPLOAD,
             request=summary,
-            owner=None,
+            owner=principal.owner,
             idempotency_key=idempotency_key,
             job_id=job_id,
             fingerprint={"sha256": ref.sha256, "size": ref.size, "filename": ref.filename},
@@ -97,28 +98,31 @@ async def create_upload(
 @router.get("/uploads", responses={400: {"description": "Bad cursor"}})
 async def list_uploads(
     state: StateDep,
+    principal: PrincipalDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=100)] = None,
 ) -> UploadPage:
-    """Stored uploads, newest first. Pass ``next_cursor`` as ``cursor`` for the next page."""
+    """The caller's stored uploads, newest first. Pass ``next_cursor`` as ``cursor`` for the next page."""
     try:
-        uploads, next_cursor = await anyio.to_thread.run_sync(lambda: state.ledger.uploads(limit=limit, cursor=cursor))
+        uploads, next_cursor = await anyio.to_thread.run_sync(
+            lambda: state.ledger.uploads(owner=principal.owner, limit=limit, cursor=cursor)
+        )
     except InvalidCursor as exc:
         raise HTTPException(400, "cursor is not one this api handed out") from exc
     return UploadPage(uploads=[Upload.model_validate(u) for u in uploads], next_cursor=next_cursor)
 
 
-async def _find(state: AppState, upload_id: str) -> Upload:
-    found = await anyio.to_thread.run_sync(state.ledger.upload, upload_id)
+async def _find(state: AppState, upload_id: str, owner: str) -> Upload:
+    found = await anyio.to_thread.run_sync(state.ledger.upload, upload_id, owner)
     if found is None:
         raise HTTPException(404, f"no upload {upload_id}")
     return Upload.model_validate(found)
 
 
 @router.get("/uploads/{upload_id}", responses={404: {"description": "No such upload"}})
-async def get_upload(state: StateDep, upload_id: UploadId) -> Upload:
-    """A stored upload's metadata (its id is the id of the job that ingested it)."""
-    return await _find(state, upload_id)
+async def get_upload(state: StateDep, principal: PrincipalDep, upload_id: UploadId) -> Upload:
+    """A stored upload's metadata (its id is the id of the job that ingested it). Another owner's is 404."""
+    return await _find(state, upload_id, principal.owner)
 
 
 @router.get(
@@ -134,12 +138,13 @@ async def get_upload(state: StateDep, upload_id: UploadId) -> Upload:
 )
 async def get_upload_content(
     state: StateDep,
+    principal: PrincipalDep,
     upload_id: UploadId,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The stored bytes, streamed. ``ETag`` is the sha256 (quoted); ``Range`` (one or more byte ranges) and
     ``If-Range`` are honoured; ``If-None-Match`` with the ETag answers 304."""
-    upload = await _find(state, upload_id)
+    upload = await _find(state, upload_id, principal.owner)
     etag = f'"{upload.sha256}"'
     if if_none_match is not None and etag in {tag.strip() for tag in if_none_match.split(",")} | {"*"}:
         return Response(status_code=304, headers={"ETag": etag})

@@ -17,6 +17,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 from starlette.websockets import WebSocketState
 
+from api.auth import origin_allowed
 from api.deps import StateDep
 from api.hub import Full, Outgoing
 from api.streaming import (
@@ -25,6 +26,7 @@ from api.streaming import (
     TOO_FAR_BEHIND,
     EventStream,
     Refused,
+    admit,
     full,
     parse_request,
 )
@@ -55,13 +57,21 @@ class _WebSocketSender:
 
 @router.websocket("/ws")
 async def events_socket(websocket: WebSocket, state: StateDep) -> None:
-    """Push matching events: first those after ``last_event_id`` (or the named jobs' whole history when no
-    resume point is given), then live ones; accept ``subscribe``/``unsubscribe`` messages meanwhile."""
+    """Push the caller's matching events: first those after ``last_event_id`` (or the named jobs' whole history
+    when no resume point is given), then live ones; accept ``subscribe``/``unsubscribe`` messages meanwhile.
+
+    A page from a foreign ``Origin`` is refused at the handshake (403); a client without a valid key or ticket
+    is closed with 1008 before any event."""
+    if not origin_allowed(websocket.headers, state.settings.origins):
+        await websocket.close(CLOSE_POLICY, "origin not allowed")  # before accepting: the handshake gets 403
+        return
     await websocket.accept()
     outcome: Refused | None
     try:
+        principal = await admit(state, websocket.headers, websocket.query_params.get("ticket"))
         request = parse_request(websocket.query_params)
-        with state.hub.subscribe(request.selection()) as subscription:
+        selection = request.selection(principal.owner, state.topics)
+        with state.hub.subscribe(selection, principal.key_id) as subscription:
             stream = EventStream(state, subscription)
             start = await stream.start_point(request)
             outcome = await _serve(websocket, stream, start)

@@ -15,12 +15,12 @@ from tests.conftest import Stack
 
 @pytest.fixture
 def client(stack: Stack) -> httpx.Client:
-    with httpx.Client(base_url=stack.base_url, timeout=30) as client:
+    with stack.client() as client:
         yield client  # type: ignore[misc]
 
 
 def wait_finished(stack: Stack, job_id: str) -> dict[str, object]:
-    with connect(f"{stack.ws_url}/ws?job_id={job_id}", open_timeout=10) as ws:
+    with connect(f"{stack.ws_url}/ws?job_id={job_id}", open_timeout=10, additional_headers=stack.headers) as ws:
         while True:
             event = json.loads(ws.recv(timeout=30))
             if event["type"] in ("job.succeeded", "job.failed", "job.cancelled"):
@@ -107,7 +107,7 @@ def test_cancel_finished_job_is_409_and_unknown_is_404(client: httpx.Client, sta
 
 
 def test_websocket_resumes_after_last_event_id_without_gap_or_repeat(client: httpx.Client, stack: Stack) -> None:
-    with connect(f"{stack.ws_url}/ws", open_timeout=10) as ws:
+    with connect(f"{stack.ws_url}/ws", open_timeout=10, additional_headers=stack.headers) as ws:
         first = client.post("/notifications", json={"channel": "log", "message": "a"}).json()["job_id"]
         seen = []
         while True:
@@ -121,7 +121,9 @@ def test_websocket_resumes_after_last_event_id_without_gap_or_repeat(client: htt
     ]
     for job_id in missed:
         wait_finished(stack, job_id)
-    with connect(f"{stack.ws_url}/ws?last_event_id={resume_from}", open_timeout=10) as ws:
+    with connect(
+        f"{stack.ws_url}/ws?last_event_id={resume_from}", open_timeout=10, additional_headers=stack.headers
+    ) as ws:
         got = []
         done: set[str] = set()
         while done != set(missed):
@@ -139,7 +141,7 @@ def test_websocket_resumes_after_last_event_id_without_gap_or_repeat(client: htt
 
 def test_websocket_bad_resume_id_or_unknown_job_closes_1008(stack: Stack) -> None:
     for query in ("last_event_id=yesterday", "job_id=01a207a2-fb69-7023-9247-baa030751cb3"):
-        with connect(f"{stack.ws_url}/ws?{query}", open_timeout=10) as ws:
+        with connect(f"{stack.ws_url}/ws?{query}", open_timeout=10, additional_headers=stack.headers) as ws:
             message = json.loads(ws.recv(timeout=10))
             assert message["type"] == "error"
             with pytest.raises(ConnectionClosed) as closed:

@@ -10,8 +10,8 @@ from tests.events_support import FINISHED, publish, sse, submit
 
 
 def test_a_jobs_history_then_live_with_id_lines(stack: Stack) -> None:
-    job_id = submit(stack.base_url)
-    with sse(stack.base_url, f"/events?job_id={job_id}") as reader:
+    job_id = submit(stack.base_url, headers=stack.headers)
+    with sse(stack.base_url, f"/events?job_id={job_id}", stack.headers) as reader:
         got = []
         while True:
             event_id, data = reader.next_data()
@@ -24,7 +24,7 @@ def test_a_jobs_history_then_live_with_id_lines(stack: Stack) -> None:
 
 def test_last_event_id_header_wins_over_the_parameter(stack: Stack) -> None:
     ids = publish(stack.redis_url, 4, topic="sse-resume")
-    headers = {"Last-Event-ID": ids[1]}
+    headers = {**stack.headers, "Last-Event-ID": ids[1]}
     with sse(stack.base_url, f"/events?topic=sse-resume&last_event_id={ids[0]}", headers) as reader:
         assert [reader.next_data()[0] for _ in ids[2:]] == ids[2:]
         live = publish(stack.redis_url, 1, topic="sse-resume")
@@ -42,6 +42,6 @@ def test_last_event_id_header_wins_over_the_parameter(stack: Stack) -> None:
     ],
 )
 def test_refusals_are_json(stack: Stack, path: str, headers: dict[str, str], status: int, words: str) -> None:
-    response = httpx.get(f"{stack.base_url}{path}", headers=headers, timeout=10)
+    response = httpx.get(f"{stack.base_url}{path}", headers={**stack.headers, **headers}, timeout=10)
     assert response.status_code == status
     assert words in response.json()["detail"]

@@ -13,14 +13,15 @@ import pytest
 
 from conveyor.redis_server import free_port
 from tests.api.uploads_support import BOUNDARY, body, part, post
-from tests.support import base_env, conveyor, wait_until_healthy
+from tests.support import base_env, bearer, conveyor, create_key, wait_until_healthy
 
 LIMIT = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def limited(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[tuple[str, Path]]:
-    """An api (no workers needed: every request here is refused) with a 1 MiB limit and an allow-list."""
+def limited(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[tuple[str, Path, str]]:
+    """An api (no workers needed: every request here is refused) with a 1 MiB limit and an allow-list; yields its
+    URL, its data directory and an API key for it."""
     data_dir = tmp_path_factory.mktemp("limited")
     port = free_port()
     env = base_env(
@@ -30,10 +31,11 @@ def limited(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterato
         CONVEYOR_MAX_UPLOAD_BYTES=str(LIMIT),
         CONVEYOR_UPLOAD_ALLOWED_TYPES="image/png, text/*",
     )
+    key = create_key(env, "tests")
     api = conveyor("api", ["api"], env, data_dir / "logs")
     try:
         wait_until_healthy(f"http://127.0.0.1:{port}", 60, [api])
-        yield f"http://127.0.0.1:{port}", data_dir
+        yield f"http://127.0.0.1:{port}", data_dir, key
     finally:
         api.stop()
 
@@ -43,8 +45,8 @@ def spool_files(data_dir: Path) -> list[str]:
     return [p.name for p in spool.iterdir()] if spool.exists() else []
 
 
-def test_over_the_limit_streamed_without_length_is_413_before_the_body_ends(limited: tuple[str, Path]) -> None:
-    base_url, data_dir = limited
+def test_over_the_limit_streamed_without_length_is_413_before_the_body_ends(limited: tuple[str, Path, str]) -> None:
+    base_url, data_dir, key = limited
     port = int(base_url.rsplit(":", 1)[1])
     head = part('form-data; name="file"; filename="big.txt"', b"", "text/plain")[:-2]
     sent = 0
@@ -52,6 +54,7 @@ def test_over_the_limit_streamed_without_length_is_413_before_the_body_ends(limi
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(
             b"POST /uploads HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            + f"Authorization: Bearer {key}\r\n".encode()
             + f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\r\n".encode()
         )
         chunk = b"a" * 65536
@@ -81,12 +84,13 @@ def test_over_the_limit_streamed_without_length_is_413_before_the_body_ends(limi
     assert spool_files(data_dir) == []
 
 
-def test_declared_length_over_the_limit_is_413_at_once(limited: tuple[str, Path]) -> None:
-    base_url, data_dir = limited
+def test_declared_length_over_the_limit_is_413_at_once(limited: tuple[str, Path, str]) -> None:
+    base_url, data_dir, key = limited
     port = int(base_url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(
             b"POST /uploads HTTP/1.1\r\nHost: x\r\n"
+            + f"Authorization: Bearer {key}\r\n".encode()
             + f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n".encode()
             + b"Content-Length: 99999999999\r\n\r\n"
         )
@@ -98,9 +102,9 @@ def test_declared_length_over_the_limit_is_413_at_once(limited: tuple[str, Path]
     assert spool_files(data_dir) == []
 
 
-def test_exactly_the_limit_is_accepted(limited: tuple[str, Path]) -> None:
-    base_url, data_dir = limited
-    with httpx.Client(base_url=base_url, timeout=30) as client:
+def test_exactly_the_limit_is_accepted(limited: tuple[str, Path, str]) -> None:
+    base_url, data_dir, key = limited
+    with httpx.Client(base_url=base_url, headers=bearer(key), timeout=30) as client:
         response = post(client, body(part('form-data; name="file"; filename="max.txt"', b"a" * LIMIT, "text/plain")))
     assert response.status_code == 202, response.text
 
@@ -114,9 +118,9 @@ def test_exactly_the_limit_is_accepted(limited: tuple[str, Path]) -> None:
         (b"plain words", 202),
     ],
 )
-def test_allow_list_is_checked_against_sniffed_type(limited: tuple[str, Path], data: bytes, status: int) -> None:
-    base_url, data_dir = limited
-    with httpx.Client(base_url=base_url, timeout=30) as client:
+def test_allow_list_is_checked_against_sniffed_type(limited: tuple[str, Path, str], data: bytes, status: int) -> None:
+    base_url, data_dir, key = limited
+    with httpx.Client(base_url=base_url, headers=bearer(key), timeout=30) as client:
         response = post(client, body(part('form-data; name="file"; filename="x.png"', data, "image/png")))
     assert response.status_code == status, response.text
     if status == 415:

@@ -19,14 +19,14 @@ PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(3000)
 
 @pytest.fixture
 def client(stack: Stack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=stack.base_url, timeout=30) as client:
+    with stack.client() as client:
         yield client
 
 
 def upload(client: httpx.Client, stack: Stack, data: bytes, disposition: str, ctype: str = "text/plain") -> dict:  # type: ignore[type-arg]
     response = post(client, body(part(disposition, data, ctype)))
     assert response.status_code == 202, response.text
-    event = finished(stack.ws_url, response.json()["job_id"])
+    event = finished(stack.ws_url, response.json()["job_id"], headers=stack.headers)
     assert event["type"] == "job.succeeded", event
     return event["result"]  # type: ignore[no-any-return]
 
@@ -143,6 +143,7 @@ def test_client_that_disconnects_mid_upload_leaves_no_job_and_no_file(client: ht
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(
             b"POST /uploads HTTP/1.1\r\nHost: x\r\n"
+            + f"Authorization: Bearer {stack.key}\r\n".encode()
             + f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n".encode()
             + b"Content-Length: 10000000\r\n\r\n"
             + head

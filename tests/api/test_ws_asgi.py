@@ -36,9 +36,11 @@ def closed_with(ws: ClientConnection, code: int) -> str:
 
 def test_resume_and_subscribe_with_snapshot(stack: Stack, asgi_ws: str) -> None:
     ids = publish(stack.redis_url, 3, topic="asgi")
-    with connect(f"{asgi_ws}/ws?topic=asgi&last_event_id={ids[0]}", open_timeout=10) as ws:
+    with connect(
+        f"{asgi_ws}/ws?topic=asgi&last_event_id={ids[0]}", open_timeout=10, additional_headers=stack.headers
+    ) as ws:
         assert [recv(ws)["event_id"] for _ in ids[1:]] == ids[1:]
-        job_id = submit(stack.base_url)
+        job_id = submit(stack.base_url, headers=stack.headers)
         ws.send(json.dumps({"op": "subscribe", "job_id": job_id}))
         snapshot = recv(ws)
         assert snapshot["type"] == "snapshot" and snapshot["job"]["job_id"] == job_id
@@ -55,8 +57,8 @@ def test_resume_and_subscribe_with_snapshot(stack: Stack, asgi_ws: str) -> None:
     ("send", "code"),
     [(b"\x00", 1003), ("[1, 2]", 1008), ('{"op": "subscribe"}', 1008), ('{"topic": "' + "x" * 5000 + '"}', 1009)],
 )
-def test_bad_messages_close_with_a_code(asgi_ws: str, send: str | bytes, code: int) -> None:
-    with connect(f"{asgi_ws}/ws", open_timeout=10) as ws:
+def test_bad_messages_close_with_a_code(stack: Stack, asgi_ws: str, send: str | bytes, code: int) -> None:
+    with connect(f"{asgi_ws}/ws", open_timeout=10, additional_headers=stack.headers) as ws:
         ws.send(send)
         closed_with(ws, code)
 
@@ -68,8 +70,15 @@ def test_a_client_that_stops_reading_is_closed_1013(stack: Stack, asgi_ws: str) 
     sock.connect((host, int(port)))
     got: list[str] = []
     with (
-        connect(f"{asgi_ws}/ws?topic=flood", sock=sock, open_timeout=10, max_queue=4, max_size=2**20) as slow,
-        connect(f"{asgi_ws}/ws?topic=flood", open_timeout=10, max_size=2**20) as fast,
+        connect(
+            f"{asgi_ws}/ws?topic=flood",
+            sock=sock,
+            open_timeout=10,
+            max_queue=4,
+            max_size=2**20,
+            additional_headers=stack.headers,
+        ) as slow,
+        connect(f"{asgi_ws}/ws?topic=flood", open_timeout=10, max_size=2**20, additional_headers=stack.headers) as fast,
     ):
         reader = threading.Thread(target=lambda: got.extend(recv(fast)["event_id"] for _ in range(150)))
         reader.start()

@@ -12,9 +12,13 @@ from api.hub import Full, Hub, Outgoing, Selection, Subscription, text_frame
 from api.streaming import Refused, parse_request
 from conveyor.events import Retention, predecessor
 from conveyor.schemas import Event, EventType, JobStatus
+from conveyor.topics import TopicPolicy
+
+OWNER = "o"
 
 
 def event(event_id: str, type_: EventType = EventType.PROGRESS, job_id: str = "j1", **extra: object) -> Event:
+    extra.setdefault("owner", OWNER)
     return Event(event_id=event_id, type=type_, job_id=job_id, status=JobStatus.STARTED, ts=time.time(), **extra)  # type: ignore[arg-type]
 
 
@@ -26,7 +30,7 @@ def drain(subscription: Subscription) -> list[str]:
 
 
 def test_backed_up_progress_keeps_only_the_latest_and_never_drops_other_events() -> None:
-    box = Subscription(Selection(), limit=10)
+    box = Subscription(Selection(OWNER), limit=10)
     box.offer(Outgoing.of(event("1-0", EventType.STARTED)))
     for seq in range(1, 6):
         box.offer(Outgoing.of(event(f"2-{seq}", progress=seq)))
@@ -36,7 +40,7 @@ def test_backed_up_progress_keeps_only_the_latest_and_never_drops_other_events()
 
 
 def test_superseded_progress_does_not_count_towards_the_limit() -> None:
-    box = Subscription(Selection(), limit=3)
+    box = Subscription(Selection(OWNER), limit=3)
     for seq in range(100):
         box.offer(Outgoing.of(event(f"5-{seq}")))
     assert not box.overflowed
@@ -45,7 +49,7 @@ def test_superseded_progress_does_not_count_towards_the_limit() -> None:
 
 def test_a_full_mailbox_overflows_empties_and_calls_back() -> None:
     calls = []
-    box = Subscription(Selection(), limit=3)
+    box = Subscription(Selection(OWNER), limit=3)
     box.on_overflow = lambda: calls.append(1)
     for seq in range(4):
         box.offer(Outgoing.of(event(f"6-{seq}", EventType.STARTED, job_id=f"j{seq}")))
@@ -54,9 +58,9 @@ def test_a_full_mailbox_overflows_empties_and_calls_back() -> None:
 
 def test_hub_routes_by_job_topic_and_all_jobs_each_once() -> None:
     hub = Hub(events=None, queue_size=100)  # type: ignore[arg-type]
-    everything = hub.add(Selection())
-    one_job = hub.add(Selection(jobs=["j1"]))
-    topic = hub.add(Selection(topics=["news"]))
+    everything = hub.add(Selection(OWNER))
+    one_job = hub.add(Selection(OWNER, jobs=["j1"]))
+    topic = hub.add(Selection(OWNER, topics=["o/news"]))
     hub.watch(everything, job_id="j1")
     hub.publish_local(event("1-0", EventType.STARTED, job_id="j1"))
     hub.publish_local(event("2-0", EventType.STARTED, job_id="j2"))
@@ -71,22 +75,41 @@ def test_hub_routes_by_job_topic_and_all_jobs_each_once() -> None:
     assert drain(one_job) == [] and drain(topic) == [] and drain(everything) == ["4-0"]
 
 
+def test_hub_never_hands_one_owners_events_to_another() -> None:
+    policy = TopicPolicy.parse("news:*")
+    hub = Hub(events=None, queue_size=100, topic_key=policy.key, max_per_holder=1)  # type: ignore[arg-type]
+    mine = hub.add(Selection("a", topic_key=policy.key), holder="key-a")
+    theirs_by_id = hub.add(Selection("b", jobs=["ja"], topic_key=policy.key))
+    their_room = hub.add(Selection("b", topics=[policy.key("b", "room")], topic_key=policy.key))
+    shared = hub.add(Selection("b", topics=[policy.key("b", "news")], topic_key=policy.key))
+    hub.publish_local(event("1-0", EventType.STARTED, job_id="ja", owner="a"))
+    hub.publish_local(event("2-0", EventType.TOPIC_MESSAGE, topic="room", owner="a"))
+    hub.publish_local(event("3-0", EventType.TOPIC_MESSAGE, topic="news", owner="a"))
+    assert drain(mine) == ["1-0"]
+    assert drain(theirs_by_id) == [] and drain(their_room) == [] and drain(shared) == ["3-0"]
+    assert not theirs_by_id.selection.matches(event("1-0", EventType.STARTED, job_id="ja", owner="a"))
+    with pytest.raises(Full, match="this key holds its limit of 1"):
+        hub.add(Selection("a"), holder="key-a")
+    hub.remove(mine)
+    hub.add(Selection("a"), holder="key-a")
+
+
 def test_hub_caps_connections_and_listeners_per_topic() -> None:
     hub = Hub(events=None, queue_size=10, max_connections=3, max_per_topic=1)  # type: ignore[arg-type]
-    hub.add(Selection(topics=["a"]))
+    hub.add(Selection(OWNER, topics=["o/a"]))
     with pytest.raises(Full, match="topic 'a'"):
-        hub.add(Selection(topics=["a"]))
-    second = hub.add(Selection())
+        hub.add(Selection(OWNER, topics=["o/a"]))
+    second = hub.add(Selection(OWNER))
     with pytest.raises(Full, match="topic 'a'"):
-        hub.watch(second, topic="a")
-    hub.add(Selection())
+        hub.watch(second, topic="o/a")
+    hub.add(Selection(OWNER))
     with pytest.raises(Full, match="limit of 3"):
-        hub.add(Selection())
+        hub.add(Selection(OWNER))
 
 
 def test_direct_delivery_bypasses_the_mailbox() -> None:
     hub = Hub(events=None, queue_size=10)  # type: ignore[arg-type]
-    box = hub.add(Selection())
+    box = hub.add(Selection(OWNER))
     written: list[bytes] = []
     box.direct = lambda item: written.append(item.frame)
     hub.publish_local(event("1-0", EventType.STARTED))
@@ -95,7 +118,7 @@ def test_direct_delivery_bypasses_the_mailbox() -> None:
 
 def test_wait_returns_when_an_item_arrives() -> None:
     async def scenario() -> list[str]:
-        box = Subscription(Selection(), limit=10)
+        box = Subscription(Selection(OWNER), limit=10)
         waiting = asyncio.ensure_future(box.wait())
         await asyncio.sleep(0)
         assert not waiting.done()
@@ -146,8 +169,8 @@ def test_parse_request_filters_and_resume_point() -> None:
     request = parse_request(QueryParams("job_id=a&job_id=b&topic=t&last_event_id=5-1"))
     assert request.jobs == ("a", "b") and request.topics == ("t",) and request.resume == "5-1"
     assert parse_request(QueryParams("last_event_id=5-1"), "7-0").resume == "7-0"
-    assert request.selection().matches(event("1-0", job_id="b"))
-    assert not request.selection().matches(event("1-0", job_id="c"))
+    assert request.selection(OWNER, TopicPolicy([])).matches(event("1-0", job_id="b"))
+    assert not request.selection(OWNER, TopicPolicy([])).matches(event("1-0", job_id="c"))
     for bad in ("last_event_id=yesterday", "job_id=" + "x" * 65, "&".join(f"topic={i}" for i in range(101))):
         with pytest.raises(Refused) as refused:
             parse_request(QueryParams(bad))

@@ -24,8 +24,8 @@ def closed_with(ws: ClientConnection, code: int) -> str:
 
 
 def test_subscribe_to_a_job_sends_its_snapshot_first_then_its_events_once(stack: Stack) -> None:
-    with connect(f"{stack.ws_url}/ws?topic=nothing-here", open_timeout=10) as ws:
-        job_id = submit(stack.base_url)
+    with connect(f"{stack.ws_url}/ws?topic=nothing-here", open_timeout=10, additional_headers=stack.headers) as ws:
+        job_id = submit(stack.base_url, headers=stack.headers)
         ws.send(json.dumps({"op": "subscribe", "job_id": job_id}))
         snapshot = recv(ws)
         assert snapshot["type"] == "snapshot" and snapshot["job_id"] == job_id
@@ -45,8 +45,8 @@ def test_subscribe_to_a_job_sends_its_snapshot_first_then_its_events_once(stack:
 
 
 def test_unsubscribe_stops_a_jobs_events_and_is_confirmed(stack: Stack) -> None:
-    with connect(f"{stack.ws_url}/ws?topic=nothing-here", open_timeout=10) as ws:
-        job_id = submit(stack.base_url)
+    with connect(f"{stack.ws_url}/ws?topic=nothing-here", open_timeout=10, additional_headers=stack.headers) as ws:
+        job_id = submit(stack.base_url, headers=stack.headers)
         ws.send(json.dumps({"op": "subscribe", "job_id": job_id}))
         assert recv(ws)["type"] == "snapshot"
         ws.send(json.dumps({"op": "unsubscribe", "job_id": job_id}))
@@ -55,7 +55,7 @@ def test_unsubscribe_stops_a_jobs_events_and_is_confirmed(stack: Stack) -> None:
         assert message == {"type": "unsubscribed", "job_id": job_id}
         ws.send(json.dumps({"op": "subscribe", "topic": "after"}))
         assert recv(ws) == {"type": "subscribed", "topic": "after"}
-        other = submit(stack.base_url)
+        other = submit(stack.base_url, headers=stack.headers)
         publish(stack.redis_url, 1, topic="after")
         message = recv(ws)
         assert message["type"] == "topic.message" and message["topic"] == "after", (message, other)
@@ -63,19 +63,21 @@ def test_unsubscribe_stops_a_jobs_events_and_is_confirmed(stack: Stack) -> None:
 
 def test_topic_messages_reach_topic_listeners_only(stack: Stack) -> None:
     with (
-        connect(f"{stack.ws_url}/ws?topic=alerts", open_timeout=10) as listener,
-        connect(f"{stack.ws_url}/ws", open_timeout=10) as all_jobs,
+        connect(f"{stack.ws_url}/ws?topic=alerts", open_timeout=10, additional_headers=stack.headers) as listener,
+        connect(f"{stack.ws_url}/ws", open_timeout=10, additional_headers=stack.headers) as all_jobs,
     ):
         ids = publish(stack.redis_url, 3, topic="alerts")
         got = [recv(listener) for _ in ids]
         assert [m["event_id"] for m in got] == ids and all(m["type"] == "topic.message" for m in got)
-        job_id = submit(stack.base_url)
+        job_id = submit(stack.base_url, headers=stack.headers)
         assert recv(all_jobs)["job_id"] == job_id
 
 
 def test_resume_with_a_topic_replays_its_messages(stack: Stack) -> None:
     first, *rest = publish(stack.redis_url, 4, topic="replay")
-    with connect(f"{stack.ws_url}/ws?topic=replay&last_event_id={first}", open_timeout=10) as ws:
+    with connect(
+        f"{stack.ws_url}/ws?topic=replay&last_event_id={first}", open_timeout=10, additional_headers=stack.headers
+    ) as ws:
         assert [recv(ws)["event_id"] for _ in rest] == rest
 
 
@@ -92,16 +94,16 @@ def test_resume_with_a_topic_replays_its_messages(stack: Stack) -> None:
     ],
 )
 def test_a_bad_message_gets_an_error_and_a_close_code(stack: Stack, send: str | bytes, code: int, words: str) -> None:
-    with connect(f"{stack.ws_url}/ws", open_timeout=10) as ws:
+    with connect(f"{stack.ws_url}/ws", open_timeout=10, additional_headers=stack.headers) as ws:
         ws.send(send)
         assert words in closed_with(ws, code)
-    with connect(f"{stack.ws_url}/ws", open_timeout=10) as ws:
+    with connect(f"{stack.ws_url}/ws", open_timeout=10, additional_headers=stack.headers) as ws:
         ws.send(json.dumps({"op": "subscribe", "topic": "still-fine"}))
         assert recv(ws)["type"] == "subscribed"
 
 
 def test_a_message_too_big_is_closed_1009(stack: Stack) -> None:
-    with connect(f"{stack.ws_url}/ws", open_timeout=10) as ws:
+    with connect(f"{stack.ws_url}/ws", open_timeout=10, additional_headers=stack.headers) as ws:
         ws.send(json.dumps({"op": "subscribe", "topic": "x" * 10_000}))
         with pytest.raises(ConnectionClosed) as closed:
             while True:
@@ -111,7 +113,7 @@ def test_a_message_too_big_is_closed_1009(stack: Stack) -> None:
 
 def test_bad_query_closes_1008(stack: Stack) -> None:
     for query in ("last_event_id=yesterday", "job_id=01a207a2-fb69-7023-9247-baa030751cb3", "job_id=" + "j" * 65):
-        with connect(f"{stack.ws_url}/ws?{query}", open_timeout=10) as ws:
+        with connect(f"{stack.ws_url}/ws?{query}", open_timeout=10, additional_headers=stack.headers) as ws:
             closed_with(ws, 1008)
 
 
@@ -119,5 +121,5 @@ def test_other_websocket_paths_are_left_to_the_asgi_app(stack: Stack) -> None:
     from websockets.exceptions import InvalidStatus
 
     with pytest.raises(InvalidStatus) as refused:
-        connect(f"{stack.ws_url}/not-a-socket", open_timeout=10)
+        connect(f"{stack.ws_url}/not-a-socket", open_timeout=10, additional_headers=stack.headers)
     assert refused.value.response.status_code == 403

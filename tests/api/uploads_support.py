@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -28,9 +29,9 @@ def post(client: httpx.Client, content: bytes, **headers: str) -> httpx.Response
     )
 
 
-def finished(ws_url: str, job_id: str, timeout: float = 60) -> dict[str, Any]:
+def finished(ws_url: str, job_id: str, timeout: float = 60, *, headers: Mapping[str, str]) -> dict[str, Any]:
     """The job's final event, from the WebSocket."""
-    with connect(f"{ws_url}/ws?job_id={job_id}", open_timeout=10) as ws:
+    with connect(f"{ws_url}/ws?job_id={job_id}", open_timeout=10, additional_headers=headers) as ws:
         while True:
             event: dict[str, Any] = json.loads(ws.recv(timeout=timeout))
             if event["type"] in ("job.succeeded", "job.failed", "job.cancelled"):

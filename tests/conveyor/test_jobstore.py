@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from conveyor.db import migrate
-from conveyor.jobstore import InvalidCursor, JobStore, NewJob, decode_cursor, encode_cursor, utcnow
+from conveyor.jobstore import IdempotencyConflict, InvalidCursor, JobStore, NewJob, decode_cursor, encode_cursor, utcnow
 from conveyor.schemas import JobStatus
 
 
@@ -47,6 +47,21 @@ def test_idempotency_key_returns_the_first_job(engine: Engine) -> None:
     assert created and not created_again
     assert again.job_id == first.job_id
     assert store.request_hash(first.job_id) == "a"
+
+
+def test_create_many_records_all_in_order_or_replays_all(engine: Engine) -> None:
+    store = JobStore(engine)
+    news = [new_job(idempotency_key=f":b#{i}", request_hash="h", request={"n": i}) for i in range(3)]
+    created = store.create_many(news)
+    assert [c for _job, c in created] == [True] * 3
+    assert [job.request for job, _c in created] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert all(store.get(job.job_id) == job for job, _c in created)
+    replayed = store.create_many(news)
+    assert [(job.job_id, c) for job, c in replayed] == [(job.job_id, False) for job, _c in created]
+    extended = [*news, new_job(idempotency_key=":b#3", request_hash="h")]
+    with pytest.raises(IdempotencyConflict):
+        store.create_many(extended)
+    assert store.find_by_idempotency_key(":b#3") is None  # nothing of the conflicting batch was written
 
 
 def test_claim_runs_a_job_once_until_it_goes_stale(engine: Engine) -> None:
@@ -94,7 +109,7 @@ def test_undispatched_lists_jobs_whose_task_was_not_sent(engine: Engine) -> None
     store = JobStore(engine)
     sent, _ = store.create(new_job())
     pending, _ = store.create(new_job())
-    store.mark_dispatched(sent.job_id, "1-0")
+    store.mark_dispatched([(sent.job_id, "1-0")])
     waiting = [d.job.job_id for d in store.undispatched(timedelta(seconds=-1))]
     assert pending.job_id in waiting and sent.job_id not in waiting
     assert store.undispatched(timedelta(hours=1)) == []
@@ -104,6 +119,6 @@ def test_undispatched_lists_jobs_whose_task_was_not_sent(engine: Engine) -> None
 def test_cursor_round_trip_and_garbage() -> None:
     job_id = "01a207a2-fb69-7023-9247-baa030751cb3"
     assert decode_cursor(encode_cursor(job_id)) == job_id
-    for bad in ("!!!", "abc", encode_cursor("short")):
+    for bad in ("!!!", "abc", encode_cursor("short"), "\U000f1838", "gA"):
         with pytest.raises(InvalidCursor):
             decode_cursor(bad)

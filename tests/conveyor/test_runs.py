@@ -71,7 +71,7 @@ def test_the_dispatcher_sends_a_due_retry_once_and_a_held_one_only_when_its_hold
     store.schedule_retry(held.job_id, attempt=1, error="busy", delay=0, held=True)
 
     assert [d.job.job_id for d in store.retries_due(timedelta(seconds=15))] == [left.job_id]
-    store.mark_dispatched(left.job_id, None)
+    store.mark_dispatched([(left.job_id, None)])
     assert store.retries_due(timedelta(seconds=15)) == [], "a sent retry would be sent again"
     gone = [d.job.job_id for d in store.retries_due(timedelta(seconds=-1))]
     assert gone == [held.job_id], "a retry whose holder died is never sent"
@@ -86,7 +86,7 @@ def test_a_dead_runs_job_is_resent_at_most_once_per_window(engine: Engine) -> No
         long_ago = utcnow() - PAST
         connection.execute(db.jobs.update().values(heartbeat_at=long_ago, dispatched_at=long_ago))
     assert [d.job.job_id for d in store.stale_started(timedelta(seconds=15))] == [job.job_id]
-    store.mark_dispatched(job.job_id, None)
+    store.mark_dispatched([(job.job_id, None)])
     assert store.stale_started(timedelta(seconds=15)) == [], "resent again before the window passed"
 
 

@@ -7,6 +7,7 @@ decides whether a job counts as done.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
@@ -26,7 +27,16 @@ from conveyor import db
 from conveyor.db import create_engine
 from conveyor.jobstore import _aware
 from conveyor.redis_server import free_port, redis_command, wait_for_port
-from tests.support import Process, base_env, conveyor, start_process, wait_for_workers, wait_until_healthy
+from tests.support import (
+    Process,
+    base_env,
+    bearer,
+    conveyor,
+    create_key,
+    start_process,
+    wait_for_workers,
+    wait_until_healthy,
+)
 
 
 @dataclass
@@ -65,6 +75,11 @@ class FaultStack:
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.api_port}"
+
+    @functools.cached_property
+    def headers(self) -> dict[str, str]:
+        """The header of an API key (owner ``tests``) in this stack's job store, made on first use."""
+        return bearer(create_key(self.env, "tests"))
 
     def start_redis(self) -> Process:
         """redis-server on this stack's port, its append-only file in this stack's directory (kept across restarts)."""
@@ -169,9 +184,11 @@ def finished_at(row: Mapping[str, Any]) -> float:
     return value.timestamp()
 
 
-def submit_many(base_url: str, bodies: list[dict[str, Any]], threads: int = 8) -> list[httpx.Response]:
+def submit_many(
+    base_url: str, bodies: list[dict[str, Any]], threads: int = 8, *, headers: Mapping[str, str]
+) -> list[httpx.Response]:
     """POST every body to ``/notifications`` (a few at a time); returns the answers in order."""
-    with httpx.Client(base_url=base_url, timeout=30) as client, ThreadPoolExecutor(threads) as pool:
+    with httpx.Client(base_url=base_url, headers=headers, timeout=30) as client, ThreadPoolExecutor(threads) as pool:
         return list(pool.map(lambda body: client.post("/notifications", json=body), bodies))
 
 

@@ -34,11 +34,21 @@ def make_file(path: Path, size: int) -> str:
     return digest.hexdigest()
 
 
-def post_file(url: str, path: Path) -> tuple[int, dict[str, Any]]:
+def post_file(url: str, path: Path, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
     """POST the file as multipart: with curl when it is there (as a user would), else streamed by httpx."""
     if shutil.which("curl"):
         out = subprocess.run(
-            ["curl", "-sS", "-w", "\n%{http_code}", "-F", f"file=@{path}", url],
+            [
+                "curl",
+                "-sS",
+                "-w",
+                "\n%{http_code}",
+                "-H",
+                f"Authorization: {headers['Authorization']}",
+                "-F",
+                f"file=@{path}",
+                url,
+            ],
             capture_output=True,
             check=True,
             timeout=300,
@@ -55,7 +65,10 @@ def post_file(url: str, path: Path) -> tuple[int, dict[str, Any]]:
         yield f"\r\n--{boundary}--\r\n".encode()
 
     response = httpx.post(
-        url, content=stream(), headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}, timeout=300
+        url,
+        content=stream(),
+        headers={**headers, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+        timeout=300,
     )
     return response.status_code, response.json()
 
@@ -70,7 +83,7 @@ def test_1gib_upload(stack: Stack, tmp_path: Path) -> None:
 
     def run_upload() -> None:
         started = time.monotonic()
-        outcome["status"], outcome["body"] = post_file(f"{stack.base_url}/uploads", source)
+        outcome["status"], outcome["body"] = post_file(f"{stack.base_url}/uploads", source, stack.headers)
         outcome["seconds"] = time.monotonic() - started
 
     uploader = threading.Thread(target=run_upload)
@@ -94,7 +107,7 @@ def test_1gib_upload(stack: Stack, tmp_path: Path) -> None:
     assert health_during and all(code == 200 for code in health_during), health_during
 
     events = []
-    with connect(f"{stack.ws_url}/ws?job_id={job_id}", open_timeout=10) as ws:
+    with connect(f"{stack.ws_url}/ws?job_id={job_id}", open_timeout=10, additional_headers=stack.headers) as ws:
         while not events or events[-1]["type"] not in ("job.succeeded", "job.failed"):
             events.append(json.loads(ws.recv(timeout=120)))
     assert events[-1]["type"] == "job.succeeded", events[-1]

@@ -38,7 +38,11 @@ def test_a_job_that_kills_its_worker_every_time_is_failed_as_poisoned(tmp_path: 
         poison, _ = dispatcher.submit(
             NewJob(kind="test.poison", request={}, task_name=TASK_NAME, queue=QUEUE_NOTIFICATIONS)
         )
-        others = accepted_ids(submit_many(stack.base_url, [{"channel": "log", "message": f"m{n}"} for n in range(10)]))
+        others = accepted_ids(
+            submit_many(
+                stack.base_url, [{"channel": "log", "message": f"m{n}"} for n in range(10)], headers=stack.headers
+            )
+        )
 
         started = time.monotonic()
         stack.wait_for(lambda: stack.statuses([poison.job_id])["failed"] == 1, 90, "the poisoned job failed")

@@ -14,7 +14,7 @@ from conveyor import webhooks
 from conveyor.names import QUEUE_NOTIFICATIONS
 from conveyor.redis_server import free_port
 from tests.receivers import Reply, http_receiver
-from tests.support import Process, base_env, conveyor, wait_until_healthy
+from tests.support import Process, base_env, bearer, conveyor, wait_until_healthy
 from tests.system.faults import FaultStack, accepted_ids, submit_many
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
@@ -32,7 +32,9 @@ def test_sigterm_to_a_worker_finishes_its_running_jobs_and_leaves_the_rest_queue
             stack.start("api", ["api"])
             first = stack.worker("first", QUEUE_NOTIFICATIONS)
             stack.wait_ready(["first"])
-            job_ids = accepted_ids(submit_many(stack.base_url, [{"channel": "webhook", "url": url}] * 6))
+            job_ids = accepted_ids(
+                submit_many(stack.base_url, [{"channel": "webhook", "url": url}] * 6, headers=stack.headers)
+            )
             stack.wait_for(lambda: stack.statuses(job_ids)["started"] == 2, 30, "two jobs running")
 
             first.popen.send_signal(signal.SIGTERM)
@@ -82,7 +84,9 @@ def test_stopping_conveyor_run_loses_nothing_that_was_queued(tmp_path: Path) -> 
         first = run("run-1")
         try:
             bodies = [{"channel": "webhook", "url": url, "data": {"n": n}} for n in range(20)]
-            job_ids = accepted_ids(submit_many(base_url, bodies, threads=4))
+            # ``conveyor run`` (development) made a key on its first start and keeps it in the data directory.
+            headers = bearer((data_dir / "dev-api-key").read_text().strip())
+            job_ids = accepted_ids(submit_many(base_url, bodies, threads=4, headers=headers))
             stack.wait_for(lambda: stack.statuses(job_ids)["succeeded"] >= 2, 30, "a few jobs done")
         finally:
             took = stop(first)

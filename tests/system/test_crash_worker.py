@@ -33,7 +33,7 @@ def test_sigkill_of_a_worker_mid_task_loses_nothing_and_repeats_no_effect(tmp_pa
             stack.wait_ready(["doomed", "survivor", "housekeeping"])
 
             bodies = [{"channel": "webhook", "url": url, "data": {"order": n}} for n in range(JOBS)]
-            job_ids = accepted_ids(submit_many(stack.base_url, bodies))
+            job_ids = accepted_ids(submit_many(stack.base_url, bodies, headers=stack.headers))
             stack.wait_for(lambda: stack.statuses(job_ids)["succeeded"] >= 20, 60, "20 jobs done")
             killed_at = stack.kill("doomed")
             stack.wait_finished(job_ids, 90)

@@ -42,10 +42,12 @@ def test_upload_progress_reaches_the_celery_event_stream(stack: Stack) -> None:
     thread.start()
     try:
         assert ready.wait(10)
-        response = httpx.post(f"{stack.base_url}/uploads", files={"file": ("p.bin", b"p" * 300_000)}, timeout=30)
+        response = httpx.post(
+            f"{stack.base_url}/uploads", files={"file": ("p.bin", b"p" * 300_000)}, headers=stack.headers, timeout=30
+        )
         assert response.status_code == 202, response.text
         job_id = response.json()["job_id"]
-        wait_finished(stack.base_url, [job_id])
+        wait_finished(stack.base_url, [job_id], headers=stack.headers)
         for _ in range(50):
             if any(event.get("job_id") == job_id for event in seen):
                 break

@@ -17,15 +17,15 @@ pytestmark = pytest.mark.system
 def _first_then_missed(stack: Stack) -> tuple[str, list[str], list[str]]:
     """Read one job's events live, disconnect, let 50 jobs complete; returns (last id seen, the 50 jobs,
     the ids of every job event published since, from the stream itself)."""
-    with connect(f"{stack.ws_url}/ws", open_timeout=10) as ws:
-        first = submit(stack.base_url)
+    with connect(f"{stack.ws_url}/ws", open_timeout=10, additional_headers=stack.headers) as ws:
+        first = submit(stack.base_url, headers=stack.headers)
         while True:
             event = recv(ws)
             if event["job_id"] == first and event["type"] in FINISHED:
                 last_seen = event["event_id"]
                 break
-    missed = [submit(stack.base_url, f"missed {i}") for i in range(50)]
-    wait_finished(stack.base_url, missed)
+    missed = [submit(stack.base_url, f"missed {i}", headers=stack.headers) for i in range(50)]
+    wait_finished(stack.base_url, missed, headers=stack.headers)
     return last_seen, missed, job_events_after(stack.redis_url, last_seen)
 
 
@@ -57,29 +57,36 @@ def _read_until(next_event: Callable[[], dict[str, object]], expected: list[str]
 def test_websocket_resume_gets_exactly_the_missed_events_then_live_ones(stack: Stack) -> None:
     last_seen, missed, expected = _first_then_missed(stack)
     assert len(expected) >= 150
-    with connect(f"{stack.ws_url}/ws?last_event_id={last_seen}", open_timeout=10) as ws:
-        got, live = _read_until(lambda: recv(ws), expected, lambda: submit(stack.base_url, "live"))
+    with connect(
+        f"{stack.ws_url}/ws?last_event_id={last_seen}", open_timeout=10, additional_headers=stack.headers
+    ) as ws:
+        got, live = _read_until(
+            lambda: recv(ws), expected, lambda: submit(stack.base_url, "live", headers=stack.headers)
+        )
     _check_resumed(got, expected, missed, live)
 
 
 def test_sse_resume_with_last_event_id_gets_exactly_the_missed_events_then_live_ones(stack: Stack) -> None:
     last_seen, missed, expected = _first_then_missed(stack)
-    with sse(stack.base_url, "/events", {"Last-Event-ID": last_seen}) as reader:
+    with sse(stack.base_url, "/events", {**stack.headers, "Last-Event-ID": last_seen}) as reader:
 
         def next_event() -> dict[str, object]:
             event_id, data = reader.next_data()
             assert event_id == data["event_id"]
             return data
 
-        got, live = _read_until(next_event, expected, lambda: submit(stack.base_url, "live"))
+        got, live = _read_until(next_event, expected, lambda: submit(stack.base_url, "live", headers=stack.headers))
     _check_resumed(got, expected, missed, live)
 
 
 def test_a_job_submitted_on_one_api_is_seen_by_a_client_of_another(stack: Stack) -> None:
     with api_process("api-2", stack.redis_url, stack.data_dir) as other:
         other_ws = other.replace("http://", "ws://")
-        with connect(f"{other_ws}/ws", open_timeout=10) as ws, sse(other, "/events") as reader:
-            job_id = submit(stack.base_url, "across processes")
+        with (
+            connect(f"{other_ws}/ws", open_timeout=10, additional_headers=stack.headers) as ws,
+            sse(other, "/events", stack.headers) as reader,
+        ):
+            job_id = submit(stack.base_url, "across processes", headers=stack.headers)
             types = []
             while not types or types[-1] not in FINISHED:
                 event = recv(ws)
@@ -92,6 +99,6 @@ def test_a_job_submitted_on_one_api_is_seen_by_a_client_of_another(stack: Stack)
                 if data["job_id"] == job_id:
                     sse_types.append(data["type"])
             assert sse_types == types
-        job_id = submit(other, "submitted on the other one")
-        with connect(f"{stack.ws_url}/ws?job_id={job_id}", open_timeout=10) as ws:
+        job_id = submit(other, "submitted on the other one", headers=stack.headers)
+        with connect(f"{stack.ws_url}/ws?job_id={job_id}", open_timeout=10, additional_headers=stack.headers) as ws:
             assert recv(ws)["type"] == "job.queued"

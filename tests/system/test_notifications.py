@@ -21,7 +21,16 @@ from conveyor.names import EVENTS_STREAM
 from conveyor.redis_server import free_port
 from tests.conftest import Stack
 from tests.receivers import HttpReceiver, Mailbox, Reply, http_receiver, smtp_server
-from tests.support import Process, base_env, conveyor, redis_server, wait_for_workers, wait_until_healthy
+from tests.support import (
+    Process,
+    base_env,
+    bearer,
+    conveyor,
+    create_key,
+    redis_server,
+    wait_for_workers,
+    wait_until_healthy,
+)
 
 pytestmark = pytest.mark.system
 
@@ -36,13 +45,16 @@ class NotifyStack:
     receiver: HttpReceiver
     mailbox: Mailbox
     processes: dict[str, Process]
+    #: The header of an API key (owner ``tests``) for every request.
+    headers: dict[str, str]
 
     @property
     def api(self) -> str:
         return self.apis[0]
 
     def ws(self, index: int, query: str) -> ClientConnection:
-        return connect(self.apis[index].replace("http://", "ws://") + "/ws?" + query, open_timeout=10)
+        url = self.apis[index].replace("http://", "ws://") + "/ws?" + query
+        return connect(url, open_timeout=10, additional_headers=self.headers)
 
     def logs(self) -> str:
         return "\n".join(f"--- {name}\n{p.output()[-3000:]}" for name, p in self.processes.items())
@@ -68,6 +80,7 @@ def notify(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NotifyStack]:
         )
         ports = [free_port(), free_port()]
         logs = root / "logs"
+        headers = bearer(create_key(env, "tests"))
         processes = {
             f"api{i}": conveyor(f"api{i}", ["api", "--port", str(port)], env, logs) for i, port in enumerate(ports)
         }
@@ -79,14 +92,14 @@ def notify(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NotifyStack]:
             for api in apis:
                 wait_until_healthy(api, 60, list(processes.values()))
             wait_for_workers(redis_url, ["notifications"], 60)
-            yield NotifyStack(apis, redis_url, receiver, mailbox, processes)
+            yield NotifyStack(apis, redis_url, receiver, mailbox, processes, headers)
         finally:
             for process in processes.values():
                 process.stop()
 
 
 def post(stack: NotifyStack, body: dict[str, Any], api: int = 0, **headers: str) -> httpx.Response:
-    return httpx.post(f"{stack.apis[api]}/notifications", json=body, headers=headers, timeout=10)
+    return httpx.post(f"{stack.apis[api]}/notifications", json=body, headers={**stack.headers, **headers}, timeout=10)
 
 
 def submit(stack: NotifyStack, body: dict[str, Any]) -> str:
@@ -116,7 +129,7 @@ def types(events: list[dict[str, Any]]) -> list[str]:
 
 
 def attempts(stack: NotifyStack, job_id: str) -> list[tuple[str, int | None]]:
-    body = httpx.get(f"{stack.api}/jobs/{job_id}/attempts", timeout=10).json()
+    body = httpx.get(f"{stack.api}/jobs/{job_id}/attempts", headers=stack.headers, timeout=10).json()
     return [(a["outcome"], a["status_code"]) for a in body["attempts"]]
 
 
@@ -150,7 +163,7 @@ def test_webhook_500_500_200_is_one_delivery_after_two_retries(notify: NotifySta
     assert json.loads(requests[-1].body) == json.loads(requests[0].body)
     assert json.loads(requests[0].body)["data"] == {"order": 7}
     assert attempts(notify, job_id) == [("transient", 500), ("transient", 500), ("delivered", 200)]
-    job = httpx.get(f"{notify.api}/jobs/{job_id}").json()
+    job = httpx.get(f"{notify.api}/jobs/{job_id}", headers=notify.headers).json()
     assert job["status"] == "succeeded" and job["attempts"] == 3 and job["result"]["status_code"] == 200
 
 
@@ -162,19 +175,21 @@ def test_a_404_fails_at_once_shows_in_the_dead_letter_view_and_can_be_retried(no
     assert events[-1]["error"] == "webhook answered 404 Not Found"
     assert len(notify.receiver.requests("/gone")) == 1
     assert attempts(notify, job_id) == [("permanent", 404)]
-    dead = httpx.get(f"{notify.api}/jobs", params={"status": "failed", "kind": "notification"}).json()
+    dead = httpx.get(
+        f"{notify.api}/jobs", params={"status": "failed", "kind": "notification"}, headers=notify.headers
+    ).json()
     assert job_id in [job["job_id"] for job in dead["jobs"]]
 
-    retried = httpx.post(f"{notify.apis[1]}/jobs/{job_id}/retry")
+    retried = httpx.post(f"{notify.apis[1]}/jobs/{job_id}/retry", headers=notify.headers)
     assert retried.status_code == 202, retried.text
     assert retried.json()["status"] == "queued" and retried.json()["error"] is None
     assert types(job_events(notify, job_id)) == ["job.queued", "job.started", "job.succeeded"]
     assert len(notify.receiver.requests("/gone")) == 2
     assert attempts(notify, job_id) == [("permanent", 404), ("delivered", 200)]
 
-    again = httpx.post(f"{notify.api}/jobs/{job_id}/retry")
+    again = httpx.post(f"{notify.api}/jobs/{job_id}/retry", headers=notify.headers)
     assert again.status_code == 409 and "succeeded" in again.json()["detail"]
-    unknown = httpx.post(f"{notify.api}/jobs/01a207a2-fb69-7023-9247-baa030751cb3/retry")
+    unknown = httpx.post(f"{notify.api}/jobs/01a207a2-fb69-7023-9247-baa030751cb3/retry", headers=notify.headers)
     assert unknown.status_code == 404 and "no job" in unknown.json()["detail"]
 
 
@@ -204,9 +219,9 @@ def test_a_secret_in_the_request_signs_it_and_is_never_shown(notify: NotifyStack
     assert job_events(notify, job_id)[-1]["type"] == "job.succeeded"
     (request,) = notify.receiver.requests("/own")
     webhooks.verify(own, request.headers, request.body)
-    job = httpx.get(f"{notify.api}/jobs/{job_id}").json()
+    job = httpx.get(f"{notify.api}/jobs/{job_id}", headers=notify.headers).json()
     assert job["request"]["secret"] == "**********"
-    listed = httpx.get(f"{notify.api}/jobs", params={"kind": "notification"}).text
+    listed = httpx.get(f"{notify.api}/jobs", params={"kind": "notification"}, headers=notify.headers).text
     assert own not in listed
 
 
@@ -316,7 +331,7 @@ def test_websocket_reaches_topic_subscribers_on_both_api_processes_and_no_one_el
     ],
 )
 def test_bad_channel_bodies_are_422(stack: Stack, body: dict[str, Any]) -> None:
-    response = httpx.post(f"{stack.base_url}/notifications", json=body, timeout=10)
+    response = httpx.post(f"{stack.base_url}/notifications", json=body, headers=stack.headers, timeout=10)
     assert response.status_code == 422, response.text
     assert response.json()["detail"]
 
@@ -324,11 +339,13 @@ def test_bad_channel_bodies_are_422(stack: Stack, body: dict[str, Any]) -> None:
 def test_by_default_webhooks_need_a_secret_and_a_public_address(stack: Stack) -> None:
     """The session stack runs with default settings: no server secret, private addresses refused."""
     url = f"{stack.base_url}/notifications"
-    no_secret = httpx.post(url, json={"channel": "webhook", "url": "https://example.com/hook"}, timeout=10)
+    no_secret = httpx.post(
+        url, json={"channel": "webhook", "url": "https://example.com/hook"}, headers=stack.headers, timeout=10
+    )
     assert no_secret.status_code == 422 and "secret" in no_secret.json()["detail"]
     for host in ("127.0.0.1", "10.0.0.8", "169.254.169.254", "localhost", "[::1]"):
         body = {"channel": "webhook", "url": f"http://{host}/hook", "secret": SECRET}
-        refused = httpx.post(url, json=body, timeout=10)
+        refused = httpx.post(url, json=body, headers=stack.headers, timeout=10)
         assert refused.status_code == 422 and "CONVEYOR_WEBHOOK_ALLOW_PRIVATE" in refused.json()["detail"], host
 
 

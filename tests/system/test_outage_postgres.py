@@ -77,12 +77,12 @@ def test_postgres_outage_is_503_at_the_api_and_loses_no_job(
             stack.wait_ready(["worker", "housekeeping"])
 
             bodies = [{"channel": "webhook", "url": hook, "data": {"n": n}} for n in range(JOBS)]
-            job_ids = accepted_ids(submit_many(stack.base_url, bodies, threads=4))
+            job_ids = accepted_ids(submit_many(stack.base_url, bodies, threads=4, headers=stack.headers))
             stack.wait_for(lambda: stack.statuses(job_ids)["succeeded"] >= 8, 60, "a few jobs done")
 
             proxy.cut()
             cut_at = time.monotonic()
-            with httpx.Client(base_url=stack.base_url, timeout=30) as client:
+            with httpx.Client(base_url=stack.base_url, headers=stack.headers, timeout=30) as client:
                 answers = {
                     "health": client.get("/health"),
                     "submit": client.post("/notifications", json={"channel": "log", "message": "x"}),
@@ -100,7 +100,12 @@ def test_postgres_outage_is_503_at_the_api_and_loses_no_job(
             took = stack.wait_finished(job_ids, 90)
             print(f"all {JOBS} jobs done {took:.1f}s after the job store came back")
             assert httpx.get(f"{stack.base_url}/health", timeout=10).status_code == 200
-            again = httpx.post(f"{stack.base_url}/notifications", json={"channel": "log", "message": "y"}, timeout=10)
+            again = httpx.post(
+                f"{stack.base_url}/notifications",
+                json={"channel": "log", "message": "y"},
+                headers=stack.headers,
+                timeout=10,
+            )
             assert again.status_code == 202, again.text
             with stack.engine.connect() as connection:
                 effects = Counter(

@@ -32,9 +32,10 @@ class Follower(threading.Thread):
     """A WebSocket client of ``/ws`` (every job's events) that resumes with ``last_event_id`` whenever its
     connection ends, as a real client would."""
 
-    def __init__(self, ws_url: str) -> None:
+    def __init__(self, ws_url: str, headers: dict[str, str]) -> None:
         super().__init__(daemon=True, name="ws-follower")
         self.ws_url = ws_url
+        self.headers = headers
         self.events: dict[str, list[str]] = defaultdict(list)
         self.last_id: str | None = None
         self.connections = 0
@@ -46,7 +47,7 @@ class Follower(threading.Thread):
         while not self.stopping.is_set():
             query = f"?last_event_id={self.last_id}" if self.last_id else ""
             try:
-                with connect(f"{self.ws_url}/ws{query}", open_timeout=5) as ws:
+                with connect(f"{self.ws_url}/ws{query}", open_timeout=5, additional_headers=self.headers) as ws:
                     self.connections += 1
                     self.ready.set()
                     while not self.stopping.is_set():
@@ -79,9 +80,11 @@ def test_redis_sigkill_and_restart_from_its_aof_loses_nothing(tmp_path: Path) ->
             "CONVEYOR_DISPATCH_INTERVAL_SECONDS": "1",
             "CONVEYOR_DISPATCH_GRACE_SECONDS": "1",
             "CONVEYOR_WS_SEND_QUEUE": "20000",
+            # 1,000 submissions at once with one key: more than the default burst allows.
+            "CONVEYOR_RATE_LIMIT_BURST": "10000",
         },
     )
-    follower = Follower(stack.ws_url)
+    follower = Follower(stack.ws_url, stack.headers)
     try:
         stack.start_redis()
         stack.start("api", ["api"])
@@ -94,13 +97,13 @@ def test_redis_sigkill_and_restart_from_its_aof_loses_nothing(tmp_path: Path) ->
         assert follower.ready.wait(10)
 
         bodies = [{"channel": "log", "message": f"job {n}"} for n in range(JOBS)]
-        job_ids = accepted_ids(submit_many(stack.base_url, bodies, threads=16))
+        job_ids = accepted_ids(submit_many(stack.base_url, bodies, threads=16, headers=stack.headers))
         stack.wait_for(lambda: stack.statuses(job_ids)["succeeded"] >= JOBS // 5, 60, "a fifth of the jobs done")
 
         stack.kill("redis")
         done_at_kill = stack.statuses(job_ids)["succeeded"]
         down_since = time.monotonic()
-        with httpx.Client(base_url=stack.base_url, timeout=30) as client:
+        with httpx.Client(base_url=stack.base_url, headers=stack.headers, timeout=30) as client:
             health = client.get("/health")
             assert health.status_code == 503 and "redis" in health.json()["detail"], health.text
             answers = [

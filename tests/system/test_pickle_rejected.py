@@ -43,9 +43,11 @@ def test_pickled_task_message_is_never_executed(stack: Stack, tmp_path: Path) ->
             declare=[],
         )
     # The worker must refuse it and stay healthy: a normal job after it still runs.
-    response = httpx.post(f"{stack.base_url}/notifications", json={"channel": "log", "message": "after pickle"})
+    response = httpx.post(
+        f"{stack.base_url}/notifications", json={"channel": "log", "message": "after pickle"}, headers=stack.headers
+    )
     assert response.status_code == 202
-    receive_until(stack.ws_url, f"/ws?job_id={response.json()['job_id']}", {"job.succeeded"}, 30)
+    receive_until(stack.ws_url, f"/ws?job_id={response.json()['job_id']}", {"job.succeeded"}, 30, headers=stack.headers)
     time.sleep(0.5)
     assert not marker.exists(), "the pickled payload was executed"
     log = stack.processes["notifications"].output()

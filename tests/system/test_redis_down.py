@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from conveyor.redis_server import free_port, redis_command, wait_for_port
-from tests.support import base_env, conveyor, start_process
+from tests.support import base_env, bearer, conveyor, create_key, start_process
 from tests.system.test_skeleton import receive_until
 
 pytestmark = pytest.mark.system
@@ -26,6 +26,7 @@ def test_submission_while_redis_is_down_runs_when_it_returns(tmp_path: Path) -> 
         CONVEYOR_DISPATCH_GRACE_SECONDS="0",
     )
     logs = tmp_path / "logs"
+    headers = bearer(create_key(env, "tests"))
     api = conveyor("api", ["api"], env, logs)
     started = []
     base_url = f"http://127.0.0.1:{api_port}"
@@ -42,10 +43,12 @@ def test_submission_while_redis_is_down_runs_when_it_returns(tmp_path: Path) -> 
         assert health.status_code == 503
         assert health.json()["redis"].startswith("unavailable") and "redis" in health.json()["detail"]
 
-        response = httpx.post(f"{base_url}/notifications", json={"channel": "log", "message": "while down"}, timeout=30)
+        response = httpx.post(
+            f"{base_url}/notifications", json={"channel": "log", "message": "while down"}, headers=headers, timeout=30
+        )
         assert response.status_code == 202, response.text
         job_id = response.json()["job_id"]
-        assert httpx.get(f"{base_url}/jobs/{job_id}").json()["status"] == "queued"
+        assert httpx.get(f"{base_url}/jobs/{job_id}", headers=headers).json()["status"] == "queued"
 
         redis_dir = tmp_path / "redis"
         redis_dir.mkdir()
@@ -56,7 +59,8 @@ def test_submission_while_redis_is_down_runs_when_it_returns(tmp_path: Path) -> 
             started.append(conveyor(queue, ["worker", "--queues", queue, "--concurrency", "1"], env, logs))
         started.append(conveyor("beat", ["beat"], env, logs))
 
-        events = receive_until(base_url.replace("http", "ws"), f"/ws?job_id={job_id}", {"job.succeeded"}, 60)
+        ws_url = base_url.replace("http", "ws")
+        events = receive_until(ws_url, f"/ws?job_id={job_id}", {"job.succeeded"}, 60, headers=headers)
         assert [e["type"] for e in events][-2:] == ["job.started", "job.succeeded"]
         assert httpx.get(f"{base_url}/health").status_code == 200
     finally:

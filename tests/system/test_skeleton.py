@@ -7,7 +7,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,17 +15,18 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from conveyor.redis_server import free_port
 from tests.conftest import Stack
-from tests.support import base_env, conveyor, peak_rss_kib, processes_with_env, wait_until_healthy
+from tests.support import bearer, conveyor, peak_rss_kib, processes_with_env, run_env, wait_until_healthy
 
 pytestmark = pytest.mark.system
 
 
-def receive_until(ws_url: str, path: str, done: set[str], timeout: float = 30) -> list[dict[str, Any]]:
+def receive_until(
+    ws_url: str, path: str, done: set[str], timeout: float = 30, *, headers: Mapping[str, str]
+) -> list[dict[str, Any]]:
     """Events from ``path`` until one of type in ``done`` arrives."""
     events: list[dict[str, Any]] = []
-    with connect(ws_url + path, open_timeout=10) as ws:
+    with connect(ws_url + path, open_timeout=10, additional_headers=headers) as ws:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             event = json.loads(ws.recv(timeout=max(0.1, deadline - time.monotonic())))
@@ -36,19 +37,21 @@ def receive_until(ws_url: str, path: str, done: set[str], timeout: float = 30) -
 
 
 def test_notification_runs_on_a_worker_and_events_arrive(stack: Stack) -> None:
-    response = httpx.post(f"{stack.base_url}/notifications", json={"channel": "log", "message": "hello"})
+    response = httpx.post(
+        f"{stack.base_url}/notifications", json={"channel": "log", "message": "hello"}, headers=stack.headers
+    )
     assert response.status_code == 202, response.text
     job_id = response.json()["job_id"]
     assert response.json()["status"] == "queued"
 
-    events = receive_until(stack.ws_url, f"/ws?job_id={job_id}", {"job.succeeded", "job.failed"})
+    events = receive_until(stack.ws_url, f"/ws?job_id={job_id}", {"job.succeeded", "job.failed"}, headers=stack.headers)
     types = [event["type"] for event in events]
     assert types == ["job.queued", "job.started", "job.succeeded"], events
     assert all(event["job_id"] == job_id for event in events)
     ids = [event["event_id"] for event in events]
     assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
 
-    job = httpx.get(f"{stack.base_url}/jobs/{job_id}").json()
+    job = httpx.get(f"{stack.base_url}/jobs/{job_id}", headers=stack.headers).json()
     assert job["status"] == "succeeded"
     assert job["attempts"] == 1
     assert job["result"]["channel"] == "log"
@@ -82,7 +85,7 @@ def test_50mb_upload_is_streamed_stored_and_verified(stack: Stack, tmp_path: Pat
     response = httpx.post(
         f"{stack.base_url}/uploads",
         content=multipart_body(source, boundary),
-        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        headers={**stack.headers, "Content-Type": f"multipart/form-data; boundary={boundary}"},
         timeout=60,
     )
     elapsed = time.monotonic() - started
@@ -93,7 +96,9 @@ def test_50mb_upload_is_streamed_stored_and_verified(stack: Stack, tmp_path: Pat
     print(f"50 MiB upload answered in {elapsed:.2f}s; api peak RSS grew by {growth_mib:.1f} MiB")
     assert growth_mib < 16, f"api peak RSS grew by {growth_mib:.1f} MiB for a 50 MiB upload"
 
-    events = receive_until(stack.ws_url, f"/ws?job_id={job_id}", {"job.succeeded", "job.failed"}, timeout=60)
+    events = receive_until(
+        stack.ws_url, f"/ws?job_id={job_id}", {"job.succeeded", "job.failed"}, timeout=60, headers=stack.headers
+    )
     assert events[-1]["type"] == "job.succeeded", events
     result = events[-1]["result"]
     assert result["sha256"] == digest.hexdigest()
@@ -103,27 +108,22 @@ def test_50mb_upload_is_streamed_stored_and_verified(stack: Stack, tmp_path: Pat
     stored = stack.data_dir / "storage" / result["storage_key"]
     assert hashlib.sha256(stored.read_bytes()).hexdigest() == digest.hexdigest()
     assert not any((stack.data_dir / "spool").iterdir()), "spool file left behind"
-    job = httpx.get(f"{stack.base_url}/jobs/{job_id}").json()
+    job = httpx.get(f"{stack.base_url}/jobs/{job_id}", headers=stack.headers).json()
     assert job["status"] == "succeeded"
 
 
 def test_conveyor_run_starts_everything_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
     """Acceptance 1 through ``conveyor run`` itself: embedded Redis, api, workers, beat, Flower; then Ctrl-C."""
-    api_port, flower_port, redis_port = free_port(), free_port(), free_port()
     data_dir = tmp_path / "var"
-    env = base_env(
-        data_dir,
-        CONVEYOR_API_PORT=str(api_port),
-        CONVEYOR_FLOWER_PORT=str(flower_port),
-        CONVEYOR_REDIS_PORT=str(redis_port),
-        CONVEYOR_FLOWER_PASSWORD="flower-test-secret",
-    )
+    env, api_port, flower_port = run_env(data_dir, CONVEYOR_FLOWER_PASSWORD="flower-test-secret")
     run = conveyor("run", ["run"], env, tmp_path)
     base_url = f"http://127.0.0.1:{api_port}"
     try:
         started = time.monotonic()
         wait_until_healthy(base_url, 60, [run])
         print(f"conveyor run healthy after {time.monotonic() - started:.1f}s")
+        # In development, ``conveyor run`` makes a key on its first start and keeps it here (and prints it).
+        headers = bearer((data_dir / "dev-api-key").read_text().strip())
         flower = f"http://127.0.0.1:{flower_port}"
         auth = ("conveyor", "flower-test-secret")
 
@@ -142,12 +142,15 @@ def test_conveyor_run_starts_everything_and_ctrl_c_leaves_nothing(tmp_path: Path
         assert httpx.get(f"{flower}/api/tasks", timeout=5).status_code == 401
         assert httpx.get(f"{flower}/api/tasks", auth=("conveyor", "wrong"), timeout=5).status_code == 401
 
-        response = httpx.post(f"{base_url}/notifications", json={"channel": "log", "message": "from run"})
+        response = httpx.post(
+            f"{base_url}/notifications", json={"channel": "log", "message": "from run"}, headers=headers
+        )
         assert response.status_code == 202, response.text
         job_id = response.json()["job_id"]
-        events = receive_until(base_url.replace("http", "ws"), f"/ws?job_id={job_id}", {"job.succeeded"}, 60)
+        ws_url = base_url.replace("http", "ws")
+        events = receive_until(ws_url, f"/ws?job_id={job_id}", {"job.succeeded"}, 60, headers=headers)
         assert [e["type"] for e in events][-2:] == ["job.started", "job.succeeded"]
-        assert httpx.get(f"{base_url}/jobs/{job_id}").json()["status"] == "succeeded"
+        assert httpx.get(f"{base_url}/jobs/{job_id}", headers=headers).json()["status"] == "succeeded"
 
         deadline = time.monotonic() + 20
         while job_id not in (tasks := flower_tasks()) and time.monotonic() < deadline:

@@ -1,0 +1,114 @@
+"""Who is calling: API keys (``Authorization: Bearer``) and single-use WebSocket tickets.
+
+Keys are checked against the job store (:class:`conveyor.apikeys.KeyStore`) and the answer — valid or not —
+is remembered for ``CONVEYOR_AUTH_CACHE_SECONDS``, so a busy client costs one lookup per period, and a revoked
+key stops working within that period. Tickets are for browsers, which cannot set headers on a WebSocket or an
+``EventSource``: ``POST /ws-tickets`` (with a key) stores a random ticket in Redis for a few seconds, and the
+first stream that presents it as ``?ticket=`` takes it (``GETDEL``): a ticket works once, then never again.
+Neither keys nor tickets are ever logged; Redis holds only a ticket's digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Mapping
+
+import anyio
+import redis.asyncio as aioredis
+
+from conveyor.apikeys import KeyStore, Principal
+
+TICKET_PREFIX = "cvt_"
+_TICKET_KEY = "conveyor:ticket:"
+#: Remembered answers per api process; the cache is emptied when it grows past this.
+CACHE_LIMIT = 10_000
+#: The owner of everything when ``CONVEYOR_AUTH=off``.
+ANONYMOUS = Principal("anonymous", "-")
+
+
+class Unauthenticated(Exception):
+    """No credentials, or ones that are not valid; ``detail`` says which (never echoing them)."""
+
+    def __init__(self, detail: str, error: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.error = error
+
+    @property
+    def www_authenticate(self) -> str:
+        """The ``WWW-Authenticate`` challenge for a 401 (RFC 6750)."""
+        challenge = 'Bearer realm="conveyor"'
+        return challenge if self.error is None else f'{challenge}, error="{self.error}"'
+
+
+def bearer(headers: Mapping[str, str]) -> str | None:
+    """The token of an ``Authorization: Bearer`` header, if there is one."""
+    value = headers.get("authorization")
+    if value is None:
+        return None
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+class Authenticator:
+    """Resolves credentials to a :class:`Principal` for one api process."""
+
+    def __init__(self, keys: KeyStore, redis: aioredis.Redis, *, enabled: bool, cache_seconds: float) -> None:
+        self.keys = keys
+        self.redis = redis
+        self.enabled = enabled
+        self.cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[Principal | None, float]] = {}
+
+    async def key(self, token: str | None) -> Principal:
+        """The principal of a valid key. Raises :class:`Unauthenticated` for no key or a bad one."""
+        if not self.enabled:
+            return ANONYMOUS
+        if token is None:
+            raise Unauthenticated("an API key is needed: send Authorization: Bearer <key>")
+        now = time.monotonic()
+        cached = self._cache.get(token)
+        if cached is not None and cached[1] > now:
+            principal = cached[0]
+        else:
+            principal = await anyio.to_thread.run_sync(self.keys.verify, token)
+            if len(self._cache) >= CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[token] = (principal, now + self.cache_seconds)
+        if principal is None:
+            raise Unauthenticated("the API key is not valid (unknown, malformed or revoked)", "invalid_token")
+        return principal
+
+    async def issue_ticket(self, principal: Principal, seconds: int) -> str:
+        """A new single-use ticket standing for ``principal``, valid for ``seconds``."""
+        ticket = TICKET_PREFIX + secrets.token_urlsafe(32)
+        await self.redis.set(_ticket_key(ticket), f"{principal.owner}\n{principal.key_id}", ex=seconds)
+        return ticket
+
+    async def redeem(self, ticket: str) -> Principal:
+        """Take a ticket: its principal the first time, :class:`Unauthenticated` ever after (or once expired)."""
+        if not ticket.startswith(TICKET_PREFIX) or len(ticket) > 100:
+            raise Unauthenticated("the ticket is not valid", "invalid_token")
+        value = await self.redis.getdel(_ticket_key(ticket))
+        if value is None:
+            raise Unauthenticated("the ticket is not valid (unknown, expired or already used)", "invalid_token")
+        owner, _, key_id = (value.decode() if isinstance(value, bytes) else str(value)).partition("\n")
+        return Principal(owner, key_id)
+
+    async def stream(self, headers: Mapping[str, str], ticket: str | None) -> Principal:
+        """The principal of an event stream: a ticket (``?ticket=``) or the bearer header."""
+        if self.enabled and ticket is not None:
+            return await self.redeem(ticket)
+        return await self.key(bearer(headers))
+
+
+def origin_allowed(headers: Mapping[str, str], origins: frozenset[str]) -> bool:
+    """True when the request comes from no browser page (no ``Origin``) or from an allowed one."""
+    origin = headers.get("origin")
+    return origin is None or origin.rstrip("/").lower() in origins
+
+
+def _ticket_key(ticket: str) -> str:
+    return _TICKET_KEY + hashlib.sha256(ticket.encode()).hexdigest()

@@ -1,0 +1,154 @@
+"""What every HTTP request passes before a route sees it: authentication, the rate limit, size and time limits.
+
+In order, for each request (pure ASGI, so streaming bodies and responses are untouched):
+
+1. public paths (``PUBLIC``) go straight through; every other path needs a valid API key — ``/events`` also
+   takes a ticket, after its ``Origin`` is checked (403) — else ``401`` with ``WWW-Authenticate`` (an unknown
+   path answers 401 too, so routes are not revealed to strangers);
+2. the key's token bucket (:mod:`conveyor.ratelimit`) must hold a token, else ``429`` with ``Retry-After``;
+3. a body other than an upload's may be at most ``CONVEYOR_MAX_JSON_BYTES``, else ``413`` (at once when
+   ``Content-Length`` says so, otherwise as soon as the body passes the limit);
+4. a request may take ``CONVEYOR_REQUEST_TIMEOUT_SECONDS`` (``503``), except streams — uploads and
+   downloads, where the limit is the longest pause between body chunks (``408``), and ``/events``.
+
+The caller's :class:`conveyor.apikeys.Principal` is left in the request state for routes (``api.deps``).
+WebSocket connections authenticate in their own handshake (``api.routes.ws``, ``api.wsnative``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import TYPE_CHECKING
+
+import orjson
+from starlette.datastructures import Headers, QueryParams
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.auth import Unauthenticated, bearer, origin_allowed
+from conveyor.jobstore import UNAVAILABLE
+from conveyor.ratelimit import retry_after
+
+if TYPE_CHECKING:
+    from api.state import AppState
+
+log = logging.getLogger("conveyor.api")
+
+#: Paths anyone may request: the liveness check and the API's own description.
+PUBLIC = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+_UPLOAD = "/uploads"
+_DOWNLOAD = re.compile(r"^/uploads/[^/]+/content$")
+_EVENTS = "/events"
+
+
+# BaseException, so that no route's ``except Exception`` (FastAPI's body parsing has one) turns them into a 400.
+class _BodyTooLarge(BaseException):
+    pass
+
+
+class _BodyStalled(BaseException):
+    pass
+
+
+class Guard:
+    """The ASGI middleware described in the module docstring."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PUBLIC:
+            await self.app(scope, receive, send)
+            return
+        state: AppState = scope["state"]["conveyor"]
+        settings = state.settings
+        headers = Headers(scope=scope)
+        path: str = scope["path"]
+        if path == _EVENTS and not origin_allowed(headers, settings.origins):
+            await _answer(send, 403, "origin not allowed")
+            return
+        try:
+            if path == _EVENTS:
+                ticket = QueryParams(scope.get("query_string", b"").decode("latin-1")).get("ticket")
+                principal = await state.auth.stream(headers, ticket)
+            else:
+                principal = await state.auth.key(bearer(headers))
+        except Unauthenticated as exc:
+            await _answer(send, 401, exc.detail, {"www-authenticate": exc.www_authenticate})
+            return
+        except UNAVAILABLE as exc:
+            log.warning("job store unavailable for authentication error=%r", exc)
+            await _answer(send, 503, "the job store is unavailable; try again shortly", {"retry-after": "2"})
+            return
+        wait = await state.limiter.take(principal.key_id)
+        if wait > 0:
+            detail = f"rate limit of {settings.rate_limit_per_second:g} requests/s per key reached; retry later"
+            await _answer(send, 429, detail, {"retry-after": retry_after(wait)})
+            return
+        scope["state"]["principal"] = principal
+
+        upload = path == _UPLOAD and scope["method"] == "POST"
+        stream = upload or path == _EVENTS or _DOWNLOAD.match(path) is not None
+        limit = None if upload else settings.max_json_bytes
+        length = headers.get("content-length")
+        if limit is not None and length is not None and length.isdigit() and int(length) > limit:
+            await _answer(send, 413, f"a request body is at most {limit} bytes")
+            return
+        timeout = settings.request_timeout_seconds
+        started = False
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        received = 0
+        receiving = False
+
+        async def guarded_receive() -> Message:
+            nonlocal received, receiving
+            receiving = True  # left set when the wait is cancelled: the timeout then blames the body
+            if stream:
+                try:
+                    async with asyncio.timeout(timeout):
+                        message = await receive()
+                except TimeoutError:
+                    raise _BodyStalled from None
+            else:
+                message = await receive()
+            receiving = False
+            if limit is not None and message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            if stream:
+                await self.app(scope, guarded_receive, guarded_send)
+            else:
+                async with asyncio.timeout(timeout):
+                    await self.app(scope, guarded_receive, guarded_send)
+        except _BodyTooLarge:
+            if not started:
+                await _answer(send, 413, f"a request body is at most {limit} bytes")
+        except _BodyStalled:
+            if not started:
+                await _answer(send, 408, f"no request body data for {timeout:g} s")
+        except TimeoutError:
+            if started:
+                log.warning("request timed out path=%s after=%gs", path, timeout)
+            elif receiving:
+                await _answer(send, 408, f"the request body did not arrive within {timeout:g} s")
+            else:
+                log.warning("request timed out path=%s after=%gs", path, timeout)
+                await _answer(send, 503, f"the request took longer than {timeout:g} s", {"retry-after": "2"})
+
+
+async def _answer(send: Send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+    body = orjson.dumps({"detail": detail})
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(name.encode(), value.encode()) for name, value in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,58 @@
+"""The token bucket, against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+import redis.asyncio as aioredis
+
+from conveyor.ratelimit import RateLimiter, retry_after
+
+
+def test_a_burst_passes_then_waits_then_refills(redis_url: str) -> None:
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            limiter = RateLimiter(client, rate=20.0, burst=5)
+            key = secrets.token_hex(4)
+            assert [await limiter.take(key) for _ in range(5)] == [0.0] * 5
+            wait = await limiter.take(key)
+            assert 0 < wait <= 0.06
+            assert retry_after(wait) == "1"
+            await asyncio.sleep(0.12)
+            assert await limiter.take(key) == 0.0
+            assert await limiter.take(secrets.token_hex(4)) == 0.0  # other keys have their own bucket
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_two_limiters_share_one_bucket(redis_url: str) -> None:
+    """Two api processes each hold a limiter; the bucket is in Redis, so the limit is for both together."""
+
+    async def scenario() -> None:
+        first, second = aioredis.Redis.from_url(redis_url), aioredis.Redis.from_url(redis_url)
+        try:
+            a, b = RateLimiter(first, rate=0.5, burst=4), RateLimiter(second, rate=0.5, burst=4)
+            key = secrets.token_hex(4)
+            results = [await (a if i % 2 else b).take(key) for i in range(6)]
+            assert results[:4] == [0.0] * 4 and all(wait > 1 for wait in results[4:])
+            assert retry_after(results[4]) in {"2"}
+        finally:
+            await first.aclose()
+            await second.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_an_unreachable_redis_lets_requests_through() -> None:
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+        try:
+            assert await RateLimiter(client, rate=1, burst=1).take("k") == 0.0
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
