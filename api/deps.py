@@ -15,12 +15,13 @@ from conveyor.apikeys import Principal
 _scheme = HTTPBearer(auto_error=False, description="An API key: `conveyor keys create --owner NAME`")
 
 
-def get_state(connection: HTTPConnection) -> AppState:
+# Both are ``async`` so that FastAPI calls them on the event loop, not through the thread pool.
+async def get_state(connection: HTTPConnection) -> AppState:
     state: AppState = connection.state.conveyor
     return state
 
 
-def get_principal(
+async def get_principal(
     connection: HTTPConnection, _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_scheme)]
 ) -> Principal:
     """The caller, as the guard authenticated it (every route but the public ones passes the guard)."""

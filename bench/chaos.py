@@ -14,7 +14,6 @@ import os
 import random
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -29,8 +28,8 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
+from bench.procs import Group, api_key, auth_headers, generous_limits, wait_healthy
 from bench.procs import env as child_env
-from bench.procs import wait_healthy
 from bench.report import Metric, Report, Row
 from conveyor import db, webhooks
 from conveyor.db import create_engine
@@ -85,27 +84,13 @@ class Receiver:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
-class Stack:
+class Stack(Group):
     """The processes of one run, each in its own session so a SIGKILL reaches a worker's pool children too."""
 
     def __init__(self, root: Path, environ: dict[str, str], redis_port: int) -> None:
-        self.root, self.env, self.redis_port = root, environ, redis_port
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
         (root / "redis").mkdir(parents=True)
-        (root / "logs").mkdir()
-
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        with (self.root / "logs" / f"{name}.log").open("ab") as log:
-            process = subprocess.Popen(
-                argv,
-                env={**self.env, "CONVEYOR_PROCESS_NAME": name},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self.processes[name] = process
-        return process
+        super().__init__(root, environ)
+        self.redis_port = redis_port
 
     def start_redis(self) -> None:
         self.start("redis", redis_command(self.redis_port, self.root / "redis"))
@@ -124,16 +109,6 @@ class Stack:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(10)
         return time.time()
-
-    def stop_all(self) -> None:
-        for name, process in reversed(list(self.processes.items())):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM if name != "redis" else signal.SIGKILL)
-        for process in self.processes.values():
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
 
 
 def _seconds(value: datetime) -> float:
@@ -176,11 +151,13 @@ def run(options: argparse.Namespace) -> Report:
             CONVEYOR_DISPATCH_GRACE_SECONDS="1",
             CONVEYOR_WEBHOOK_ALLOW_PRIVATE="true",
             CONVEYOR_WEBHOOK_SECRET=webhooks.new_secret(),
+            **generous_limits(),
         )
         stack = Stack(root, environ, redis_port)
         engine = create_engine(f"sqlite:///{root / 'var' / 'conveyor.db'}")
         try:
             stack.start_redis()
+            headers = auth_headers(api_key(environ))
             stack.start("api", [sys.executable, "-m", "conveyor", "api"])
             stack.start("beat", [sys.executable, "-m", "conveyor", "beat"])
             stack.worker("housekeeping", "housekeeping", concurrency=1)
@@ -197,7 +174,7 @@ def run(options: argparse.Namespace) -> Report:
             bodies = [{"channel": "webhook", "url": receiver.url, "data": {"n": n}} for n in range(jobs)]
             started = time.monotonic()
             with (
-                httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=30) as client,
+                httpx.Client(base_url=f"http://127.0.0.1:{api_port}", headers=headers, timeout=30) as client,
                 ThreadPoolExecutor(8) as pool,
             ):
                 answers = list(pool.map(lambda body: client.post("/notifications", json=body), bodies))
@@ -231,7 +208,7 @@ def run(options: argparse.Namespace) -> Report:
             rows = _jobs(engine, job_ids)
             duplicated = _ledger_repeats(engine)
         finally:
-            stack.stop_all()
+            stack.stop(kill=("redis",))
             engine.dispose()
             receiver.server.shutdown()
             receiver.server.server_close()

@@ -54,19 +54,20 @@ METRICS = [
 def _event() -> dict[bytes, bytes]:
     job_id = str(uuid.uuid4())
     event = Event(type=EventType.STARTED, job_id=job_id, kind="bench", status=JobStatus.STARTED, progress=0.0,
-                  ts=time.time(), attempt=1)  # fmt: skip
+                  ts=time.time(), attempt=1, owner=procs.OWNER)  # fmt: skip
     return encode(event)
 
 
 class Clients:
     """``CLIENT_PROCESSES`` processes sharing ``n`` connections to ``url``."""
 
-    def __init__(self, url: str, n: int, work: Path) -> None:
+    def __init__(self, url: str, n: int, work: Path, authorization: str) -> None:
         self.outs = [work / f"clients-{i}" for i in range(CLIENT_PROCESSES)]
         shares = [n // CLIENT_PROCESSES + (1 if i < n % CLIENT_PROCESSES else 0) for i in range(CLIENT_PROCESSES)]
         self.processes = [
             subprocess.Popen(
-                [procs.PYTHON, "-m", "bench.wsclients", url, str(share), "--out", str(out)],
+                [procs.PYTHON, "-m", "bench.wsclients", url, str(share), "--out", str(out), "--authorization"]
+                + [authorization],
                 env=procs.env(),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -119,7 +120,8 @@ def _percentile(values: list[float], q: float) -> float | None:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def _server(subject: str, redis_url: str, work: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _server(subject: str, redis_url: str, work: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+    """The server, its WebSocket URL and the ``Authorization`` its clients send (events are the key owner's)."""
     port = free_port()
     log = work / f"{subject}.log"
     if subject == "conveyor":
@@ -128,25 +130,27 @@ def _server(subject: str, redis_url: str, work: Path) -> tuple[subprocess.Popen[
             CONVEYOR_API_PORT=str(port),
             CONVEYOR_DATA_DIR=str(work / "var"),
             CONVEYOR_LOG_LEVEL="WARNING",
+            **procs.generous_limits(),
         )
+        authorization = procs.auth_headers(procs.api_key(environ))["Authorization"]
         process = procs.start([procs.PYTHON, "-m", "conveyor", "api"], log, environ)
         procs.wait_healthy(f"http://127.0.0.1:{port}/health", process)
-        return process, f"ws://127.0.0.1:{port}/ws"
+        return process, f"ws://127.0.0.1:{port}/ws", authorization
     process = procs.start([procs.PYTHON, "-m", "bench.broadcast_server", str(port), redis_url], log, procs.env())
     wait_for_port(port, 30, process)
-    return process, f"ws://127.0.0.1:{port}/"
+    return process, f"ws://127.0.0.1:{port}/", procs.auth_headers(None)["Authorization"]
 
 
 def measure(subject: str, n: int, redis_url: str, work: Path) -> Row:
     """One server at one N: connections held, RSS per connection, latency, throughput."""
     client = redis.Redis.from_url(redis_url)
-    server, url = _server(subject, redis_url, work)
+    server, url, authorization = _server(subject, redis_url, work)
     clients: Clients | None = None
     notes: list[str] = []
     try:
         time.sleep(1.0)
         rss_before = procs.rss_kib(server.pid)
-        clients = Clients(url, n, work)
+        clients = Clients(url, n, work, authorization)
         opened = clients.answers()
         connected = sum(int(a["connected"]) for a in opened)
         if connected < n:

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 from websockets.sync.client import connect
 
+from bench.procs import api_key, auth_headers, generous_limits
 from bench.report import Metric, Report, Row
 from conveyor.redis_server import free_port, redis_command, wait_for_port
 
@@ -42,11 +43,11 @@ def _peak_rss_kib(pid: int) -> int:
     raise RuntimeError("no VmHWM")
 
 
-def _curl_upload(url: str, path: Path) -> tuple[float, dict[str, Any] | str]:
+def _curl_upload(url: str, path: Path, headers: dict[str, str]) -> tuple[float, dict[str, Any] | str]:
     started = time.perf_counter()
-    out = subprocess.run(
-        ["curl", "-sS", "--fail-with-body", "-F", f"file=@{path}", url], capture_output=True, check=True, timeout=600
-    ).stdout.decode()
+    argv = ["curl", "-sS", "--fail-with-body", "-F", f"file=@{path}", url]
+    argv += [option for name, value in headers.items() for option in ("-H", f"{name}: {value}")]
+    out = subprocess.run(argv, capture_output=True, check=True, timeout=600).stdout.decode()
     seconds = time.perf_counter() - started
     try:
         return seconds, json.loads(out)
@@ -66,12 +67,12 @@ def _wait_http(url: str, timeout: float = 60) -> None:
     raise TimeoutError(url)
 
 
-def _ingest_seconds(ws_url: str, job_id: str, storage: Path) -> float:
+def _ingest_seconds(ws_url: str, job_id: str, storage: Path, headers: dict[str, str]) -> float:
     """The worker's own time from job.started to job.succeeded. The stored copy is then deleted, so every round
     starts from the same state (otherwise each round's copy would crowd the page cache of the next)."""
     started = finished = None
     key = None
-    with connect(f"{ws_url}/ws?job_id={job_id}", open_timeout=10) as ws:
+    with connect(f"{ws_url}/ws?job_id={job_id}", open_timeout=10, additional_headers=headers) as ws:
         while finished is None:
             event = json.loads(ws.recv(timeout=600))
             if event["type"] == "job.started":
@@ -112,6 +113,7 @@ def run(options: argparse.Namespace) -> Report:
             CONVEYOR_API_PORT=str(api_port),
             CONVEYOR_LOG_LEVEL="WARNING",
             CONVEYOR_MAX_UPLOAD_BYTES=str(4 * size_mib * MiB),
+            **generous_limits(),
         )
         (root / "redis").mkdir()
         log = (root / "processes.log").open("ab")
@@ -120,6 +122,7 @@ def run(options: argparse.Namespace) -> Report:
             processes.append(subprocess.Popen(redis_command(redis_port, root / "redis"), **quiet))  # type: ignore[call-overload]
             wait_for_port(redis_port, 10)
             me = [sys.executable, "-m", "conveyor"]
+            headers = auth_headers(api_key(env))  # sent to the sink too, so that both requests are the same
             api = subprocess.Popen([*me, "api"], env=env, **quiet)  # type: ignore[call-overload]
             processes.append(api)
             worker_argv = [*me, "worker", "--queues", "uploads", "--concurrency", "1"]
@@ -136,18 +139,18 @@ def run(options: argparse.Namespace) -> Report:
             _wait_http(f"http://127.0.0.1:{sink_port}/")
 
             sink_times, conveyor_times, ingest_times = [], [], []
-            _curl_upload(f"http://127.0.0.1:{sink_port}/", source)  # warm-up, not counted
-            seconds, body = _curl_upload(f"{base}/uploads", source)
+            _curl_upload(f"http://127.0.0.1:{sink_port}/", source, headers)  # warm-up, not counted
+            seconds, body = _curl_upload(f"{base}/uploads", source, headers)
             assert isinstance(body, dict), body
-            _ingest_seconds(base.replace("http", "ws"), body["job_id"], root / "var" / "storage")
+            _ingest_seconds(base.replace("http", "ws"), body["job_id"], root / "var" / "storage", headers)
             peak_before = _peak_rss_kib(api.pid)
             for _ in range(rounds):
-                sink_times.append(_curl_upload(f"http://127.0.0.1:{sink_port}/", source)[0])
-                seconds, body = _curl_upload(f"{base}/uploads", source)
+                sink_times.append(_curl_upload(f"http://127.0.0.1:{sink_port}/", source, headers)[0])
+                seconds, body = _curl_upload(f"{base}/uploads", source, headers)
                 assert isinstance(body, dict), body
                 conveyor_times.append(seconds)
                 ingest_times.append(
-                    _ingest_seconds(base.replace("http", "ws"), body["job_id"], root / "var" / "storage")
+                    _ingest_seconds(base.replace("http", "ws"), body["job_id"], root / "var" / "storage", headers)
                 )
             growth_mib = (_peak_rss_kib(api.pid) - peak_before) / 1024
             sha_times = []

@@ -55,17 +55,21 @@ class Counter:
 
 
 class Client(asyncio.Protocol):
-    __slots__ = ("protocol", "transport", "opened", "counter")
+    __slots__ = ("protocol", "transport", "opened", "counter", "authorization")
 
-    def __init__(self, uri: str, counter: Counter, opened: asyncio.Future[bool]) -> None:
+    def __init__(self, uri: str, counter: Counter, opened: asyncio.Future[bool], authorization: str | None) -> None:
         self.protocol = ClientProtocol(parse_uri(uri), max_size=2**20)
+        self.authorization = authorization
         self.counter = counter
         self.opened = opened
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.protocol.send_request(self.protocol.connect())
+        request = self.protocol.connect()
+        if self.authorization:
+            request.headers["Authorization"] = self.authorization
+        self.protocol.send_request(request)
         self._flush()
 
     def _flush(self) -> None:
@@ -89,7 +93,7 @@ class Client(asyncio.Protocol):
             self.opened.set_result(False)
 
 
-async def main(url: str, count: int, out: str, parallel: int) -> None:
+async def main(url: str, count: int, out: str, parallel: int, authorization: str | None = None) -> None:
     loop = asyncio.get_running_loop()
     uri = parse_uri(url)
     counter = Counter()
@@ -102,7 +106,9 @@ async def main(url: str, count: int, out: str, parallel: int) -> None:
         async with gate:
             opened: asyncio.Future[bool] = loop.create_future()
             try:
-                _, client = await loop.create_connection(lambda: Client(url, counter, opened), uri.host, uri.port)
+                _, client = await loop.create_connection(
+                    lambda: Client(url, counter, opened, authorization), uri.host, uri.port
+                )
                 if await asyncio.wait_for(opened, 30):
                     clients.append(client)
                     return
@@ -144,7 +150,8 @@ if __name__ == "__main__":
     parser.add_argument("count", type=int)
     parser.add_argument("--out", required=True)
     parser.add_argument("--parallel", type=int, default=100)
+    parser.add_argument("--authorization", help="the Authorization header of every handshake")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    uvloop.run(main(args.url, args.count, args.out, args.parallel))
+    uvloop.run(main(args.url, args.count, args.out, args.parallel, args.authorization))

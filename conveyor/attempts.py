@@ -76,22 +76,26 @@ class AttemptLog:
         reply: str | None = None,
         error: str | None = None,
         duration_ms: int | None = None,
+        connection: sa.Connection | None = None,
     ) -> None:
-        """Append one attempt (texts are clipped to ``MAX_TEXT`` characters)."""
-        with self.engine.begin() as connection:
-            connection.execute(
-                db.delivery_attempts.insert().values(
-                    job_id=job_id,
-                    attempt=attempt,
-                    channel=channel,
-                    outcome=outcome.value,
-                    status_code=status_code,
-                    reply=_clip(reply),
-                    error=_clip(error),
-                    duration_ms=duration_ms,
-                    created_at=utcnow(),
-                )
-            )
+        """Append one attempt (texts are clipped to ``MAX_TEXT`` characters): in ``connection``'s transaction when
+        given (to be written with what the attempt did, or not at all), else in a transaction of its own."""
+        insert = db.delivery_attempts.insert().values(
+            job_id=job_id,
+            attempt=attempt,
+            channel=channel,
+            outcome=outcome.value,
+            status_code=status_code,
+            reply=_clip(reply),
+            error=_clip(error),
+            duration_ms=duration_ms,
+            created_at=utcnow(),
+        )
+        if connection is not None:
+            connection.execute(insert)
+            return
+        with self.engine.begin() as own:
+            own.execute(insert)
 
     def of(self, job_id: str, limit: int = 1000) -> list[Attempt]:
         """The job's attempts, oldest first."""

@@ -17,6 +17,7 @@ from kombu.exceptions import ChannelError
 
 from conveyor.events import EventLog, job_event
 from conveyor.jobstore import Dispatch, JobStore, NewJob
+from conveyor.messages import task_message
 from conveyor.schemas import Job
 
 log = logging.getLogger("conveyor.dispatch")
@@ -58,30 +59,27 @@ class Dispatcher:
         return self.send_many([dispatch], announce=announce) == 1
 
     def send_many(self, dispatches: Sequence[Dispatch], *, announce: bool = True) -> int:
-        """:meth:`send` for several jobs; returns how many tasks were sent (the first refusal stops the rest,
-        which :meth:`dispatch_pending` sends later)."""
+        """:meth:`send` for several jobs; returns how many tasks were sent. Their ``job.queued`` events and task
+        messages go to Redis in one round trip (:mod:`conveyor.messages`), then one transaction notes them sent.
+        If Redis refuses, nothing is noted and :meth:`dispatch_pending` sends them later."""
+        pipe = self.events.client.pipeline(transaction=False)
+        if announce:
+            for dispatch in dispatches:
+                self.events.add_to(pipe, job_event(dispatch.job))
+        for dispatch in dispatches:
+            job_id = dispatch.job.job_id
+            pipe.lpush(dispatch.queue, task_message(self.celery, dispatch.task_name, job_id, dispatch.queue))
         try:
-            if announce:
-                event_ids: list[str | None] = list(self.events.publish_many([job_event(d.job) for d in dispatches]))
-            else:
-                event_ids = [None] * len(dispatches)
+            replies = pipe.execute()
         except Exception as exc:  # noqa: BLE001 - any Redis failure leaves the rows for dispatch_pending
             log.warning("dispatch deferred jobs=%d error=%r", len(dispatches), exc)
             return 0
-        sent: list[tuple[str, str | None]] = []
-        for dispatch, event_id in zip(dispatches, event_ids, strict=True):
-            job_id = dispatch.job.job_id
-            try:
-                self.celery.send_task(dispatch.task_name, args=[job_id], queue=dispatch.queue, task_id=job_id)
-            except Exception as exc:  # noqa: BLE001 - any broker failure leaves the row for dispatch_pending
-                log.warning("dispatch deferred job_id=%s error=%r", job_id, exc)
-                break
-            sent.append((job_id, event_id))
-        if sent:
-            try:
-                self.store.mark_dispatched(sent)
-            except Exception as exc:  # noqa: BLE001 - the tasks are sent; at worst dispatch_pending sends them again
-                log.warning("dispatch not marked jobs=%d error=%r", len(sent), exc)
+        event_ids = [_text(reply) for reply in replies[: len(dispatches)]] if announce else [None] * len(dispatches)
+        sent = [(d.job.job_id, event_id) for d, event_id in zip(dispatches, event_ids, strict=True)]
+        try:
+            self.store.mark_dispatched(sent)
+        except Exception as exc:  # noqa: BLE001 - the tasks are sent; at worst dispatch_pending sends them again
+            log.warning("dispatch not marked jobs=%d error=%r", len(sent), exc)
         return len(sent)
 
     def dispatch_pending(self, grace: timedelta, abandoned_after: timedelta | None = None) -> int:
@@ -134,3 +132,7 @@ class Dispatcher:
                 log.warning("job of a dead run sent again job_id=%s", dispatch.job.job_id)
                 sent += 1
         return sent
+
+
+def _text(reply: object) -> str:
+    return reply.decode() if isinstance(reply, bytes) else str(reply)

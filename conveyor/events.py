@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,12 +129,9 @@ class EventLog:
         entry_id = self.client.xadd(EVENTS_STREAM, encode(event), maxlen=self.max_len, approximate=True)  # type: ignore[arg-type]
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
-    def publish_many(self, events: Sequence[Event]) -> list[str]:
-        """Append the events in order, in one round trip; returns their ids."""
-        pipe = self.client.pipeline(transaction=False)
-        for event in events:
-            pipe.xadd(EVENTS_STREAM, encode(event), maxlen=self.max_len, approximate=True)  # type: ignore[arg-type]
-        return [i.decode() if isinstance(i, bytes) else str(i) for i in pipe.execute()]
+    def add_to(self, pipe: redis.client.Pipeline, event: Event) -> None:
+        """Queue the append of ``event`` on ``pipe`` (its reply is the event's id), to share a round trip."""
+        pipe.xadd(EVENTS_STREAM, encode(event), maxlen=self.max_len, approximate=True)  # type: ignore[arg-type]
 
     def trim_older_than(self, seconds: float) -> int:
         """Drop events older than ``seconds``; returns how many went."""

@@ -103,6 +103,39 @@ def _new_row(new: NewJob, now: datetime) -> dict[str, Any]:
     }
 
 
+def _claim_statement() -> sa.Update:
+    """The claim, built once (it runs for every delivery): see :meth:`JobStore.claim`."""
+    c = db.jobs.c
+    now = sa.bindparam("p_now", type_=sa.DateTime(timezone=True))
+    condition = sa.or_(
+        c.status == JobStatus.QUEUED.value,
+        sa.and_(
+            c.status == JobStatus.RETRYING.value,
+            sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= sa.bindparam("p_due", type_=sa.DateTime(True))),
+        ),
+        sa.and_(
+            c.status == JobStatus.STARTED.value,
+            sa.func.coalesce(c.heartbeat_at, c.updated_at) < sa.bindparam("p_stale", type_=sa.DateTime(True)),
+        ),
+    )
+    return (
+        db.jobs.update()
+        .where(c.id == sa.bindparam("p_job"), condition)
+        .values(
+            status=JobStatus.STARTED.value,
+            updated_at=now,
+            started_at=now,
+            heartbeat_at=now,
+            next_attempt_at=None,
+            attempts=c.attempts + 1,
+            crashes=c.crashes + sa.case((c.status == JobStatus.STARTED.value, 1), else_=0),
+        )
+    )
+
+
+_CLAIM = _claim_statement()
+
+
 class JobStore(Outbox):
     """Jobs in a SQL database (SQLite or PostgreSQL). Thread-safe; every method is one short transaction."""
 
@@ -223,25 +256,15 @@ class JobStore(Outbox):
         delivery of a running, early or finished job does nothing.
         """
         now = utcnow()
-        c = db.jobs.c
-        condition = sa.or_(
-            c.status == JobStatus.QUEUED.value,
-            sa.and_(
-                c.status == JobStatus.RETRYING.value,
-                sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= (due_before or now + CLOCK_SLACK)),
-            ),
-            sa.and_(c.status == JobStatus.STARTED.value, sa.func.coalesce(c.heartbeat_at, c.updated_at) < stale_before),
-        )
-        values = {
-            "status": JobStatus.STARTED.value,
-            "updated_at": now,
-            "started_at": now,
-            "heartbeat_at": now,
-            "next_attempt_at": None,
-            "attempts": c.attempts + 1,
-            "crashes": c.crashes + sa.case((c.status == JobStatus.STARTED.value, 1), else_=0),
-        }
-        return self._update(job_id, condition, values)
+        params = {"p_job": job_id, "p_now": now, "p_due": due_before or now + CLOCK_SLACK, "p_stale": stale_before}
+        with self.engine.begin() as connection:
+            if connection.dialect.update_returning:
+                row = connection.execute(_CLAIM.returning(*db.jobs.c), params).first()
+            elif connection.execute(_CLAIM, params).rowcount != 1:
+                row = None
+            else:
+                row = connection.execute(db.jobs.select().where(db.jobs.c.id == job_id)).one()
+        return None if row is None else self._job(row)
 
     def heartbeat(self, job_id: str, attempt: int) -> bool:
         """Note that the run holding attempt ``attempt`` of the job is alive. ``False`` when the job is no longer
@@ -293,12 +316,17 @@ class JobStore(Outbox):
         return self._update(job_id, db.jobs.c.status == JobStatus.FAILED.value, values)
 
     def _update(self, job_id: str, condition: sa.ColumnElement[bool], values: dict[str, Any]) -> Job | None:
+        """Update the job if ``condition`` holds; the job as written, or ``None``. One statement where the database
+        can return what it updated (SQLite 3.35+, PostgreSQL), else the update and a read in one transaction."""
         statement = db.jobs.update().where(db.jobs.c.id == job_id, condition).values(**values)
         with self.engine.begin() as connection:
-            if connection.execute(statement).rowcount != 1:
-                return None
-            row = connection.execute(db.jobs.select().where(db.jobs.c.id == job_id)).one()
-        return self._job(row)
+            if connection.dialect.update_returning:
+                row = connection.execute(statement.returning(*db.jobs.c)).first()
+            elif connection.execute(statement).rowcount != 1:
+                row = None
+            else:
+                row = connection.execute(db.jobs.select().where(db.jobs.c.id == job_id)).one()
+        return None if row is None else self._job(row)
 
     def set_progress(self, job_id: str, progress: float) -> bool:
         """Record progress of a started job; ``False`` if the job is no longer running."""

@@ -6,7 +6,7 @@ repeating the effect.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +15,9 @@ from sqlalchemy.engine import Engine
 
 from conveyor import db
 from conveyor.jobstore import _aware, keyset_page, utcnow
+
+#: More writes to make in a ledger write's transaction (the delivery attempt that had the effect).
+Also = Callable[[sa.Connection], None]
 
 
 class Ledger:
@@ -40,21 +43,37 @@ class Ledger:
             return False
         return True
 
-    def record_effect(self, job_id: str, effect: str, detail: Mapping[str, Any]) -> dict[str, Any]:
-        """Record that the effect happened, once. Returns the detail that stands: the first record's."""
+    def record_effect(
+        self, job_id: str, effect: str, detail: Mapping[str, Any], *, also: Also | None = None
+    ) -> dict[str, Any]:
+        """Record that the effect happened, once, with ``also``'s writes in the same transaction. Returns the detail
+        that stands: the first record's."""
         with self.engine.begin() as connection:
-            if self._record_effect(connection, job_id, effect, detail):
+            recorded = self._record_effect(connection, job_id, effect, detail)
+            if also is not None:
+                also(connection)
+            if recorded:
                 return dict(detail)
         first = self.effect(job_id, effect)
         assert first is not None
         return first
 
     def log_notification(
-        self, job_id: str, *, level: str, message: str, data: Mapping[str, Any] | None, owner: str | None
+        self,
+        job_id: str,
+        *,
+        level: str,
+        message: str,
+        data: Mapping[str, Any] | None,
+        owner: str | None,
+        also: Also | None = None,
     ) -> dict[str, Any]:
-        """Write the message to the notification log once. Returns what was logged (the first run's record)."""
+        """Write the message to the notification log once, with ``also``'s writes in the same transaction.
+        Returns what was logged (the first run's record)."""
         detail = {"logged": True}
         with self.engine.begin() as connection:
+            if also is not None:
+                also(connection)
             if self._record_effect(connection, job_id, "notification.log", detail):
                 connection.execute(
                     db.notification_log.insert().values(

@@ -3,12 +3,19 @@
 Each key's bucket holds up to ``burst`` tokens and refills at ``rate`` per second; a request takes one. The
 whole check is one Lua script (one round trip, atomic), timed by Redis's own clock so that api processes on
 hosts with different clocks agree. A bucket left alone expires once it would be full again.
+
+So that a busy key does not cost a round trip per request, an api process takes up to ``burst // 10`` tokens
+at once and spends them locally for at most ``LEASE_SECONDS``; unspent ones are forfeited. A key may therefore
+go over its limit by at most that many requests per api process; with a burst under 20, tokens are taken one
+by one and the limit is exact.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+import time
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -20,7 +27,7 @@ BUCKET_PREFIX = "conveyor:rate:"
 _TAKE = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
+local want = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
@@ -31,16 +38,22 @@ if tokens == nil or ts == nil then
   ts = now
 end
 tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+local granted = math.min(want, math.floor(tokens))
 local wait = 0
-if tokens >= cost then
-  tokens = tokens - cost
+if granted >= 1 then
+  tokens = tokens - granted
 else
-  wait = (cost - tokens) / rate
+  granted = 0
+  wait = (1 - tokens) / rate
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return tostring(wait)
+return {granted, tostring(wait)}
 """
+
+
+#: Seconds an api process may spend tokens it took ahead.
+LEASE_SECONDS = 1.0
 
 
 class RateLimiter:
@@ -49,18 +62,44 @@ class RateLimiter:
     def __init__(self, client: aioredis.Redis, rate: float, burst: int) -> None:
         self.rate = rate
         self.burst = burst
+        self.lease = max(1, burst // 10)
         self._script = client.register_script(_TAKE)
+        self._leased: dict[str, tuple[int, float]] = {}
+        self._pending: dict[str, asyncio.Future[None]] = {}
 
-    async def take(self, key: str, cost: int = 1) -> float:
-        """Take ``cost`` tokens from ``key``'s bucket if it holds them (returns 0.0); otherwise take nothing
-        and return the seconds until it would. When Redis cannot be reached the request is let through
-        (rate limiting must not turn a Redis outage into a full outage) and a warning logged."""
+    async def take(self, key: str) -> float:
+        """Take a token from ``key``'s bucket if it holds one (returns 0.0); otherwise take nothing and return
+        the seconds until it would. When Redis cannot be reached the request is let through (rate limiting must
+        not turn a Redis outage into a full outage) and a warning logged."""
+        while True:
+            tokens, until = self._leased.get(key, (0, 0.0))
+            if tokens > 0 and time.monotonic() < until:
+                self._leased[key] = (tokens - 1, until)
+                return 0.0
+            pending = self._pending.get(key)
+            if pending is None:
+                break
+            await asyncio.shield(pending)  # one request of this process asks Redis; the others wait for its lease
+        pending = self._pending[key] = asyncio.get_running_loop().create_future()
         try:
-            wait = await self._script(keys=[BUCKET_PREFIX + key], args=[self.rate, self.burst, cost])
+            return await self._lease(key)
+        finally:
+            del self._pending[key]
+            pending.set_result(None)
+
+    async def _lease(self, key: str) -> float:
+        try:
+            granted, wait = await self._script(keys=[BUCKET_PREFIX + key], args=[self.rate, self.burst, self.lease])
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
             log.warning("rate limiter unavailable; request let through error=%r", exc)
             return 0.0
-        return float(wait)
+        if int(granted) < 1:
+            self._leased.pop(key, None)
+            return float(wait)
+        if len(self._leased) >= 10_000:
+            self._leased.clear()
+        self._leased[key] = (int(granted) - 1, time.monotonic() + LEASE_SECONDS)
+        return 0.0
 
 
 def retry_after(wait: float) -> str:

@@ -9,7 +9,9 @@ keeps beating as long as the interpreter switches threads (every few millisecond
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from types import TracebackType
 
 from conveyor.jobstore import UNAVAILABLE, JobStore
@@ -22,6 +24,7 @@ class Heartbeat:
 
     Beating stops on exit, or by itself once the job is no longer this run's (finished, cancelled, taken over).
     A job store that does not answer is logged and tried again at the next beat; the run is not interrupted.
+    One thread per process beats every run of the process (``_Beater``): a run costs no thread of its own.
     """
 
     def __init__(self, store: JobStore, job_id: str, attempt: int, interval: float) -> None:
@@ -30,11 +33,13 @@ class Heartbeat:
         self.attempt = attempt
         self.interval = interval
         self.beats = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+        self.due = 0.0
+        self._idle = threading.Event()
+        self._idle.set()
 
     def __enter__(self) -> Heartbeat:
-        self._thread.start()
+        self.due = time.monotonic() + self.interval
+        _beater().add(self)
         return self
 
     def __exit__(
@@ -45,18 +50,74 @@ class Heartbeat:
     def stop(self) -> None:
         """Stop beating. Waits up to 5 s for a beat in progress; one still stuck after that (a job store that does
         not answer) is left to finish on its own, harmlessly: it touches only a started job held by this attempt."""
-        self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
+        _beater().discard(self)
+        if threading.current_thread() is not _beater().thread:
+            self._idle.wait(timeout=5)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                mine = self.store.heartbeat(self.job_id, self.attempt)
-            except UNAVAILABLE as exc:
-                log.warning("heartbeat not recorded job_id=%s error=%r", self.job_id, exc)
-                continue
-            self.beats += 1
-            if not mine:
-                log.info("job no longer held by this run; heartbeat stops job_id=%s", self.job_id)
-                return
+    def beat(self) -> bool:
+        """Touch the row once; ``False`` once the job is no longer this run's (beating then stops)."""
+        try:
+            mine = self.store.heartbeat(self.job_id, self.attempt)
+        except UNAVAILABLE as exc:
+            log.warning("heartbeat not recorded job_id=%s error=%r", self.job_id, exc)
+            return True
+        self.beats += 1
+        if not mine:
+            log.info("job no longer held by this run; heartbeat stops job_id=%s", self.job_id)
+        return mine
+
+
+class _Beater:
+    """The process's heartbeat thread: sleeps until the next run is due, beats every due run, again."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.runs: set[Heartbeat] = set()
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._loop, name="heartbeats", daemon=True)
+        self.thread.start()
+
+    def add(self, run: Heartbeat) -> None:
+        with self.cond:
+            self.runs.add(run)
+            self.cond.notify()
+
+    def discard(self, run: Heartbeat) -> None:
+        with self.cond:
+            self.runs.discard(run)
+
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                while True:
+                    now = time.monotonic()
+                    due = [run for run in self.runs if run.due <= now]
+                    if due:
+                        for run in due:
+                            run._idle.clear()
+                        break
+                    self.cond.wait(min((run.due for run in self.runs), default=now + 60) - now)
+            for run in due:
+                try:
+                    mine = run.beat()
+                finally:
+                    run.due = time.monotonic() + run.interval
+                    run._idle.set()
+                if not mine:
+                    self.discard(run)
+
+
+_beaters: dict[int, _Beater] = {}
+_beaters_lock = threading.Lock()
+
+
+def _beater() -> _Beater:
+    """This process's beater, started on first use (a forked worker process starts its own)."""
+    pid = os.getpid()
+    beater = _beaters.get(pid)
+    if beater is None:
+        with _beaters_lock:
+            beater = _beaters.get(pid)
+            if beater is None:
+                beater = _beaters[pid] = _Beater()
+    return beater

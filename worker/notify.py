@@ -13,9 +13,11 @@ import logging
 import time
 from typing import Any
 
+import sqlalchemy as sa
 from pydantic import TypeAdapter
 
 from conveyor.attempts import AttemptLog, Outcome
+from conveyor.ledger import Also
 from conveyor.schemas import (
     EmailNotification,
     Job,
@@ -32,9 +34,9 @@ logger = logging.getLogger("conveyor.notify")
 _REQUEST: TypeAdapter[NotificationRequest] = TypeAdapter(NotificationRequest)
 
 
-def _send(rt: Runtime, job: Job, request: NotificationRequest) -> Sent:
+def _send(rt: Runtime, job: Job, request: NotificationRequest, also: Also) -> Sent:
     if isinstance(request, LogNotification):
-        return log.send(rt.ledger, job, request)
+        return log.send(rt.ledger, job, request, also)
     if isinstance(request, WebhookNotification):
         return webhook.send(rt.settings, job.job_id, job.created_at, request)
     if isinstance(request, EmailNotification):
@@ -63,8 +65,11 @@ def deliver(rt: Runtime, job: Job, progress: Progress) -> dict[str, Any]:
         fields["duration_ms"] = int((time.monotonic() - started) * 1000)
         attempts.record(job.job_id, attempt=job.attempts, channel=request.channel, outcome=outcome, **fields)
 
+    def logged(connection: sa.Connection) -> None:  # the log channel's attempt, written with the log entry
+        record(Outcome.DELIVERED, connection=connection)
+
     try:
-        sent = _send(rt, job, request)
+        sent = _send(rt, job, request, logged)
     except DeliveryError as exc:
         outcome = Outcome.TRANSIENT if exc.transient else Outcome.PERMANENT
         record(outcome, status_code=exc.status_code, reply=exc.reply, error=str(exc))
@@ -84,8 +89,11 @@ def deliver(rt: Runtime, job: Job, progress: Progress) -> dict[str, Any]:
         raise
     result = {"channel": request.channel, **sent.detail}
     if not isinstance(request, LogNotification):
+
+        def attempt(connection: sa.Connection) -> None:  # written with the effect: both, or neither
+            record(Outcome.DELIVERED, status_code=sent.status_code, reply=sent.reply, connection=connection)
+
         delivered = result
-        result = persist(rt, lambda: rt.ledger.record_effect(job.job_id, effect, delivered))
-    persist(rt, lambda: record(Outcome.DELIVERED, status_code=sent.status_code, reply=sent.reply))
+        result = persist(rt, lambda: rt.ledger.record_effect(job.job_id, effect, delivered, also=attempt))
     logger.info("delivered job_id=%s channel=%s attempt=%d", job.job_id, request.channel, job.attempts)
     return result

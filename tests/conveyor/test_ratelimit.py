@@ -56,3 +56,38 @@ def test_an_unreachable_redis_lets_requests_through() -> None:
             await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_tokens_taken_ahead_never_exceed_the_bucket(redis_url: str) -> None:
+    """With a burst of 100, a process takes 10 tokens at a time: one round trip per 10 requests, never more than
+    the bucket holds in all."""
+
+    async def scenario() -> None:
+        first, second = aioredis.Redis.from_url(redis_url), aioredis.Redis.from_url(redis_url)
+        try:
+            a, b = RateLimiter(first, rate=0.01, burst=100), RateLimiter(second, rate=0.01, burst=100)
+            key = secrets.token_hex(4)
+            passed = [await (a if i < 5 else b).take(key) == 0.0 for i in range(120)]
+            assert sum(passed) == 95  # a leased 10 and spent 5; b got the other 90
+            assert passed[:95] == [True] * 95
+            assert [await a.take(key) == 0.0 for _ in range(6)] == [True] * 5 + [False]  # a's lease, then empty
+        finally:
+            await first.aclose()
+            await second.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_requests_of_one_process_share_one_lease(redis_url: str) -> None:
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            limiter = RateLimiter(client, rate=0.01, burst=100)
+            key = secrets.token_hex(4)
+            waits = await asyncio.gather(*(limiter.take(key) for _ in range(100)))
+            assert waits == [0.0] * 100  # ten leases of ten, one at a time: the bucket is spent exactly
+            assert await limiter.take(key) > 0
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())

@@ -1,0 +1,378 @@
+"""What the job benchmarks (``latency``, ``throughput``) share: the processes they start, their CPU time, clients.
+
+A run starts one real redis-server, then each subject on it in turn, so that only the measured subject's processes
+run while it is measured:
+
+- :func:`conveyor`: ``conveyor api`` and ``conveyor worker --queues notifications --concurrency 2``, with an API key
+  made by ``conveyor keys create`` (:func:`bench.procs.api_key`) and rate limits far above what a benchmark asks;
+- :func:`plain_celery`: ``celery -A bench.plain_celery worker`` with the same pool: prefork, 2 processes.
+
+Both log at ``LOG_LEVEL``. Each process runs in its own session; :class:`Meter` reads the CPU time of whole process
+trees (a prefork worker's pool included) and of this process, the client, and counts the commands Redis ran;
+:func:`wait_quiet` holds a measurement back while other work keeps the machine busy. With ``BENCH_PROFILE=DIR`` set,
+the measured phases are recorded by py-spy (``pip install py-spy``) as raw collapsed stacks in ``DIR`` (see
+:func:`profiled`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+import orjson
+import redis
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from bench import procs
+from bench.report import Metric, Report, Row
+from conveyor.redis_server import free_port
+
+#: Log level of every process a job benchmark starts (per-job INFO lines are not what is measured).
+LOG_LEVEL = "WARNING"
+#: Worker processes of either subject (prefork pool), as ``conveyor worker`` runs by default.
+CONCURRENCY = 2
+#: The cheapest job there is: a ``log`` notification.
+BODY = {"channel": "log", "message": "bench"}
+#: Events waiting per event-stream connection: so high that a busy client is never dropped for falling behind.
+SEND_QUEUE = 1_000_000
+#: How long a warm-up may wait for its jobs (the worker may still be starting).
+WARMUP_TIMEOUT = 90.0
+#: The subject the ratios compare with.
+BASELINE = "celery"
+#: Before a subject is measured, wait up to ``QUIET_WAIT`` seconds for the rest of the machine to use less than
+#: ``QUIET_LOAD`` of a core (other people's work on a shared machine skews every figure).
+QUIET_WAIT, QUIET_LOAD = 120.0, 0.25
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (all cores; from ``/proc/stat``)."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (
+        int(v) for v in Path("/proc/stat").read_text().split()[1:9]
+    )
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_quiet(pids: Mapping[str, int]) -> float:
+    """Wait until, over one second, the machine minus ``pids``' trees and this process used less than
+    ``QUIET_LOAD`` of a core, or ``QUIET_WAIT`` seconds passed; returns that last load (in cores)."""
+
+    def others() -> float:
+        return machine_busy_seconds() - sum(map(procs.tree_cpu_seconds, pids.values())) - procs.cpu_seconds(os.getpid())
+
+    deadline = time.monotonic() + QUIET_WAIT
+    while True:
+        before = others()
+        time.sleep(1.0)
+        load = others() - before
+        if load < QUIET_LOAD or time.monotonic() > deadline:
+            if load >= QUIET_LOAD:
+                print(f"  (the machine is busy with other work: {load:.0%} of a core; measuring anyway)", flush=True)
+            return load
+
+
+@dataclass
+class Meter:
+    """CPU seconds used between ``__enter__`` and ``__exit__`` by each named process tree and, as ``client``,
+    by this process (the load generator; a subject decides whether it counts); and the commands the Redis at
+    ``redis_url`` ran meanwhile. ``others`` is what the rest of the machine used: a benchmark's figures are only as
+    good as that is small."""
+
+    pids: Mapping[str, int]
+    redis_url: str
+    used: dict[str, float] = field(default_factory=dict)
+    redis_commands: int = 0
+    others: float = 0.0
+    seconds: float = 0.0
+    _before: dict[str, float] = field(default_factory=dict)
+
+    def _now(self) -> dict[str, float]:
+        now = {name: procs.tree_cpu_seconds(pid) for name, pid in self.pids.items()}
+        now["client"] = procs.cpu_seconds(os.getpid())
+        now["machine"] = machine_busy_seconds()
+        now["clock"] = time.monotonic()
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            now["commands"] = sum(stats["calls"] for stats in client.info("commandstats").values())
+        finally:
+            client.close()
+        return now
+
+    def __enter__(self) -> Meter:
+        self._before = self._now()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        after = self._now()
+        delta = {name: after[name] - self._before[name] for name in after}
+        self.seconds = delta.pop("clock")
+        self.redis_commands = int(delta.pop("commands"))
+        machine = delta.pop("machine")
+        self.used = delta
+        self.others = max(0.0, machine - sum(delta.values()))
+
+    def per_1000(self, jobs: int, *, client: bool) -> float:
+        """CPU seconds per 1,000 jobs over every process, this one only when ``client``."""
+        total = sum(seconds for name, seconds in self.used.items() if client or name != "client")
+        return total * 1000 / jobs
+
+    def breakdown(self, jobs: int) -> str:
+        """Each process's CPU seconds per 1,000 jobs, Redis commands per job, the rest of the machine's load."""
+        mine = ", ".join(f"{name} {seconds * 1000 / jobs:.2f}" for name, seconds in self.used.items())
+        load = self.others / self.seconds if self.seconds else 0.0
+        return f"{mine}; Redis commands per job {self.redis_commands / jobs:.1f}; other processes {load:.0%} of a core"
+
+
+def new_report(name: str, description: str, metrics: list[Metric], goals: list[str]) -> Report:
+    """An empty report whose ratios are to plain Celery's row."""
+    return Report(name=name, description=description, metrics=metrics, baseline=BASELINE, goals=goals)
+
+
+def add_row(
+    report: Report, setting: str, subject: str, values: dict[str, float | None], meter: Meter, jobs: int, notes: str
+) -> None:
+    """Add ``subject``'s row with its CPU per 1,000 jobs; its CPU breakdown and ``notes`` go to the findings."""
+    values["cpu_s_per_1000"] = meter.per_1000(jobs, client=subject == BASELINE)
+    detail = f"{notes}; CPU s per 1,000 jobs: {meter.breakdown(jobs)}"
+    report.rows.append(Row(setting, subject, values, detail))
+    report.findings.append(f"{subject} ({setting}): {detail}")
+    shown = ", ".join(f"{key}={value:.1f}" for key, value in values.items() if value is not None)
+    print(f"  {subject:9} {shown}  ({detail})", flush=True)
+
+
+def cpu_note(authenticated: bool) -> str:
+    """How CPU was counted (and whether the api asked for keys), for a report's notes."""
+    note = (
+        "CPU: every process tree of the subject plus Redis, from /proc (utime+stime, descendants included); for "
+        "plain Celery also the client process, which publishes and consumes results; Conveyor's load generator "
+        "(HTTP and WebSocket client, shown as `client`) is not counted. `other processes`: the rest of the "
+        "machine's load while measuring."
+    )
+    return note + ("" if authenticated else " The api had no `keys` command: no authentication.")
+
+
+def percentiles(seconds: Collection[float]) -> dict[str, float | None]:
+    """p50, p95, p99 and the maximum (nearest rank), in milliseconds."""
+    values = sorted(seconds)
+
+    def rank(q: float) -> float | None:
+        return values[max(0, math.ceil(q * len(values)) - 1)] * 1000 if values else None
+
+    return {"p50_ms": rank(0.50), "p95_ms": rank(0.95), "p99_ms": rank(0.99), "max_ms": rank(1.0)}
+
+
+@contextlib.contextmanager
+def work_dir(name: str) -> Iterator[Path]:
+    """A temporary directory for one run (under ``BENCH_TMP`` when set), removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix=f"conveyor-bench-{name}-", dir=os.environ.get("BENCH_TMP")) as tmp:
+        yield Path(tmp)
+
+
+@contextlib.contextmanager
+def profiled(label: str, pids: Mapping[str, int]) -> Iterator[None]:
+    """While the block runs, and only when ``BENCH_PROFILE`` names a directory: py-spy samples each Python process
+    of ``pids`` and its subprocesses (idle threads left out) into ``DIR/<label>-<name>.txt`` (one line per stack:
+    ``frame;frame;... count``). ``BENCH_PROFILE_OPTIONS`` adds py-spy options, e.g. ``--gil`` (only the thread
+    holding the GIL: Python's CPU time) or ``--native``."""
+    out = os.environ.get("BENCH_PROFILE")
+    if not out:
+        yield
+        return
+    Path(out).mkdir(parents=True, exist_ok=True)
+    extra = os.environ.get("BENCH_PROFILE_OPTIONS", "").split()
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    python = {
+        name: pid for name, pid in pids.items() if Path(os.readlink(f"/proc/{pid}/exe")).name.startswith("python")
+    }
+    recorders = [
+        subprocess.Popen(
+            [spy, "record", "--pid", str(pid), "--subprocesses", "--rate", "200", *extra]
+            + ["--format", "raw", "--output", str(Path(out) / f"{label}-{name}.txt")],
+            stdout=subprocess.DEVNULL,
+            stderr=(Path(out) / f"{label}-{name}.log").open("ab"),
+        )
+        for name, pid in python.items()
+    ]
+    time.sleep(1.0)
+    try:
+        yield
+    finally:
+        for recorder in recorders:
+            recorder.send_signal(signal.SIGINT)
+        for recorder in recorders:
+            recorder.wait(60)
+
+
+@dataclass
+class Conveyor:
+    """A running Conveyor stack: its processes, addresses and the headers every request carries."""
+
+    group: procs.Group
+    base_url: str
+    ws_url: str
+    headers: dict[str, str]
+    authenticated: bool
+
+    def http(self, connections: int) -> httpx.AsyncClient:
+        """An HTTP client for the api with up to ``connections`` kept-alive connections."""
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        return httpx.AsyncClient(base_url=self.base_url, headers=self.headers, timeout=60, limits=limits)
+
+
+@contextlib.contextmanager
+def conveyor(redis_url: str, root: Path) -> Iterator[Conveyor]:
+    """``conveyor api`` and one notifications worker (prefork, ``CONCURRENCY``) on ``redis_url``, SQLite under
+    ``root``; stopped on exit."""
+    port = free_port()
+    environ = procs.env(
+        CONVEYOR_DATA_DIR=str(root / "var"),
+        CONVEYOR_REDIS_URL=redis_url,
+        CONVEYOR_API_PORT=str(port),
+        CONVEYOR_LOG_LEVEL=LOG_LEVEL,
+        CONVEYOR_WS_SEND_QUEUE=str(SEND_QUEUE),
+        **procs.generous_limits(),
+    )
+    group = procs.Group(root, environ)
+    try:
+        key = procs.api_key(environ)
+        me = [procs.PYTHON, "-m", "conveyor"]
+        group.start("api", [*me, "api"])
+        group.start("worker", [*me, "worker", "--queues", "notifications", "--concurrency", str(CONCURRENCY)])
+        procs.wait_healthy(f"http://127.0.0.1:{port}/health", group.processes["api"])
+        yield Conveyor(
+            group=group,
+            base_url=f"http://127.0.0.1:{port}",
+            ws_url=f"ws://127.0.0.1:{port}/ws",
+            headers=procs.auth_headers(key),
+            authenticated=key is not None,
+        )
+        group.check()
+    finally:
+        group.stop()
+
+
+@contextlib.contextmanager
+def plain_celery(redis_url: str, root: Path) -> Iterator[procs.Group]:
+    """``celery -A bench.plain_celery worker`` (prefork, ``CONCURRENCY``) on ``redis_url``; stopped on exit."""
+    group = procs.Group(root, procs.env(BENCH_REDIS_URL=redis_url))
+    argv = [procs.PYTHON, "-m", "celery", "-A", "bench.plain_celery", "worker", "--pool=prefork"]
+    argv += [f"--concurrency={CONCURRENCY}", f"--loglevel={LOG_LEVEL}", "--hostname=plain@%h"]
+    group.start("worker", [*argv, "--without-mingle", "--without-gossip"])
+    try:
+        yield group
+        group.check()
+    finally:
+        group.stop()
+
+
+async def submit(http: httpx.AsyncClient) -> str:
+    """``POST /notifications`` with :data:`BODY`; the new job's id."""
+    answer = await http.post("/notifications", json=BODY)
+    if answer.status_code != 202:
+        raise RuntimeError(f"POST /notifications answered {answer.status_code}: {answer.text[:300]}")
+    return str(answer.json()["job_id"])
+
+
+async def submit_batch(http: httpx.AsyncClient, size: int) -> list[str]:
+    """``POST /notifications:batch`` with ``size`` copies of :data:`BODY`; the new jobs' ids, in order."""
+    answer = await http.post("/notifications:batch", json={"notifications": [BODY] * size})
+    if answer.status_code != 202:
+        raise RuntimeError(f"POST /notifications:batch answered {answer.status_code}: {answer.text[:300]}")
+    return [str(job["job_id"]) for job in answer.json()["jobs"]]
+
+
+class Completions:
+    """An open ``/ws`` with no filter (every job event of the caller's), noting when each job's ``job.succeeded``
+    (or ``job.failed``) arrives, on the event loop's clock."""
+
+    def __init__(self, stack: Conveyor) -> None:
+        self.stack = stack
+        self.done: dict[str, float] = {}
+        self.failed: dict[str, str] = {}
+        self.closed: BaseException | None = None
+        self._finished: list[str] = []
+        self._arrived = asyncio.Event()
+        self._socket: ClientConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Completions:
+        self._socket = await connect(self.stack.ws_url, additional_headers=self.stack.headers, max_size=None)
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *_exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        assert self._socket is not None and self._reader is not None
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+        await self._socket.close()
+
+    async def _read(self) -> None:
+        assert self._socket is not None
+        clock = asyncio.get_running_loop().time
+        try:
+            async for message in self._socket:
+                event = orjson.loads(message)
+                kind = event.get("type")
+                if kind == "job.succeeded":
+                    self.done[event["job_id"]] = clock()
+                elif kind == "job.failed":
+                    self.failed[event["job_id"]] = str(event.get("error"))
+                elif kind == "error":
+                    raise RuntimeError(f"the api refused the event stream: {event.get('detail')}")
+                else:
+                    continue
+                self._finished.append(event["job_id"])
+                self._arrived.set()
+        except (ConnectionClosed, RuntimeError) as exc:
+            self.closed = exc
+            self._arrived.set()
+
+    async def wait(self, job_ids: Collection[str], timeout: float) -> None:
+        """Until every job of ``job_ids`` succeeded; raises if one failed, the socket closed, or on timeout."""
+        remaining = set(job_ids)
+        seen = 0
+        async with asyncio.timeout(timeout):
+            while True:
+                failed = [job for job in self.failed if job in remaining]
+                if failed:
+                    raise RuntimeError(f"{len(failed)} job(s) failed, e.g. {failed[0]}: {self.failed[failed[0]]}")
+                remaining.difference_update(self._finished[seen:])
+                seen = len(self._finished)
+                if not remaining:
+                    return
+                if self.closed is not None:
+                    raise RuntimeError(f"event stream closed with {len(remaining)} jobs to go: {self.closed!r}")
+                self._arrived.clear()
+                await self._arrived.wait()
+
+
+async def warm_up(stack: Conveyor, http: httpx.AsyncClient, events: Completions, jobs: int) -> None:
+    """Submit ``jobs`` jobs and wait for them: connections made, worker processes up, caches filled."""
+    job_ids = await asyncio.gather(*(submit(http) for _ in range(jobs)))
+    try:
+        await events.wait(job_ids, WARMUP_TIMEOUT)
+    except TimeoutError:
+        stack.group.check()
+        raise
+
+
+@contextlib.asynccontextmanager
+async def session(stack: Conveyor, connections: int, warm: int) -> AsyncIterator[tuple[httpx.AsyncClient, Completions]]:
+    """An HTTP client and an open event stream on ``stack``, after ``warm`` warm-up jobs."""
+    async with stack.http(connections) as http, Completions(stack) as events:
+        await warm_up(stack, http, events, warm)
+        yield http, events
