@@ -89,7 +89,7 @@ class KeyStore:
         key_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
         secret = secrets.token_urlsafe(32)
         now = utcnow()
-        with self.engine.begin() as conn:
+        with db.writing(self.engine) as conn:
             conn.execute(
                 sa.insert(db.api_keys).values(
                     id=key_id, owner=owner, digest=digest(secret), label=label, created_at=now
@@ -110,7 +110,7 @@ class KeyStore:
         harmless. Api processes stop accepting it within ``auth_cache_seconds``."""
         parsed = parse(key_id)
         key_id = parsed[0] if parsed is not None else key_id.removeprefix(PREFIX)
-        with self.engine.begin() as conn:
+        with db.writing(self.engine) as conn:
             conn.execute(
                 sa.update(db.api_keys)
                 .where(db.api_keys.c.id == key_id, db.api_keys.c.revoked_at.is_(None))

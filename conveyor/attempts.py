@@ -94,7 +94,7 @@ class AttemptLog:
         if connection is not None:
             connection.execute(insert)
             return
-        with self.engine.begin() as own:
+        with db.writing(self.engine) as own:
             own.execute(insert)
 
     def of(self, job_id: str, limit: int = 1000) -> list[Attempt]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -134,6 +136,62 @@ def create_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     return sa.create_engine(url, **kwargs)
+
+
+class _WriteLock:
+    """One writer at a time among the processes of one host (and the threads of each) for a SQLite file: a
+    thread lock, then ``flock`` on ``<database>.write.lock``. SQLite allows one writer anyway, but a writer that
+    finds the database locked sleeps in its busy handler (1, 2, 5… ms) and tries again; waiting on the lock
+    instead, it is woken the moment the writer before it is done."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.thread_lock = threading.Lock()
+        self.pid = -1
+        self.fd = -1
+
+    def __enter__(self) -> None:
+        self.thread_lock.acquire()
+        try:
+            if self.pid != os.getpid():  # first use, or a forked process: its own descriptor
+                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                self.pid = os.getpid()
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except BaseException:
+            self.thread_lock.release()
+            raise
+
+    def __exit__(self, *_exc: object) -> None:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        finally:
+            self.thread_lock.release()
+
+
+_write_locks: dict[str, _WriteLock] = {}
+_write_locks_guard = threading.Lock()
+_NO_LOCK = contextlib.nullcontext()
+
+
+def _write_lock(engine: Engine) -> contextlib.AbstractContextManager[Any]:
+    """The write lock of ``engine``'s database file, one per file in the process (engines on one file share it)."""
+    database = engine.url.database or ""
+    if engine.dialect.name != "sqlite" or database in ("", ":memory:"):
+        return _NO_LOCK
+    path = str(Path(database).resolve())
+    lock = _write_locks.get(path)
+    if lock is None:
+        with _write_locks_guard:
+            lock = _write_locks.setdefault(path, _WriteLock(Path(f"{path}.write.lock")))
+    return lock
+
+
+@contextlib.contextmanager
+def writing(engine: Engine) -> Iterator[sa.Connection]:
+    """A write transaction (``engine.begin()``), taken in turn with every other writer of the same SQLite file on
+    this host; for PostgreSQL just the transaction. Never nest two on one thread."""
+    with _write_lock(engine), engine.begin() as connection:
+        yield connection
 
 
 @contextlib.contextmanager

@@ -163,7 +163,7 @@ class JobStore(Outbox):
         now = utcnow()
         rows = [_new_row(new, now) for new in news]
         try:
-            with self.engine.begin() as connection:
+            with db.writing(self.engine) as connection:
                 connection.execute(db.jobs.insert(), rows)
         except sa.exc.IntegrityError:
             # Nothing was written. If every key was used before, this is a replay: the original jobs.
@@ -257,7 +257,7 @@ class JobStore(Outbox):
         """
         now = utcnow()
         params = {"p_job": job_id, "p_now": now, "p_due": due_before or now + CLOCK_SLACK, "p_stale": stale_before}
-        with self.engine.begin() as connection:
+        with db.writing(self.engine) as connection:
             if connection.dialect.update_returning:
                 row = connection.execute(_CLAIM.returning(*db.jobs.c), params).first()
             elif connection.execute(_CLAIM, params).rowcount != 1:
@@ -274,7 +274,7 @@ class JobStore(Outbox):
             .where(db.jobs.c.id == job_id, db.jobs.c.status == JobStatus.STARTED.value, db.jobs.c.attempts == attempt)
             .values(heartbeat_at=utcnow())
         )
-        with self.engine.begin() as connection:
+        with db.writing(self.engine) as connection:
             return bool(connection.execute(statement).rowcount == 1)
 
     def schedule_retry(self, job_id: str, *, attempt: int, error: str, delay: float, held: bool) -> Job | None:
@@ -319,7 +319,7 @@ class JobStore(Outbox):
         """Update the job if ``condition`` holds; the job as written, or ``None``. One statement where the database
         can return what it updated (SQLite 3.35+, PostgreSQL), else the update and a read in one transaction."""
         statement = db.jobs.update().where(db.jobs.c.id == job_id, condition).values(**values)
-        with self.engine.begin() as connection:
+        with db.writing(self.engine) as connection:
             if connection.dialect.update_returning:
                 row = connection.execute(statement.returning(*db.jobs.c)).first()
             elif connection.execute(statement).rowcount != 1:
@@ -335,5 +335,5 @@ class JobStore(Outbox):
             .where(db.jobs.c.id == job_id, db.jobs.c.status == JobStatus.STARTED.value)
             .values(progress=max(0.0, min(100.0, progress)), updated_at=utcnow())
         )
-        with self.engine.begin() as connection:
+        with db.writing(self.engine) as connection:
             return bool(connection.execute(statement).rowcount == 1)

@@ -48,7 +48,7 @@ class Ledger:
     ) -> dict[str, Any]:
         """Record that the effect happened, once, with ``also``'s writes in the same transaction. Returns the detail
         that stands: the first record's."""
-        with self.engine.begin() as connection:
+        with db.writing(self.engine) as connection:
             recorded = self._record_effect(connection, job_id, effect, detail)
             if also is not None:
                 also(connection)
@@ -71,7 +71,7 @@ class Ledger:
         """Write the message to the notification log once, with ``also``'s writes in the same transaction.
         Returns what was logged (the first run's record)."""
         detail = {"logged": True}
-        with self.engine.begin() as connection:
+        with db.writing(self.engine) as connection:
             if also is not None:
                 also(connection)
             if self._record_effect(connection, job_id, "notification.log", detail):
@@ -100,7 +100,7 @@ class Ledger:
         storage_key: str,
     ) -> dict[str, Any]:
         """Record a stored upload once (its id is the job's). Returns the upload's metadata."""
-        with self.engine.begin() as connection:
+        with db.writing(self.engine) as connection:
             if self._record_effect(connection, job_id, "upload.stored", {"storage_key": storage_key}):
                 connection.execute(
                     db.uploads.insert().values(

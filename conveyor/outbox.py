@@ -83,7 +83,7 @@ class Outbox:
         with_event = [{"job": job_id, "event": event_id} for job_id, event_id in sent if event_id is not None]
         without = [{"job": job_id} for job_id, event_id in sent if event_id is None]
         update = db.jobs.update().where(db.jobs.c.id == sa.bindparam("job"))
-        with self.engine.begin() as connection:
+        with db.writing(self.engine) as connection:
             if with_event:
                 connection.execute(update.values(dispatched_at=now, queued_event_id=sa.bindparam("event")), with_event)
             if without:
