@@ -105,9 +105,12 @@ class Guard:
 
         received = 0
         receiving = False
+        body_done = False
 
         async def guarded_receive() -> Message:
-            nonlocal received, receiving
+            nonlocal received, receiving, body_done
+            if body_done:  # the body is in: what is left to receive is the client leaving, whenever it does
+                return await receive()
             receiving = True  # left set when the wait is cancelled: the timeout then blames the body
             if stream:
                 try:
@@ -118,9 +121,10 @@ class Guard:
             else:
                 message = await receive()
             receiving = False
-            if limit is not None and message["type"] == "http.request":
+            if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > limit:
+                body_done = not message.get("more_body", False)
+                if limit is not None and received > limit:
                     raise _BodyTooLarge
             return message
 

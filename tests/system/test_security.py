@@ -349,3 +349,17 @@ def test_a_body_that_never_arrives_is_408(strict: dict[str, str], stack: Stack) 
         reply = sock.recv(4096)
         assert reply.startswith(b"HTTP/1.1 408"), reply
         assert 1.5 < time.monotonic() - started < 8
+
+
+def test_an_event_stream_outlives_the_request_timeout(strict: dict[str, str], stack: Stack) -> None:
+    """The time limit is for requests and their bodies: an open SSE stream goes on past it (2 s here)."""
+    key = stack.new_key("long-listener")
+    with httpx.stream("GET", f"{strict['native']}/events", headers=bearer(key), timeout=30) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        time.sleep(3)
+        job_id = submit_log(stack.base_url, key, "after the timeout")
+        for line in lines:
+            if line.startswith("data: ") and json.loads(line[6:]).get("type") == "job.succeeded":
+                assert json.loads(line[6:])["job_id"] == job_id
+                break
