@@ -21,8 +21,11 @@ import redis.exceptions
 
 from conveyor.events import AsyncEventLog, id_key
 from conveyor.schemas import Event, EventType, Resync
+from conveyor.topics import TopicPolicy
 
 log = logging.getLogger("conveyor.hub")
+#: The default policy: every topic private to its owner.
+PRIVATE_TOPICS = TopicPolicy([])
 
 
 def event_json(event: Event) -> str:
@@ -81,7 +84,7 @@ class Selection:
         owner: str | None = None,
         jobs: Iterable[str] = (),
         topics: Iterable[str] = (),
-        topic_key: Callable[[str | None, str], str] = lambda owner, topic: f"{owner or ''}/{topic}",
+        topic_key: Callable[[str | None, str], str] = PRIVATE_TOPICS.key,
     ) -> None:
         self.owner = owner
         self.jobs = set(jobs)
@@ -220,7 +223,7 @@ class Hub:
         self.max_per_topic = max_per_topic
         self.block_ms = block_ms
         self.max_per_holder = max_per_holder
-        self.topic_key = topic_key or Selection().topic_key
+        self.topic_key = topic_key or PRIVATE_TOPICS.key
         self.subscribers: set[Subscription] = set()
         self._holders: dict[Subscription, str] = {}
         self._held: dict[str, int] = {}

@@ -107,20 +107,16 @@ def run(options: argparse.Namespace) -> Report:
             jobstack.wait_quiet(meter.pids)
             seconds = celery_burst(redis_url, jobs, meter)
             measure("celery", seconds, meter, "1 client thread publishes all, then waits for each result")
-        with jobstack.conveyor(redis_url, root / "conveyor") as stack:
-            meter = jobstack.Meter({"redis": redis.pid, **stack.group.pids()}, redis_url)
-            jobstack.wait_quiet(meter.pids)
-            accepted, seconds = uvloop.run(conveyor_burst(stack, jobs, meter))
-            notes = f"{CLIENTS} HTTP clients; all {jobs} accepted (202) at {jobs / accepted:.0f}/s"
-            measure("conveyor", seconds, meter, notes + " (client CPU not counted)")
-            auth = stack.authenticated
-        with jobstack.conveyor(redis_url, root / "conveyor-batch") as stack:
-            meter = jobstack.Meter({"redis": redis.pid, **stack.group.pids()}, redis_url)
-            jobstack.wait_quiet(meter.pids)
-            accepted, seconds = uvloop.run(conveyor_burst(stack, jobs, meter, BATCH))
-            notes = (
-                f"{CLIENTS} HTTP clients, {BATCH} per POST /notifications:batch; accepted at {jobs / accepted:.0f}/s"
-            )
-            measure("conveyor-batch", seconds, meter, notes + " (client CPU not counted)")
+        for subject, batch, how in (
+            ("conveyor", 1, f"{CLIENTS} HTTP clients"),
+            ("conveyor-batch", BATCH, f"{CLIENTS} HTTP clients, {BATCH} per POST /notifications:batch"),
+        ):
+            with jobstack.conveyor(redis_url, root / subject) as stack:
+                meter = jobstack.Meter({"redis": redis.pid, **stack.group.pids()}, redis_url)
+                jobstack.wait_quiet(meter.pids)
+                accepted, seconds = uvloop.run(conveyor_burst(stack, jobs, meter, batch))
+                notes = f"{how}; all {jobs} accepted (202) at {jobs / accepted:.0f}/s (client CPU not counted)"
+                measure(subject, seconds, meter, notes)
+                auth = stack.authenticated
     report.findings.append(jobstack.cpu_note(auth))
     return report

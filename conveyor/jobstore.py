@@ -257,14 +257,7 @@ class JobStore(Outbox):
         """
         now = utcnow()
         params = {"p_job": job_id, "p_now": now, "p_due": due_before or now + CLOCK_SLACK, "p_stale": stale_before}
-        with db.writing(self.engine) as connection:
-            if connection.dialect.update_returning:
-                row = connection.execute(_CLAIM.returning(*db.jobs.c), params).first()
-            elif connection.execute(_CLAIM, params).rowcount != 1:
-                row = None
-            else:
-                row = connection.execute(db.jobs.select().where(db.jobs.c.id == job_id)).one()
-        return None if row is None else self._job(row)
+        return self._written(job_id, _CLAIM, params)
 
     def heartbeat(self, job_id: str, attempt: int) -> bool:
         """Note that the run holding attempt ``attempt`` of the job is alive. ``False`` when the job is no longer
@@ -318,11 +311,14 @@ class JobStore(Outbox):
     def _update(self, job_id: str, condition: sa.ColumnElement[bool], values: dict[str, Any]) -> Job | None:
         """Update the job if ``condition`` holds; the job as written, or ``None``. One statement where the database
         can return what it updated (SQLite 3.35+, PostgreSQL), else the update and a read in one transaction."""
-        statement = db.jobs.update().where(db.jobs.c.id == job_id, condition).values(**values)
+        return self._written(job_id, db.jobs.update().where(db.jobs.c.id == job_id, condition).values(**values))
+
+    def _written(self, job_id: str, statement: sa.Update, params: dict[str, Any] | None = None) -> Job | None:
+        """Run an update of job ``job_id``; the job as written, or ``None`` when it updated nothing."""
         with db.writing(self.engine) as connection:
             if connection.dialect.update_returning:
-                row = connection.execute(statement.returning(*db.jobs.c)).first()
-            elif connection.execute(statement).rowcount != 1:
+                row = connection.execute(statement.returning(*db.jobs.c), params).first()
+            elif connection.execute(statement, params).rowcount != 1:
                 row = None
             else:
                 row = connection.execute(db.jobs.select().where(db.jobs.c.id == job_id)).one()
