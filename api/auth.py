@@ -1,6 +1,6 @@
 """Who is calling: API keys (``Authorization: Bearer``) and single-use WebSocket tickets.
 
-Keys are checked against the job store (:class:`conveyor.apikeys.KeyStore`) and the answer — valid or not —
+Keys are checked against the job store (:class:`conveyor.store.apikeys.KeyStore`) and the answer — valid or not —
 is remembered for ``CONVEYOR_AUTH_CACHE_SECONDS``, so a busy client costs one lookup per period, and a revoked
 key stops working within that period. Tickets are for browsers, which cannot set headers on a WebSocket or an
 ``EventSource``: ``POST /ws-tickets`` (with a key) stores a random ticket in Redis for a few seconds, and the
@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import anyio
 import redis.asyncio as aioredis
 
-from conveyor.apikeys import KeyStore, Principal
+from conveyor.store.apikeys import KeyStore, Principal
 
 TICKET_PREFIX = "cvt_"
 _TICKET_KEY = "conveyor:ticket:"

@@ -9,7 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
 from api.state import AppState
-from conveyor.apikeys import Principal
+from conveyor.store.apikeys import Principal
 
 #: Declares the bearer scheme in the OpenAPI document; :class:`api.guard.Guard` has already checked the key.
 _scheme = HTTPBearer(auto_error=False, description="An API key: `conveyor keys create --owner NAME`")

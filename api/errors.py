@@ -13,7 +13,7 @@ import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from conveyor.jobstore import UNAVAILABLE
+from conveyor.store.jobstore import UNAVAILABLE
 
 log = logging.getLogger("conveyor.api")
 

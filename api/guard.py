@@ -5,14 +5,14 @@ In order, for each request (pure ASGI, so streaming bodies and responses are unt
 1. public paths (``PUBLIC``) go straight through; every other path needs a valid API key — ``/events`` also
    takes a ticket, after its ``Origin`` is checked (403) — else ``401`` with ``WWW-Authenticate`` (an unknown
    path answers 401 too, so routes are not revealed to strangers);
-2. the key's token bucket (:mod:`conveyor.ratelimit`) must hold a token, else ``429`` with ``Retry-After``;
+2. the key's token bucket (:mod:`api.ratelimit`) must hold a token, else ``429`` with ``Retry-After``;
 3. a body other than an upload's may be at most ``CONVEYOR_MAX_JSON_BYTES``, else ``413`` (at once when
    ``Content-Length`` says so, otherwise as soon as the body passes the limit);
 4. a request may take ``CONVEYOR_REQUEST_TIMEOUT_SECONDS`` (``503``), except streams — uploads and
    downloads, where the limit is the longest pause between body chunks (``408``), and ``/events``.
 
-The caller's :class:`conveyor.apikeys.Principal` is left in the request state for routes (``api.deps``).
-WebSocket connections authenticate in their own handshake (``api.routes.ws``, ``api.wsnative``).
+The caller's :class:`conveyor.store.apikeys.Principal` is left in the request state for routes (``api.deps``).
+WebSocket connections authenticate in their own handshake (``api.routes.ws``, ``api.streams.native``).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from starlette.datastructures import Headers, QueryParams
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import Unauthenticated, bearer, origin_allowed
-from conveyor.jobstore import UNAVAILABLE
-from conveyor.ratelimit import retry_after
+from api.ratelimit import retry_after
+from conveyor.store.jobstore import UNAVAILABLE
 
 if TYPE_CHECKING:
     from api.state import AppState

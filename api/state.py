@@ -18,17 +18,17 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 
 from api.auth import Authenticator
-from api.hub import Hub, raise_open_file_limit
-from conveyor.apikeys import KeyStore
-from conveyor.celery_app import create_celery
-from conveyor.db import create_engine, migrate
-from conveyor.dispatch import Dispatcher
+from api.ratelimit import RateLimiter
+from api.streams.hub import Hub, raise_open_file_limit
 from conveyor.events import AsyncEventLog, EventLog
-from conveyor.jobstore import JobStore
-from conveyor.ledger import Ledger
-from conveyor.ratelimit import RateLimiter
+from conveyor.files.storage import LocalStorage, Storage
+from conveyor.queue.app import create_celery
+from conveyor.queue.dispatch import Dispatcher
 from conveyor.settings import Settings
-from conveyor.storage import LocalStorage, Storage
+from conveyor.store.apikeys import KeyStore
+from conveyor.store.db import create_engine, migrate
+from conveyor.store.jobstore import JobStore
+from conveyor.store.ledger import Ledger
 from conveyor.topics import TopicPolicy
 
 log = logging.getLogger("conveyor.api")

@@ -13,9 +13,9 @@ import sqlalchemy.exc
 from fastapi import HTTPException, Response
 
 from api.state import AppState
-from conveyor.jobstore import IdempotencyConflict, NewJob
 from conveyor.names import TASK_FOR_KIND
 from conveyor.schemas import Accepted, Job
+from conveyor.store.jobstore import IdempotencyConflict, NewJob
 
 log = logging.getLogger("conveyor.api")
 MAX_IDEMPOTENCY_KEY = 255

@@ -31,9 +31,10 @@ import sqlalchemy as sa
 from bench.procs import Group, api_key, auth_headers, generous_limits, wait_healthy
 from bench.procs import env as child_env
 from bench.report import Metric, Report, Row
-from conveyor import db, webhooks
-from conveyor.db import create_engine
-from conveyor.redis_server import free_port, redis_command, wait_for_port
+from conveyor import webhooks
+from conveyor.ops.redis_server import free_port, redis_command, wait_for_port
+from conveyor.store import db
+from conveyor.store.db import create_engine
 
 NAME = "chaos"
 DESCRIPTION = "N webhook jobs while workers are SIGKILLed at random and Redis is SIGKILLed and restarted once"
@@ -97,7 +98,7 @@ class Stack(Group):
         wait_for_port(self.redis_port, 10, self.processes["redis"])
 
     def worker(self, name: str, queue: str = "notifications", concurrency: int = 2) -> None:
-        argv = [sys.executable, "-m", "celery", "-A", "conveyor.celery_app", "worker", f"--queues={queue}"]
+        argv = [sys.executable, "-m", "celery", "-A", "conveyor.queue.app", "worker", f"--queues={queue}"]
         argv += [f"--concurrency={concurrency}", f"--hostname={name}@%h", "--loglevel=INFO"]
         self.start(name, [*argv, "--without-mingle", "--without-gossip"])
 
@@ -154,7 +155,7 @@ def run(options: argparse.Namespace) -> Report:
             **generous_limits(),
         )
         stack = Stack(root, environ, redis_port)
-        engine = create_engine(f"sqlite:///{root / 'var' / 'conveyor.db'}")
+        engine = create_engine(f"sqlite:///{root / 'var' / 'conveyor.store.db'}")
         try:
             stack.start_redis()
             headers = auth_headers(api_key(environ))

@@ -30,7 +30,7 @@ from bench import procs
 from bench.report import Metric, Report, Row
 from conveyor.events import encode
 from conveyor.names import EVENTS_STREAM
-from conveyor.redis_server import free_port, wait_for_port
+from conveyor.ops.redis_server import free_port, wait_for_port
 from conveyor.schemas import Event, EventType, JobStatus
 
 NAME = "fanout"

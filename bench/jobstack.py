@@ -39,7 +39,7 @@ from websockets.exceptions import ConnectionClosed
 
 from bench import procs
 from bench.report import Metric, Report, Row
-from conveyor.redis_server import free_port
+from conveyor.ops.redis_server import free_port
 
 #: Log level of every process a job benchmark starts (per-job INFO lines are not what is measured).
 LOG_LEVEL = "WARNING"

@@ -2,7 +2,7 @@
 
 ``celery -A bench.plain_celery worker`` runs it (the broker and backend are ``BENCH_REDIS_URL``); a client makes
 its own app with :func:`create_app` and calls ``app.tasks[NOOP].apply_async()`` then ``.get()``. The worker settings
-that matter for speed are Conveyor's (``conveyor.celery_app``): JSON, acks late, prefetch 1; the pool (prefork,
+that matter for speed are Conveyor's (``conveyor.queue.app``): JSON, acks late, prefetch 1; the pool (prefork,
 2 processes) is given on the command line, as ``conveyor worker`` gives it. Nothing else: no task events, no job
 store, no event stream — that is what the ratios measure.
 """

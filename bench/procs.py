@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from conveyor.redis_server import free_port, redis_command, wait_for_port
+from conveyor.ops.redis_server import free_port, redis_command, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

@@ -24,7 +24,7 @@ from websockets.sync.client import connect
 
 from bench.procs import api_key, auth_headers, generous_limits
 from bench.report import Metric, Report, Row
-from conveyor.redis_server import free_port, redis_command, wait_for_port
+from conveyor.ops.redis_server import free_port, redis_command, wait_for_port
 
 MiB = 1024 * 1024
 NAME = "upload"

@@ -1,3 +1,3 @@
-from conveyor.cli import main
+from conveyor.ops.cli import main
 
 raise SystemExit(main())

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conveyor.redis_server import free_port
+from conveyor.ops.redis_server import free_port
 from conveyor.settings import Settings
 from tests.support import (
     Process,

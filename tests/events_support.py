@@ -15,7 +15,7 @@ from websockets.sync.client import ClientConnection
 
 from conveyor.events import EventLog
 from conveyor.names import EVENTS_STREAM
-from conveyor.redis_server import free_port
+from conveyor.ops.redis_server import free_port
 from conveyor.schemas import Event, EventType, JobStatus
 from tests.support import base_env, conveyor, wait_until_healthy
 

@@ -10,7 +10,7 @@ import os
 import signal
 from typing import Any
 
-from conveyor.celery_app import app
+from conveyor.queue.app import app
 from conveyor.schemas import Job
 from worker.runner import Progress
 from worker.runtime import Runtime

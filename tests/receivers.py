@@ -19,7 +19,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
-from conveyor.redis_server import free_port
+from conveyor.ops.redis_server import free_port
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from conveyor.redis_server import free_port, redis_command, wait_for_port
+from conveyor.ops.redis_server import free_port, redis_command, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -142,7 +142,7 @@ def wait_until_healthy(base_url: str, timeout: float, processes: list[Process] =
 
 def wait_for_workers(broker_url: str, names: list[str], timeout: float) -> None:
     """Block until every named Celery worker answers a ping."""
-    from conveyor.celery_app import create_celery
+    from conveyor.queue.app import create_celery
     from conveyor.settings import Settings
 
     app = create_celery(Settings(redis_url=broker_url))

@@ -14,7 +14,7 @@ import threading
 import time
 from types import TracebackType
 
-from conveyor.jobstore import UNAVAILABLE, JobStore
+from conveyor.store.jobstore import UNAVAILABLE, JobStore
 
 log = logging.getLogger("conveyor.worker")
 

@@ -6,8 +6,8 @@ import logging
 import time
 from datetime import timedelta
 
+from conveyor.files.spool import PARTIAL_SUFFIX
 from conveyor.schemas import JobStatus
-from conveyor.spool import PARTIAL_SUFFIX
 from worker.runtime import Runtime
 
 log = logging.getLogger("conveyor.housekeeping")

@@ -7,9 +7,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from conveyor.files.spool import spool_path
+from conveyor.files.storage import content_key
 from conveyor.schemas import Job, UploadRef
-from conveyor.spool import spool_path
-from conveyor.storage import content_key
 from worker.runner import Progress
 from worker.runtime import Runtime
 

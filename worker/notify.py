@@ -16,8 +16,6 @@ from typing import Any
 import sqlalchemy as sa
 from pydantic import TypeAdapter
 
-from conveyor.attempts import AttemptLog, Outcome
-from conveyor.ledger import Also
 from conveyor.schemas import (
     EmailNotification,
     Job,
@@ -26,6 +24,8 @@ from conveyor.schemas import (
     WebhookNotification,
     WebsocketNotification,
 )
+from conveyor.store.attempts import AttemptLog, Outcome
+from conveyor.store.ledger import Also
 from worker.channels import DeliveryError, Sent, email, log, webhook, websocket
 from worker.runner import Failed, Progress, Retryable, persist
 from worker.runtime import Runtime

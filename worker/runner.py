@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 import redis
 
 from conveyor.events import flower_progress, job_event
-from conveyor.jobstore import UNAVAILABLE, utcnow
 from conveyor.schemas import Event, EventType, Job, JobStatus
 from conveyor.settings import Settings
+from conveyor.store.jobstore import UNAVAILABLE, utcnow
 from worker.heartbeat import Heartbeat
 from worker.runtime import Runtime
 

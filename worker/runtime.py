@@ -10,14 +10,14 @@ from celery import Celery
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from conveyor.celery_app import app as celery_app
-from conveyor.db import create_engine
-from conveyor.dispatch import Dispatcher
 from conveyor.events import EventLog
-from conveyor.jobstore import JobStore
-from conveyor.ledger import Ledger
+from conveyor.files.storage import LocalStorage, Storage
+from conveyor.queue.app import app as celery_app
+from conveyor.queue.dispatch import Dispatcher
 from conveyor.settings import Settings, get_settings
-from conveyor.storage import LocalStorage, Storage
+from conveyor.store.db import create_engine
+from conveyor.store.jobstore import JobStore
+from conveyor.store.ledger import Ledger
 
 
 @dataclass

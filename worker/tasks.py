@@ -10,9 +10,9 @@ from celery.exceptions import Reject
 from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
 
 from conveyor import logs, names
-from conveyor.celery_app import app
-from conveyor.jobstore import UNAVAILABLE
+from conveyor.queue.app import app
 from conveyor.settings import get_settings
+from conveyor.store.jobstore import UNAVAILABLE
 from worker import housekeeping, ingest, notify
 from worker.runner import Handler, JobBusy, Retryable, run_job
 from worker.runtime import close_runtime, runtime

@@ -8,10 +8,10 @@ import anyio
 from fastapi import APIRouter, HTTPException, Path
 
 from api.deps import PrincipalDep, StateDep
-from conveyor.attempts import AttemptLog
-from conveyor.jobstore import Dispatch
 from conveyor.names import TASK_FOR_KIND
 from conveyor.schemas import Job
+from conveyor.store.attempts import AttemptLog
+from conveyor.store.jobstore import Dispatch
 
 router = APIRouter(tags=["jobs"])
 JobId = Annotated[str, Path(min_length=1, max_length=64)]

@@ -9,8 +9,8 @@ from fastapi import APIRouter, HTTPException, Path, Query
 
 from api.deps import PrincipalDep, StateDep
 from conveyor.events import job_event
-from conveyor.jobstore import InvalidCursor
 from conveyor.schemas import Job, JobPage, JobStatus
+from conveyor.store.jobstore import InvalidCursor
 
 router = APIRouter(tags=["jobs"])
 JobId = Annotated[str, Path(min_length=1, max_length=64)]

@@ -11,7 +11,6 @@ from api.deps import PrincipalDep, StateDep
 from api.state import AppState
 from api.submit import submit, submit_many
 from conveyor import webhooks
-from conveyor.apikeys import Principal
 from conveyor.names import KIND_NOTIFICATION
 from conveyor.schemas import (
     Accepted,
@@ -22,6 +21,7 @@ from conveyor.schemas import (
     WebsocketNotification,
 )
 from conveyor.settings import Settings
+from conveyor.store.apikeys import Principal
 
 router = APIRouter(tags=["notifications"])
 

@@ -18,10 +18,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from api.deps import PrincipalDep, StateDep
-from api.hub import Full, Outgoing
-from api.streaming import TOO_FAR_BEHIND, EventStream, Refused, StreamRequest, full, notice, parse_request
-from conveyor.apikeys import Principal
+from api.streams.hub import Full, Outgoing
+from api.streams.session import TOO_FAR_BEHIND, EventStream, Refused, StreamRequest, full, notice, parse_request
 from conveyor.schemas import StreamError
+from conveyor.store.apikeys import Principal
 
 if TYPE_CHECKING:
     from api.state import AppState

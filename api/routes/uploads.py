@@ -9,14 +9,14 @@ from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Resp
 from fastapi.responses import FileResponse
 
 from api.deps import PrincipalDep, StateDep
-from api.spooling import UploadError, spool_upload
 from api.state import AppState
 from api.submit import submit
-from conveyor.filenames import content_disposition, safe_filename
+from api.uploads.filenames import content_disposition, safe_filename
+from api.uploads.spooling import UploadError, spool_upload
 from conveyor.ids import new_id
-from conveyor.jobstore import InvalidCursor
 from conveyor.names import KIND_UPLOAD
 from conveyor.schemas import Accepted, Upload, UploadPage, UploadRef
+from conveyor.store.jobstore import InvalidCursor
 
 router = APIRouter(tags=["uploads"])
 UploadId = Annotated[str, Path(min_length=1, max_length=64)]

@@ -1,11 +1,11 @@
 """``GET /ws``: job and topic events over WebSocket, resumable with ``last_event_id``; commands on the open socket.
 
-What is sent, and in which order, is :class:`api.streaming.EventStream`'s business (shared with SSE). This
+What is sent, and in which order, is :class:`api.streams.session.EventStream`'s business (shared with SSE). This
 module adds the WebSocket side: the client's ``subscribe``/``unsubscribe`` messages, and closing with a code
 — 1003 for a binary message, 1008 for a malformed one or a bad request, 1009 above 4 KiB, 1013 when a cap
 is reached or the client fell too far behind — after a ``{"type": "error", "detail": …}`` message.
 Keep-alive pings are uvicorn's (``CONVEYOR_WS_PING_INTERVAL``). ``conveyor api`` serves ``/ws`` with
-:mod:`api.wsnative` instead, unless ``CONVEYOR_WS_NATIVE`` is false.
+:mod:`api.streams.native` instead, unless ``CONVEYOR_WS_NATIVE`` is false.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from starlette.websockets import WebSocketState
 
 from api.auth import origin_allowed
 from api.deps import StateDep
-from api.hub import Full, Outgoing
-from api.streaming import (
+from api.streams.hub import Full, Outgoing
+from api.streams.session import (
     CLOSE_POLICY,
     CLOSE_UNSUPPORTED,
     TOO_FAR_BEHIND,

@@ -13,7 +13,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from api import errors
-from conveyor.redis_server import free_port
+from conveyor.ops.redis_server import free_port
 
 
 def app_with_failing_routes(tmp_path: Path) -> FastAPI:

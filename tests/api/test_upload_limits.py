@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conveyor.redis_server import free_port
+from conveyor.ops.redis_server import free_port
 from tests.api.uploads_support import BOUNDARY, body, part, post
 from tests.support import base_env, bearer, conveyor, create_key, wait_until_healthy
 

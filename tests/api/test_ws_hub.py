@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from api.hub import Full, Hub, Outgoing, Selection, Subscription, text_frame
-from api.streaming import Refused, parse_request
+from api.streams.hub import Full, Hub, Outgoing, Selection, Subscription, text_frame
+from api.streams.session import Refused, parse_request
 from conveyor.events import Retention, predecessor
 from conveyor.schemas import Event, EventType, JobStatus
 from conveyor.topics import TopicPolicy

@@ -6,8 +6,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from conveyor import db
-from conveyor.apikeys import InvalidOwner, KeyStore, parse
+from conveyor.store import db
+from conveyor.store.apikeys import InvalidOwner, KeyStore, parse
 
 
 def test_a_new_key_verifies_as_its_owner_and_only_its_digest_is_stored(engine: Engine) -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from conveyor import db
-from conveyor.jobstore import JobStore, NewJob
+from conveyor.store import db
+from conveyor.store.jobstore import JobStore, NewJob
 
 
 def _hold(database: str, seconds: float, ready: multiprocessing.synchronize.Event) -> None:

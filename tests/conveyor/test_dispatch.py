@@ -7,13 +7,13 @@ from pathlib import Path
 
 import redis
 
-from conveyor.celery_app import create_celery
-from conveyor.db import create_engine, migrate
-from conveyor.dispatch import Dispatcher
 from conveyor.events import EventLog
-from conveyor.jobstore import JobStore, NewJob
-from conveyor.redis_server import free_port
+from conveyor.ops.redis_server import free_port
+from conveyor.queue.app import create_celery
+from conveyor.queue.dispatch import Dispatcher
 from conveyor.settings import Settings
+from conveyor.store.db import create_engine, migrate
+from conveyor.store.jobstore import JobStore, NewJob
 from tests.support import redis_server
 
 
@@ -58,7 +58,7 @@ def test_broker_down_leaves_the_job_recorded_and_sent_later(settings: Settings, 
 
 
 def test_stale_started_jobs_are_sent_again_without_a_new_queued_event(settings: Settings, redis_url: str) -> None:
-    from conveyor.jobstore import utcnow
+    from conveyor.store.jobstore import utcnow
 
     dispatcher = dispatcher_for(settings, redis_url)
     job, _ = dispatcher.submit(NEW)
@@ -72,8 +72,8 @@ def test_stale_started_jobs_are_sent_again_without_a_new_queued_event(settings: 
 def test_a_job_whose_message_was_lost_is_sent_again_once_its_queue_is_empty(settings: Settings, tmp_path: Path) -> None:
     import sqlalchemy as sa
 
-    from conveyor import db
-    from conveyor.jobstore import utcnow
+    from conveyor.store import db
+    from conveyor.store.jobstore import utcnow
 
     with redis_server(tmp_path / "redis") as url:
         dispatcher = dispatcher_for(settings, url)

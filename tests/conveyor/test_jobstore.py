@@ -8,9 +8,17 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from conveyor.db import migrate
-from conveyor.jobstore import IdempotencyConflict, InvalidCursor, JobStore, NewJob, decode_cursor, encode_cursor, utcnow
 from conveyor.schemas import JobStatus
+from conveyor.store.db import migrate
+from conveyor.store.jobstore import (
+    IdempotencyConflict,
+    InvalidCursor,
+    JobStore,
+    NewJob,
+    decode_cursor,
+    encode_cursor,
+    utcnow,
+)
 
 
 def new_job(**overrides: object) -> NewJob:

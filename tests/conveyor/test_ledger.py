@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.engine import Engine
 
-from conveyor.ledger import Ledger
+from conveyor.store.ledger import Ledger
 
 JOB = "01a207a2-fb69-7023-9247-baa030751cb3"
 

@@ -8,9 +8,9 @@ import secrets
 
 import redis
 
-from conveyor.celery_app import create_celery
-from conveyor.messages import task_message
 from conveyor.names import QUEUE_NOTIFICATIONS, TASK_SEND_NOTIFICATION
+from conveyor.queue.app import create_celery
+from conveyor.queue.messages import task_message
 from conveyor.settings import Settings
 
 VARYING = {"delivery_tag", "reply_to"}

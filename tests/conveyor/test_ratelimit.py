@@ -7,7 +7,7 @@ import secrets
 
 import redis.asyncio as aioredis
 
-from conveyor.ratelimit import RateLimiter, retry_after
+from api.ratelimit import RateLimiter, retry_after
 
 
 def test_a_burst_passes_then_waits_then_refills(redis_url: str) -> None:

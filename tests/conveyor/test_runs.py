@@ -10,9 +10,9 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from conveyor import db
-from conveyor.jobstore import JobStore, utcnow
 from conveyor.schemas import JobStatus
+from conveyor.store import db
+from conveyor.store.jobstore import JobStore, utcnow
 from tests.conveyor.test_jobstore import new_job
 
 PAST = timedelta(hours=1)

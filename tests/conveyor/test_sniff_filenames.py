@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from conveyor.filenames import MAX_NAME_BYTES, content_disposition, safe_filename
-from conveyor.sniff import allowed, sniff
+from api.uploads.filenames import MAX_NAME_BYTES, content_disposition, safe_filename
+from api.uploads.sniff import allowed, sniff
 
 
 @pytest.mark.parametrize(

@@ -23,10 +23,10 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from conveyor import db
-from conveyor.db import create_engine
-from conveyor.jobstore import _aware
-from conveyor.redis_server import free_port, redis_command, wait_for_port
+from conveyor.ops.redis_server import free_port, redis_command, wait_for_port
+from conveyor.store import db
+from conveyor.store.db import create_engine
+from conveyor.store.jobstore import _aware
 from tests.support import (
     Process,
     base_env,
@@ -109,7 +109,7 @@ class FaultStack:
             "-m",
             "celery",
             "-A",
-            "conveyor.celery_app",
+            "conveyor.queue.app",
             "worker",
             f"--queues={queue}",
             f"--concurrency={concurrency}",
@@ -149,7 +149,7 @@ class FaultStack:
     @property
     def engine(self) -> sa.Engine:
         if self._engine is None:
-            self._engine = create_engine(self.store_url or f"sqlite:///{self.data_dir / 'conveyor.db'}")
+            self._engine = create_engine(self.store_url or f"sqlite:///{self.data_dir / 'conveyor.store.db'}")
         return self._engine
 
     def rows(self, job_ids: Iterable[str] | None = None) -> list[Mapping[str, Any]]:

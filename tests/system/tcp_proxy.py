@@ -11,7 +11,7 @@ import socket
 import threading
 from collections.abc import Iterator
 
-from conveyor.redis_server import free_port
+from conveyor.ops.redis_server import free_port
 
 
 class TcpProxy:

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from conveyor.celery_app import create_celery
-from conveyor.dispatch import Dispatcher
 from conveyor.events import EventLog, decode
-from conveyor.jobstore import JobStore, NewJob
 from conveyor.names import EVENTS_STREAM, QUEUE_NOTIFICATIONS
+from conveyor.queue.app import create_celery
+from conveyor.queue.dispatch import Dispatcher
 from conveyor.settings import Settings
+from conveyor.store.jobstore import JobStore, NewJob
 from tests.poison_tasks import TASK_NAME
 from tests.system.faults import FaultStack, accepted_ids, submit_many
 

@@ -12,7 +12,7 @@ import pytest
 
 from conveyor import webhooks
 from conveyor.names import QUEUE_NOTIFICATIONS
-from conveyor.redis_server import free_port
+from conveyor.ops.redis_server import free_port
 from tests.receivers import Reply, http_receiver
 from tests.support import Process, base_env, bearer, conveyor, wait_until_healthy
 from tests.system.faults import FaultStack, accepted_ids, submit_many

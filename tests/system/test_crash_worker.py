@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from conveyor import db, webhooks
+from conveyor import webhooks
+from conveyor.store import db
 from tests.receivers import Reply, http_receiver
 from tests.system.faults import FaultStack, accepted_ids, finished_at, submit_many
 

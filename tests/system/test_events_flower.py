@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conveyor.celery_app import create_celery
+from conveyor.queue.app import create_celery
 from conveyor.settings import Settings
 from tests.conftest import Stack
 from tests.events_support import wait_finished

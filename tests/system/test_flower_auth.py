@@ -23,7 +23,7 @@ from tornado.websocket import WebSocketHandler
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from conveyor.redis_server import free_port, wait_for_port
+from conveyor.ops.redis_server import free_port, wait_for_port
 from tests.support import Process, base_env, conveyor
 
 pytestmark = pytest.mark.system

@@ -18,7 +18,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from conveyor import webhooks
 from conveyor.names import EVENTS_STREAM
-from conveyor.redis_server import free_port
+from conveyor.ops.redis_server import free_port
 from tests.conftest import Stack
 from tests.receivers import HttpReceiver, Mailbox, Reply, http_receiver, smtp_server
 from tests.support import (

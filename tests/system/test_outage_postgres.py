@@ -18,8 +18,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from conveyor import db, webhooks
+from conveyor import webhooks
 from conveyor.names import QUEUE_NOTIFICATIONS
+from conveyor.store import db
 from tests.conveyor.conftest import POSTGRES_URL
 from tests.receivers import Reply, http_receiver
 from tests.system.faults import FaultStack, accepted_ids, submit_many

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conveyor.redis_server import free_port, redis_command, wait_for_port
+from conveyor.ops.redis_server import free_port, redis_command, wait_for_port
 from tests.support import base_env, bearer, conveyor, create_key, start_process
 from tests.system.test_skeleton import receive_until
 

@@ -20,7 +20,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from conveyor.redis_server import free_port
+from conveyor.ops.redis_server import free_port
 from tests.support import base_env, bearer, conveyor, create_key, wait_until_healthy
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]

@@ -6,11 +6,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from conveyor.celery_app import create_celery
-from conveyor.db import migrate
-from conveyor.jobstore import NewJob
+from conveyor.queue.app import create_celery
 from conveyor.schemas import Job
 from conveyor.settings import Settings
+from conveyor.store.db import migrate
+from conveyor.store.jobstore import NewJob
 from worker.runtime import Runtime, open_runtime
 
 

@@ -12,10 +12,10 @@ import pytest
 from pydantic import SecretStr
 
 from conveyor import webhooks
-from conveyor.attempts import AttemptLog, Outcome
 from conveyor.events import decode
 from conveyor.names import EVENTS_STREAM
 from conveyor.schemas import Event, JobStatus
+from conveyor.store.attempts import AttemptLog, Outcome
 from tests.receivers import HttpReceiver, Reply, http_receiver, smtp_server
 from tests.worker.conftest import make_job
 from worker.notify import deliver

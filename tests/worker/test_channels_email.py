@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.redis_server import free_port
+from conveyor.ops.redis_server import free_port
 from conveyor.schemas import EmailNotification
 from conveyor.settings import Settings
 from tests.receivers import SMTP_PASSWORD, SMTP_USER, Mailbox, smtp_server

@@ -96,7 +96,7 @@ def test_a_receiver_that_never_answers_times_out_as_transient(receiver: HttpRece
 
 
 def test_connection_refused_is_transient(tmp_path: Path) -> None:
-    from conveyor.redis_server import free_port
+    from conveyor.ops.redis_server import free_port
 
     with pytest.raises(DeliveryError) as caught:
         send(make_settings(tmp_path), JOB_ID, CREATED, request(f"http://127.0.0.1:{free_port()}/"))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from conveyor.files.storage import content_key
 from conveyor.schemas import JobStatus, UploadRef
-from conveyor.storage import content_key
 from tests.worker.conftest import make_job
 from worker.ingest import ingest
 from worker.runner import run_job

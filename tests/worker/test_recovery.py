@@ -13,11 +13,11 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from conveyor import db
 from conveyor.events import decode
-from conveyor.jobstore import utcnow
 from conveyor.names import EVENTS_STREAM
 from conveyor.schemas import Event, Job, JobStatus
+from conveyor.store import db
+from conveyor.store.jobstore import utcnow
 from tests.worker.conftest import make_job
 from worker.runner import POISONED, JobBusy, Progress, Retryable, run_job
 from worker.runtime import Runtime

@@ -91,7 +91,7 @@ def test_a_task_without_a_row_does_nothing(rt: Runtime) -> None:
 def test_a_delivery_for_a_job_held_elsewhere_asks_to_look_again(rt: Runtime) -> None:
     from datetime import timedelta
 
-    from conveyor.jobstore import utcnow
+    from conveyor.store.jobstore import utcnow
     from worker.runner import JobBusy
 
     job = make_job(rt)

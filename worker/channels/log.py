@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from conveyor.ledger import Also, Ledger
 from conveyor.schemas import Job, LogNotification
+from conveyor.store.ledger import Also, Ledger
 from worker.channels import Sent
 
 

@@ -11,7 +11,7 @@ Redis's unacknowledged set, and Redis gives them back after the visibility timeo
 them (the job finished, or a live run holds it); a job whose message really vanished is re-sent by beat's
 lost-message check (``Dispatcher.resend_lost``).
 
-Selected by ``broker_transport = "conveyor.broker:Transport"`` (``conveyor/celery_app.py``).
+Selected by ``broker_transport = "conveyor.queue.transport:Transport"`` (``conveyor/celery_app.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 from kombu.transport import redis, virtual
 
-log = logging.getLogger("conveyor.broker")
+log = logging.getLogger("conveyor.queue.transport")
 
 
 class QoS(redis.QoS):

@@ -11,13 +11,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from conveyor import db
 from conveyor.ids import new_id
-from conveyor.outbox import Dispatch as Dispatch  # re-exported: callers import it from the job store
-from conveyor.outbox import Outbox, job_from_row
-from conveyor.outbox import _aware as _aware  # re-exported for the ledger and the attempt log
-from conveyor.outbox import utcnow as utcnow
 from conveyor.schemas import FINISHED, Job, JobStatus
+from conveyor.store import db
+from conveyor.store.outbox import Dispatch as Dispatch  # re-exported: callers import it from the job store
+from conveyor.store.outbox import Outbox, job_from_row
+from conveyor.store.outbox import _aware as _aware  # re-exported for the ledger and the attempt log
+from conveyor.store.outbox import utcnow as utcnow
 
 #: Errors that mean "the job store did not answer" (down, restarting, unreachable, locked), not "the request was
 #: wrong": whoever meets one may try again later.

@@ -1,13 +1,13 @@
 """Conveyor's WebSocket protocol for uvicorn: ``/ws`` served natively, any other WebSocket path by uvicorn's own.
 
-``conveyor api`` runs uvicorn with ``ws="api.wsnative:WebSocketProtocol"``. For ``/ws`` (unless
+``conveyor api`` runs uvicorn with ``ws="api.streams.native:WebSocketProtocol"``. For ``/ws`` (unless
 ``CONVEYOR_WS_NATIVE`` is false) the connection never enters the ASGI stack: the handshake and the client's
 frames go through the ``websockets`` library's sans-I/O protocol, and events are written straight to the
 socket. That is what lets one process hold 10,000 clients: no ASGI task, middleware frames or receive queue
 per idle connection, one keep-alive timer for all of them, and each event's frame encoded once and written to
 every caught-up client in the hub's loop (``Subscription.direct``), as ``websockets.broadcast()`` does.
 
-What is sent, and in which order, is still :class:`api.streaming.EventStream`'s: while a connection has a
+What is sent, and in which order, is still :class:`api.streams.session.EventStream`'s: while a connection has a
 backlog to send, a command to apply or a full socket buffer, a short-lived task runs the stream's loop on
 its mailbox; once nothing waits, the connection goes back to direct writes. Same messages, close codes and
 guarantees as the ASGI route (``api/routes/ws.py``), which serves ``/ws`` under any other server.
@@ -31,8 +31,8 @@ from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
 from api.auth import origin_allowed
-from api.hub import Full, Hub, Outgoing, Subscription
-from api.streaming import (
+from api.streams.hub import Full, Hub, Outgoing, Subscription
+from api.streams.session import (
     CLOSE_UNSUPPORTED,
     TOO_FAR_BEHIND,
     EventStream,
@@ -281,7 +281,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self.transport.write(item.frame)
 
     async def send(self, item: Outgoing) -> None:
-        """The :class:`api.streaming.Sender` side, used by the pump: wait while the socket buffer is full."""
+        """The :class:`api.streams.session.Sender` side, used by the pump: wait while the socket buffer is full."""
         while self.paused:
             if self.writable is None or self.writable.done():
                 self.writable = asyncio.get_running_loop().create_future()

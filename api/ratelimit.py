@@ -20,7 +20,7 @@ import time
 import redis.asyncio as aioredis
 import redis.exceptions
 
-log = logging.getLogger("conveyor.ratelimit")
+log = logging.getLogger("api.ratelimit")
 
 BUCKET_PREFIX = "conveyor:rate:"
 

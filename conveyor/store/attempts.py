@@ -13,8 +13,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from conveyor import db
-from conveyor.jobstore import _aware, utcnow
+from conveyor.store import db
+from conveyor.store.jobstore import _aware, utcnow
 
 #: Longest reply or error text kept per attempt.
 MAX_TEXT = 1000

@@ -27,7 +27,7 @@ from tornado.web import Application, RequestHandler
 
 from conveyor.settings import Settings
 
-log = logging.getLogger("conveyor.flower")
+log = logging.getLogger("conveyor.ops.flower")
 
 REALM = "flower"
 #: Paths answered without credentials, for ``GET`` and ``HEAD`` only. Flower's ``/healthcheck`` says ``OK``.
@@ -124,7 +124,7 @@ def locked_flower(settings: Settings, auth: BasicAuth, io_loop: IOLoop) -> tuple
     from flower.urls import settings as flower_settings
     from tornado.options import options
 
-    from conveyor.celery_app import create_celery
+    from conveyor.queue.app import create_celery
 
     options.basic_auth = auth.flower_option()
     options.purge_offline_workers = PURGE_OFFLINE_WORKERS

@@ -13,8 +13,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from conveyor import db
-from conveyor.jobstore import _aware, keyset_page, utcnow
+from conveyor.store import db
+from conveyor.store.jobstore import _aware, keyset_page, utcnow
 
 #: More writes to make in a ledger write's transaction (the delivery attempt that had the effect).
 Also = Callable[[sa.Connection], None]

@@ -20,7 +20,7 @@ def create_celery(settings: Settings) -> Celery:
     app.conf.update(
         broker_url=settings.effective_redis_url,
         # kombu's Redis transport, minus a restore-on-close that can kill a worker after a Redis restart.
-        broker_transport="conveyor.broker:Transport",
+        broker_transport="conveyor.queue.transport:Transport",
         # A worker (and beat) that loses Redis keeps reconnecting, however long it is gone.
         broker_connection_retry_on_startup=True,
         broker_connection_retry=True,
@@ -101,5 +101,5 @@ def create_celery(settings: Settings) -> Celery:
     return app
 
 
-#: The module-level app for ``celery -A conveyor.celery_app`` (workers, beat, Flower).
+#: The module-level app for ``celery -A conveyor.queue.app`` (workers, beat, Flower).
 app = create_celery(get_settings())

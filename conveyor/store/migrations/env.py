@@ -1,8 +1,8 @@
-"""Alembic environment: runs on the connection that ``conveyor.db.migrate`` hands it."""
+"""Alembic environment: runs on the connection that ``conveyor.store.db.migrate`` hands it."""
 
 from alembic import context
 
-from conveyor.db import metadata
+from conveyor.store.db import metadata
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)

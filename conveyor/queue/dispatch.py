@@ -16,11 +16,11 @@ from celery import Celery
 from kombu.exceptions import ChannelError
 
 from conveyor.events import EventLog, job_event
-from conveyor.jobstore import Dispatch, JobStore, NewJob
-from conveyor.messages import task_message
+from conveyor.queue.messages import task_message
 from conveyor.schemas import Job
+from conveyor.store.jobstore import Dispatch, JobStore, NewJob
 
-log = logging.getLogger("conveyor.dispatch")
+log = logging.getLogger("conveyor.queue.dispatch")
 
 
 class Dispatcher:
@@ -60,7 +60,7 @@ class Dispatcher:
 
     def send_many(self, dispatches: Sequence[Dispatch], *, announce: bool = True) -> int:
         """:meth:`send` for several jobs; returns how many tasks were sent. Their ``job.queued`` events and task
-        messages go to Redis in one round trip (:mod:`conveyor.messages`), then one transaction notes them sent.
+        messages go to Redis in one round trip (:mod:`conveyor.queue.messages`), then one transaction notes them sent.
         If Redis refuses, nothing is noted and :meth:`dispatch_pending` sends them later."""
         pipe = self.events.client.pipeline(transaction=False)
         if announce:

@@ -21,8 +21,8 @@ import anyio
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from conveyor.sniff import SNIFF_BYTES, allowed, sniff
-from conveyor.spool import PARTIAL_SUFFIX, spool_path
+from api.uploads.sniff import SNIFF_BYTES, allowed, sniff
+from conveyor.files.spool import PARTIAL_SUFFIX, spool_path
 
 log = logging.getLogger("conveyor.uploads")
 MAX_HEADER_BYTES = 16 * 1024

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Protocol
 import anyio
 
 from api.auth import Unauthenticated
-from api.hub import Full, Outgoing, Selection, Subscription
-from conveyor.apikeys import Principal
+from api.streams.hub import Full, Outgoing, Selection, Subscription
 from conveyor.events import id_key, predecessor
 from conveyor.schemas import Job, Resync, Snapshot, StreamCommand, SubscriptionNotice
+from conveyor.store.apikeys import Principal
 from conveyor.topics import TopicPolicy
 
 if TYPE_CHECKING:

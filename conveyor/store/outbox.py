@@ -2,7 +2,7 @@
 
 The job row is its own outbox (``conveyor/dispatch.py``). These queries find what the dispatcher and beat's
 ``reap_stale`` send: jobs never confirmed sent, retries that are due, messages that vanished, runs that died.
-:class:`conveyor.jobstore.JobStore` has them all; they live here to keep each module to one concern.
+:class:`conveyor.store.jobstore.JobStore` has them all; they live here to keep each module to one concern.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any, overload
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from conveyor import db
 from conveyor.schemas import Job, JobStatus
+from conveyor.store import db
 
 __all__ = ["Dispatch", "Outbox", "utcnow"]
 

@@ -12,11 +12,11 @@ from typing import TextIO
 from conveyor import logs, names
 from conveyor.settings import Settings, get_settings
 
-log = logging.getLogger("conveyor.cli")
+log = logging.getLogger("conveyor.ops.cli")
 
 
 def _migrate(settings: Settings) -> None:
-    from conveyor.db import create_engine, migrate
+    from conveyor.store.db import create_engine, migrate
 
     engine = create_engine(settings.effective_database_url)
     try:
@@ -44,7 +44,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
         port=args.port or settings.api_port,
         loop="uvloop",
         http="httptools",
-        ws="api.wsnative:WebSocketProtocol",
+        ws="api.streams.native:WebSocketProtocol",
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=3,
@@ -57,7 +57,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     """Run a Celery worker for the given queues (tasks are imported by the worker only)."""
-    from conveyor.celery_app import app
+    from conveyor.queue.app import app
 
     _migrate(settings)
     queues = args.queues.split(",")
@@ -82,7 +82,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_beat(settings: Settings, _args: argparse.Namespace) -> int:
     """Run Celery beat, which schedules the housekeeping tasks. Run exactly one."""
-    from conveyor.celery_app import app
+    from conveyor.queue.app import app
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app.start(
@@ -100,14 +100,14 @@ def cmd_flower(settings: Settings, _args: argparse.Namespace) -> int:
 
     Credentials come from settings, or in development from a password generated under the data directory
     (docs/SECURITY.md). Exits with 2, never listening, when there are none."""
-    from conveyor.flower import serve
+    from conveyor.ops.flower import serve
 
     return serve(settings)
 
 
 def cmd_redis(settings: Settings, _args: argparse.Namespace) -> int:
     """Run the embedded redis-server in the foreground (what ``conveyor run`` starts)."""
-    from conveyor.redis_server import redis_command
+    from conveyor.ops.redis_server import redis_command
 
     settings.redis_dir.mkdir(parents=True, exist_ok=True)
     argv = redis_command(settings.redis_port, settings.redis_dir)
@@ -124,8 +124,8 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
     """Make, list and revoke API keys (``create`` prints the new key on its last line, once)."""
     import json
 
-    from conveyor.apikeys import InvalidOwner, KeyStore
-    from conveyor.db import create_engine, migrate
+    from conveyor.store.apikeys import InvalidOwner, KeyStore
+    from conveyor.store.db import create_engine, migrate
 
     engine = create_engine(settings.effective_database_url)
     try:
@@ -160,8 +160,8 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
 def development_key(settings: Settings) -> str | None:
     """The development key ``conveyor run`` prints: made on the first start (when no key exists) and kept in
     ``data_dir/dev-api-key``; ``None`` in production, with auth off, or once that key is revoked."""
-    from conveyor.apikeys import KeyStore
-    from conveyor.db import create_engine
+    from conveyor.store.apikeys import KeyStore
+    from conveyor.store.db import create_engine
 
     if settings.environment != "development" or settings.auth != "keys":
         return None
@@ -184,8 +184,8 @@ def development_key(settings: Settings) -> str | None:
 
 def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
     """Run the whole stack: embedded Redis (unless configured), api, one worker per queue, beat, Flower."""
-    from conveyor.redis_server import port_in_use, redis_command, wait_for_port
-    from conveyor.supervisor import Child, Supervisor
+    from conveyor.ops.redis_server import port_in_use, redis_command, wait_for_port
+    from conveyor.ops.supervisor import Child, Supervisor
 
     supervisor = Supervisor()
     supervisor.install_signal_handlers()

@@ -18,8 +18,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from conveyor import db
-from conveyor.outbox import _aware, utcnow
+from conveyor.store import db
+from conveyor.store.outbox import _aware, utcnow
 
 PREFIX = "cvk_"
 _KEY = re.compile(r"^cvk_([A-Za-z0-9]{12})_([A-Za-z0-9_-]{43})$")

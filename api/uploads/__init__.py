@@ -1,0 +1,1 @@
+"""Receiving uploads: the streaming multipart spooler, content sniffing and client file names."""

@@ -1,0 +1,1 @@
+"""Files: the upload spool and content-addressed storage."""
