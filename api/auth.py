@@ -18,6 +18,7 @@ from collections.abc import Mapping
 import anyio
 import redis.asyncio as aioredis
 
+from conveyor.redis_client import text
 from conveyor.store.apikeys import KeyStore, Principal
 
 TICKET_PREFIX = "cvt_"
@@ -94,7 +95,7 @@ class Authenticator:
         value = await self.redis.getdel(_ticket_key(ticket))
         if value is None:
             raise Unauthenticated("the ticket is not valid (unknown, expired or already used)", "invalid_token")
-        owner, _, key_id = (value.decode() if isinstance(value, bytes) else str(value)).partition("\n")
+        owner, _, key_id = text(value).partition("\n")
         return Principal(owner, key_id)
 
     async def stream(self, headers: Mapping[str, str], ticket: str | None) -> Principal:

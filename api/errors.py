@@ -1,4 +1,4 @@
-"""Answers for failures of what the api depends on: Redis or the job store not answering is a 503, never a 500.
+"""Error answers: every error the api gives is ``{"detail": …}`` JSON, and every 503 is built by :func:`unavailable`.
 
 Any route that meets a Redis connection error or timeout, or a job store that is down, restarting, locked or out
 of connections, answers ``503 {"detail": …}`` with ``Retry-After``; the client may try again. Nothing was
@@ -8,6 +8,7 @@ recorded unless the route says otherwise in its own answer (submissions record b
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import redis.exceptions
 from fastapi import FastAPI, Request
@@ -17,30 +18,38 @@ from conveyor.store.jobstore import UNAVAILABLE
 
 log = logging.getLogger("conveyor.api")
 
-#: Seconds a client is asked to wait before trying again.
-RETRY_AFTER = 2
+#: Seconds a client is asked to wait before trying again after any 503: one policy for every route.
+RETRY_AFTER_SECONDS = 2
 REDIS_UNAVAILABLE: tuple[type[Exception], ...] = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+STORE_DOWN = "the job store is unavailable; nothing was recorded, try again shortly"
+REDIS_DOWN = "Redis is unavailable; try again shortly"
+
+
+def error(status: int, detail: str, headers: Mapping[str, str] | None = None, /, **fields: object) -> JSONResponse:
+    """An error answer: ``status`` with ``{"detail": detail}`` (and ``fields``). Also an ASGI app, for middleware."""
+    return JSONResponse({**fields, "detail": detail}, status_code=status, headers=dict(headers or {}))
+
+
+def unavailable(detail: str, /, **fields: object) -> JSONResponse:
+    """The 503 answer: ``{"detail": detail}`` (and ``fields``) with ``Retry-After`` (:data:`RETRY_AFTER_SECONDS`)."""
+    return error(503, detail, {"Retry-After": str(RETRY_AFTER_SECONDS)}, **fields)
 
 
 async def redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
     """503: Redis (the broker and event stream) did not answer."""
     log.warning("redis unavailable path=%s error=%r", request.url.path, exc)
-    return _unavailable("Redis is unavailable; try again shortly")
+    return unavailable(REDIS_DOWN)
 
 
 async def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
     """503: the job store did not answer."""
     log.warning("job store unavailable path=%s error=%r", request.url.path, exc)
-    return _unavailable("the job store is unavailable; try again shortly")
-
-
-def _unavailable(detail: str) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": str(RETRY_AFTER)})
+    return unavailable(STORE_DOWN)
 
 
 def install(app: FastAPI) -> None:
     """Register the 503 handlers on ``app``."""
-    for error in REDIS_UNAVAILABLE:
-        app.add_exception_handler(error, redis_unavailable)
-    for error in UNAVAILABLE:
-        app.add_exception_handler(error, store_unavailable)
+    for redis_error in REDIS_UNAVAILABLE:
+        app.add_exception_handler(redis_error, redis_unavailable)
+    for store_error in UNAVAILABLE:
+        app.add_exception_handler(store_error, store_unavailable)

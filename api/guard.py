@@ -22,11 +22,11 @@ import logging
 import re
 from typing import TYPE_CHECKING
 
-import orjson
 from starlette.datastructures import Headers, QueryParams
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import Unauthenticated, bearer, origin_allowed
+from api.errors import STORE_DOWN, error, unavailable
 from api.ratelimit import retry_after
 from conveyor.store.jobstore import UNAVAILABLE
 
@@ -66,7 +66,7 @@ class Guard:
         headers = Headers(scope=scope)
         path: str = scope["path"]
         if path == _EVENTS and not origin_allowed(headers, settings.origins):
-            await _answer(send, 403, "origin not allowed")
+            await error(403, "origin not allowed")(scope, receive, send)
             return
         try:
             if path == _EVENTS:
@@ -75,16 +75,16 @@ class Guard:
             else:
                 principal = await state.auth.key(bearer(headers))
         except Unauthenticated as exc:
-            await _answer(send, 401, exc.detail, {"www-authenticate": exc.www_authenticate})
+            await error(401, exc.detail, {"www-authenticate": exc.www_authenticate})(scope, receive, send)
             return
         except UNAVAILABLE as exc:
             log.warning("job store unavailable for authentication error=%r", exc)
-            await _answer(send, 503, "the job store is unavailable; try again shortly", {"retry-after": "2"})
+            await unavailable(STORE_DOWN)(scope, receive, send)
             return
         wait = await state.limiter.take(principal.key_id)
         if wait > 0:
             detail = f"rate limit of {settings.rate_limit_per_second:g} requests/s per key reached; retry later"
-            await _answer(send, 429, detail, {"retry-after": retry_after(wait)})
+            await error(429, detail, {"retry-after": retry_after(wait)})(scope, receive, send)
             return
         scope["state"]["principal"] = principal
 
@@ -93,7 +93,7 @@ class Guard:
         limit = None if upload else settings.max_json_bytes
         length = headers.get("content-length")
         if limit is not None and length is not None and length.isdigit() and int(length) > limit:
-            await _answer(send, 413, f"a request body is at most {limit} bytes")
+            await error(413, f"a request body is at most {limit} bytes")(scope, receive, send)
             return
         timeout = settings.request_timeout_seconds
         started = False
@@ -136,23 +136,15 @@ class Guard:
                     await self.app(scope, guarded_receive, guarded_send)
         except _BodyTooLarge:
             if not started:
-                await _answer(send, 413, f"a request body is at most {limit} bytes")
+                await error(413, f"a request body is at most {limit} bytes")(scope, receive, send)
         except _BodyStalled:
             if not started:
-                await _answer(send, 408, f"no request body data for {timeout:g} s")
+                await error(408, f"no request body data for {timeout:g} s")(scope, receive, send)
         except TimeoutError:
             if started:
                 log.warning("request timed out path=%s after=%gs", path, timeout)
             elif receiving:
-                await _answer(send, 408, f"the request body did not arrive within {timeout:g} s")
+                await error(408, f"the request body did not arrive within {timeout:g} s")(scope, receive, send)
             else:
                 log.warning("request timed out path=%s after=%gs", path, timeout)
-                await _answer(send, 503, f"the request took longer than {timeout:g} s", {"retry-after": "2"})
-
-
-async def _answer(send: Send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
-    body = orjson.dumps({"detail": detail})
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    raw += [(name.encode(), value.encode()) for name, value in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
+                await unavailable(f"the request took longer than {timeout:g} s")(scope, receive, send)

@@ -16,40 +16,17 @@ import asyncio
 import logging
 import math
 import time
+from pathlib import Path
 
 import redis.asyncio as aioredis
 import redis.exceptions
 
-log = logging.getLogger("api.ratelimit")
+log = logging.getLogger("conveyor.ratelimit")
 
 BUCKET_PREFIX = "conveyor:rate:"
 
-_TAKE = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local want = tonumber(ARGV[3])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1])
-local ts = tonumber(state[2])
-if tokens == nil or ts == nil then
-  tokens = burst
-  ts = now
-end
-tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
-local granted = math.min(want, math.floor(tokens))
-local wait = 0
-if granted >= 1 then
-  tokens = tokens - granted
-else
-  granted = 0
-  wait = (1 - tokens) / rate
-end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return {granted, tostring(wait)}
-"""
+#: The token-bucket script (one round trip, atomic).
+SCRIPT = Path(__file__).with_name("ratelimit.lua")
 
 
 #: Seconds an api process may spend tokens it took ahead.
@@ -63,7 +40,7 @@ class RateLimiter:
         self.rate = rate
         self.burst = burst
         self.lease = max(1, burst // 10)
-        self._script = client.register_script(_TAKE)
+        self._script = client.register_script(SCRIPT.read_text())
         self._leased: dict[str, tuple[int, float]] = {}
         self._pending: dict[str, asyncio.Future[None]] = {}
 

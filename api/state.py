@@ -10,12 +10,9 @@ from dataclasses import dataclass
 from typing import Any, TypedDict
 
 import anyio
-import redis
 import redis.asyncio as aioredis
 from celery import Celery
 from fastapi import FastAPI
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import ExponentialBackoff
 
 from api.auth import Authenticator
 from api.ratelimit import RateLimiter
@@ -24,6 +21,7 @@ from conveyor.events import AsyncEventLog, EventLog
 from conveyor.files.storage import LocalStorage, Storage
 from conveyor.queue.app import create_celery
 from conveyor.queue.dispatch import Dispatcher
+from conveyor.redis_client import redis_client
 from conveyor.settings import Settings
 from conveyor.store.apikeys import KeyStore
 from conveyor.store.db import create_engine, migrate
@@ -58,16 +56,9 @@ class State(TypedDict):
 async def open_state(settings: Settings) -> AsyncIterator[AppState]:
     """Open the job store, Redis pools and the event hub; close them all on exit."""
     engine = create_engine(settings.effective_database_url, pool_size=20, max_overflow=20)
-    await anyio.to_thread.run_sync(migrate, engine)
-    # After a Redis restart every pooled connection is stale: retrying a command once on a fresh one hides that.
-    async_redis = aioredis.Redis.from_url(
-        settings.effective_redis_url,
-        socket_timeout=10,
-        socket_connect_timeout=3,
-        health_check_interval=30,
-        retry=AsyncRetry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
-    )
-    sync_redis = redis.Redis.from_url(settings.effective_redis_url, socket_timeout=5, socket_connect_timeout=3)
+    await anyio.to_thread.run_sync(migrate, engine)  # once per start: `conveyor api` leaves it to the lifespan
+    async_redis = redis_client(settings.effective_redis_url, asynchronous=True)
+    sync_redis = redis_client(settings.effective_redis_url)
     celery = create_celery(settings)
     store = JobStore(engine)
     events = AsyncEventLog(async_redis, settings.events_max_len)

@@ -9,7 +9,6 @@ from typing import Any
 
 import anyio
 import orjson
-import sqlalchemy.exc
 from fastapi import HTTPException, Response
 
 from api.state import AppState
@@ -106,9 +105,6 @@ async def submit_many(
     ]
     try:
         results = await anyio.to_thread.run_sync(state.dispatcher.submit_many, news)
-    except sqlalchemy.exc.OperationalError as exc:
-        log.error("job store unavailable error=%r", exc)
-        raise HTTPException(503, "the job store is unavailable; nothing was recorded, try again") from exc
     except IdempotencyConflict as exc:
         raise HTTPException(422, "Idempotency-Key was already used with a different request") from exc
     replayed = [job for job, created in results if not created]

@@ -155,7 +155,7 @@ def run(options: argparse.Namespace) -> Report:
             **generous_limits(),
         )
         stack = Stack(root, environ, redis_port)
-        engine = create_engine(f"sqlite:///{root / 'var' / 'conveyor.store.db'}")
+        engine = create_engine(f"sqlite:///{root / 'var' / 'conveyor.db'}")
         try:
             stack.start_redis()
             headers = auth_headers(api_key(environ))

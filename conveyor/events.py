@@ -16,6 +16,7 @@ import redis
 import redis.asyncio as aioredis
 
 from conveyor.names import EVENTS_STREAM
+from conveyor.redis_client import text
 from conveyor.schemas import EVENT_FOR_STATUS, Event, EventType, Job
 
 FIELD = b"e"
@@ -32,7 +33,7 @@ def encode(event: Event) -> dict[bytes, bytes]:
 def decode(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Event:
     """An event from a stream entry, with its id."""
     data: dict[str, Any] = orjson.loads(fields[FIELD])
-    data["event_id"] = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    data["event_id"] = text(entry_id)
     return Event.model_validate(data)
 
 
@@ -46,10 +47,6 @@ def predecessor(event_id: str) -> str:
     """The greatest stream id below ``event_id``, so that reading "after" it includes ``event_id``."""
     ms, seq = id_key(event_id)
     return f"{ms}-{seq - 1}" if seq > 0 else f"{ms - 1}-{MAX_SEQ}"
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 @dataclass(frozen=True)
@@ -127,7 +124,7 @@ class EventLog:
     def publish(self, event: Event) -> str:
         """Append the event; returns its id. Old entries beyond ``max_len`` are trimmed (approximately)."""
         entry_id = self.client.xadd(EVENTS_STREAM, encode(event), maxlen=self.max_len, approximate=True)  # type: ignore[arg-type]
-        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        return text(entry_id)
 
     def add_to(self, pipe: redis.client.Pipeline, event: Event) -> None:
         """Queue the append of ``event`` on ``pipe`` (its reply is the event's id), to share a round trip."""
@@ -148,22 +145,12 @@ class AsyncEventLog:
 
     async def publish(self, event: Event) -> str:
         entry_id = await self.client.xadd(EVENTS_STREAM, encode(event), maxlen=self.max_len, approximate=True)  # type: ignore[arg-type]
-        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        return text(entry_id)
 
     async def last_id(self) -> str:
         """The id of the newest event, or ``0-0`` for an empty stream."""
-        entries = await self.client.xrevrange(EVENTS_STREAM, count=1)
-        if not entries:
-            return "0-0"
-        entry_id = entries[0][0]
-        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-
-    async def first_id(self) -> str | None:
-        entries = await self.client.xrange(EVENTS_STREAM, count=1)
-        if not entries:
-            return None
-        entry_id = entries[0][0]
-        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        entries: Any = await self.client.xrevrange(EVENTS_STREAM, count=1)
+        return text(entries[0][0]) if entries else "0-0"
 
     async def retention(self) -> Retention:
         """The stream's oldest retained id and newest generated id (see :class:`Retention`)."""
@@ -174,7 +161,7 @@ class AsyncEventLog:
         first = info.get("first-entry")
         added = info.get("entries-added")
         complete = added is not None and int(added) == int(info["length"])
-        return Retention(_text(first[0]) if first else None, _text(info["last-generated-id"]), complete)
+        return Retention(text(first[0]) if first else None, text(info["last-generated-id"]), complete)
 
     async def after(self, last_id: str, count: int = 500) -> list[Event]:
         """Up to ``count`` events with ids greater than ``last_id``, oldest first."""

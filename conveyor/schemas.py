@@ -27,8 +27,6 @@ class JobStatus(StrEnum):
 
 
 FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
-#: States from which a worker may (re)start a job: a redelivered ``started`` job is run again.
-RUNNABLE = frozenset({JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.STARTED})
 
 
 class EventType(StrEnum):
@@ -297,9 +295,3 @@ class UploadPage(BaseModel):
     uploads: list[Upload]
     next_cursor: str | None
 
-
-class HealthReport(BaseModel):
-    status: Literal["ok", "unavailable"]
-    redis: str
-    database: str
-    version: str

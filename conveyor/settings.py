@@ -164,7 +164,7 @@ class Settings(BaseSettings):
     @property
     def effective_database_url(self) -> str:
         """The job store's SQLAlchemy URL: the configured one, else SQLite under ``data_dir``."""
-        return self.database_url or f"sqlite:///{self.data_dir / 'conveyor.store.db'}"
+        return self.database_url or f"sqlite:///{self.data_dir / 'conveyor.db'}"
 
     @property
     def allowed_upload_types(self) -> list[str]:

@@ -32,7 +32,6 @@ class Heartbeat:
         self.job_id = job_id
         self.attempt = attempt
         self.interval = interval
-        self.beats = 0
         self.due = 0.0
         self._idle = threading.Event()
         self._idle.set()
@@ -61,7 +60,6 @@ class Heartbeat:
         except UNAVAILABLE as exc:
             log.warning("heartbeat not recorded job_id=%s error=%r", self.job_id, exc)
             return True
-        self.beats += 1
         if not mine:
             log.info("job no longer held by this run; heartbeat stops job_id=%s", self.job_id)
         return mine

@@ -7,13 +7,12 @@ from dataclasses import dataclass
 
 import redis
 from celery import Celery
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from conveyor.events import EventLog
 from conveyor.files.storage import LocalStorage, Storage
 from conveyor.queue.app import app as celery_app
 from conveyor.queue.dispatch import Dispatcher
+from conveyor.redis_client import redis_client
 from conveyor.settings import Settings, get_settings
 from conveyor.store.db import create_engine
 from conveyor.store.jobstore import JobStore
@@ -46,13 +45,7 @@ def open_runtime(settings: Settings, celery: Celery | None = None) -> Runtime:
     """
     engine = create_engine(settings.effective_database_url)
     # A Redis restart (seconds) is ridden out: each command is tried again with backoff for about 25 s.
-    client = redis.Redis.from_url(
-        settings.effective_redis_url,
-        socket_timeout=10,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=15),
-    )
+    client = redis_client(settings.effective_redis_url, patience="background")
     store = JobStore(engine)
     events = EventLog(client, settings.events_max_len)
     settings.spool_dir.mkdir(parents=True, exist_ok=True)

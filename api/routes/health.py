@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from api.deps import StateDep
+from api.errors import unavailable
 from conveyor import __version__
 
 router = APIRouter(tags=["health"])
@@ -28,8 +29,7 @@ async def health(state: StateDep) -> JSONResponse:
         checks["database"] = "ok"
     except Exception as exc:  # noqa: BLE001
         checks["database"] = f"unavailable: {type(exc).__name__}"
-    ok = all(value == "ok" for value in checks.values())
-    body: dict[str, str] = {"status": "ok" if ok else "unavailable", **checks, "version": __version__}
-    if not ok:
-        body["detail"] = "; ".join(f"{name} {value}" for name, value in checks.items() if value != "ok")
-    return JSONResponse(body, status_code=200 if ok else 503)
+    if all(value == "ok" for value in checks.values()):
+        return JSONResponse({"status": "ok", **checks, "version": __version__})
+    detail = "; ".join(f"{name} {value}" for name, value in checks.items() if value != "ok")
+    return unavailable(detail, status="unavailable", **checks, version=__version__)

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import anyio
 from fastapi import APIRouter, Query, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from api.deps import PrincipalDep, StateDep
+from api.errors import error, unavailable
 from api.streams.hub import Full, Outgoing
 from api.streams.session import TOO_FAR_BEHIND, EventStream, Refused, StreamRequest, full, notice, parse_request
 from conveyor.schemas import StreamError
@@ -84,8 +85,8 @@ _HEADERS = [
 
 
 async def _refuse(refused: Refused, scope: Scope, receive: Receive, send: Send) -> None:
-    headers = {"retry-after": "5"} if refused.http_status == 503 else None
-    await JSONResponse({"detail": refused.detail}, refused.http_status, headers=headers)(scope, receive, send)
+    answer = unavailable(refused.detail) if refused.http_status == 503 else error(refused.http_status, refused.detail)
+    await answer(scope, receive, send)
 
 
 async def _serve(
@@ -140,5 +141,5 @@ async def events_stream(
     try:
         stream_request = parse_request(request.query_params, request.headers.get("last-event-id"))
     except Refused as exc:
-        return JSONResponse({"detail": exc.detail}, exc.http_status)
+        return error(exc.http_status, exc.detail)
     return EventSourceResponse(state, stream_request, principal)

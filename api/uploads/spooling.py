@@ -58,7 +58,6 @@ class Spooled:
     filename: str | None
     content_type: str | None
     sniffed_type: str
-    fields: dict[str, str]
 
 
 @dataclass
@@ -180,7 +179,7 @@ class _Receiver:
         self.file_done = False
         self.filename: str | None = None
         self.content_type: str | None = None
-        self.fields: dict[str, str] = {}
+        self.fields = 0
 
     def on_part_begin(self) -> None:
         self.parts += 1
@@ -222,7 +221,7 @@ class _Receiver:
             self.filename = self.part.filename
             self.content_type = self.part.content_type
             self.writer = _SpoolWriter(self.partial)
-        elif len(self.fields) >= MAX_FIELDS:
+        elif self.fields >= MAX_FIELDS:
             raise UploadError(400, f"too many form fields (at most {MAX_FIELDS})")
 
     def _sniff(self) -> None:
@@ -252,8 +251,8 @@ class _Receiver:
             if self.sniffed is None:
                 self._sniff()
             self.file_done = True
-        elif self.part.name is not None:
-            self.fields[self.part.name] = self.part.value.decode("utf-8", "replace")
+        else:
+            self.fields += 1
 
 
 async def spool_upload(
@@ -334,5 +333,4 @@ async def spool_upload(
         filename=receiver.filename,
         content_type=receiver.content_type,
         sniffed_type=receiver.sniffed or "application/octet-stream",
-        fields=receiver.fields,
     )

@@ -33,10 +33,9 @@ def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
-    """Serve the HTTP and WebSocket api with uvicorn."""
+    """Serve the HTTP and WebSocket api with uvicorn (the app applies migrations as it starts)."""
     import uvicorn
 
-    _migrate(settings)
     uvicorn.run(
         "api.main:create_app",
         factory=True,

@@ -17,6 +17,7 @@ from kombu.exceptions import ChannelError
 
 from conveyor.events import EventLog, job_event
 from conveyor.queue.messages import task_message
+from conveyor.redis_client import text
 from conveyor.schemas import Job
 from conveyor.store.jobstore import Dispatch, JobStore, NewJob
 
@@ -74,7 +75,7 @@ class Dispatcher:
         except Exception as exc:  # noqa: BLE001 - any Redis failure leaves the rows for dispatch_pending
             log.warning("dispatch deferred jobs=%d error=%r", len(dispatches), exc)
             return 0
-        event_ids = [_text(reply) for reply in replies[: len(dispatches)]] if announce else [None] * len(dispatches)
+        event_ids = [text(reply) for reply in replies[: len(dispatches)]] if announce else [None] * len(dispatches)
         sent = [(d.job.job_id, event_id) for d, event_id in zip(dispatches, event_ids, strict=True)]
         try:
             self.store.mark_dispatched(sent)
@@ -132,7 +133,3 @@ class Dispatcher:
                 log.warning("job of a dead run sent again job_id=%s", dispatch.job.job_id)
                 sent += 1
         return sent
-
-
-def _text(reply: object) -> str:
-    return reply.decode() if isinstance(reply, bytes) else str(reply)

@@ -58,7 +58,7 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     assert settings.embedded_redis
     assert settings.effective_redis_url == "redis://127.0.0.1:7001/0"
-    assert settings.effective_database_url == f"sqlite:///{tmp_path / 'conveyor.store.db'}"
+    assert settings.effective_database_url == f"sqlite:///{tmp_path / 'conveyor.db'}"
     monkeypatch.setenv("CONVEYOR_REDIS_URL", "redis://elsewhere:6379/1")
     assert Settings(_env_file=None).effective_redis_url == "redis://elsewhere:6379/1"  # type: ignore[call-arg]
 

@@ -149,7 +149,7 @@ class FaultStack:
     @property
     def engine(self) -> sa.Engine:
         if self._engine is None:
-            self._engine = create_engine(self.store_url or f"sqlite:///{self.data_dir / 'conveyor.store.db'}")
+            self._engine = create_engine(self.store_url or f"sqlite:///{self.data_dir / 'conveyor.db'}")
         return self._engine
 
     def rows(self, job_ids: Iterable[str] | None = None) -> list[Mapping[str, Any]]:
