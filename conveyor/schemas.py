@@ -294,4 +294,3 @@ class UploadPage(BaseModel):
 
     uploads: list[Upload]
     next_cursor: str | None
-
