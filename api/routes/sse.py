@@ -10,6 +10,7 @@ the stream starts are JSON: 400 (bad id or filter), 404 (unknown job), 503 (conn
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Annotated
 
 import anyio
@@ -19,9 +20,9 @@ from starlette.types import Receive, Scope, Send
 
 from api.deps import PrincipalDep, StateDep
 from api.errors import error, unavailable
-from api.streams.hub import Full, Outgoing
-from api.streams.session import TOO_FAR_BEHIND, EventStream, Refused, StreamRequest, full, notice, parse_request
-from conveyor.schemas import StreamError
+from api.streams.request import StreamRequest, parse_request
+from api.streams.session import ClientGone, EventStream
+from api.streams.wire import CLOSE_TIMEOUT, Outgoing, Refused
 from conveyor.store.apikeys import Principal
 
 if TYPE_CHECKING:
@@ -31,7 +32,6 @@ router = APIRouter(tags=["events"])
 
 #: Milliseconds an ``EventSource`` waits before it reconnects.
 RETRY_MS = 1000
-CLOSE_TIMEOUT = 10.0
 
 
 class _SseSender:
@@ -42,11 +42,16 @@ class _SseSender:
 
     async def send(self, item: Outgoing) -> None:
         head = f"id: {item.event.event_id}\ndata: " if item.event is not None else "data: "
-        body = f"{head}{item.text}\n\n".encode()
-        await self.send_body({"type": "http.response.body", "body": body, "more_body": True})
+        await self._write(f"{head}{item.text}\n\n".encode())
 
     async def heartbeat(self) -> None:
-        await self.send_body({"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True})
+        await self._write(b": keep-alive\n\n")
+
+    async def _write(self, body: bytes) -> None:
+        try:
+            await self.send_body({"type": "http.response.body", "body": body, "more_body": True})
+        except OSError as exc:
+            raise ClientGone from exc
 
 
 class EventSourceResponse(Response):
@@ -59,22 +64,27 @@ class EventSourceResponse(Response):
         self.principal = principal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stream = EventStream(self.state)
         try:
-            selection = self.request.selection(self.principal.owner, self.state.topics)
-            with self.state.hub.subscribe(selection, self.principal.key_id) as subscription:
-                stream = EventStream(self.state, subscription)
-                start = await stream.start_point(self.request)
-                await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
-                await send({"type": "http.response.body", "body": f"retry: {RETRY_MS}\n\n".encode(), "more_body": True})
-                outcome = await _serve(stream, start, receive, send, self.state.settings.sse_heartbeat_seconds)
-                if outcome is not None:
-                    with anyio.move_on_after(CLOSE_TIMEOUT):
-                        await _SseSender(send).send(notice(StreamError(detail=outcome.detail).model_dump_json()))
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except Full as exc:
-            await _refuse(full(exc), scope, receive, send)
+            stream.open(self.request.selection(self.principal.owner, self.state.topics), self.principal.key_id)
+            start = await stream.start_point(self.request)
         except Refused as exc:
-            await _refuse(exc, scope, receive, send)
+            stream.close()
+            answer = unavailable(exc.detail) if exc.http_status == 503 else error(exc.http_status, exc.detail)
+            await answer(scope, receive, send)
+            return
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+            sender = _SseSender(send)
+            await send({"type": "http.response.body", "body": f"retry: {RETRY_MS}\n\n".encode(), "more_body": True})
+            heartbeat = self.state.settings.sse_heartbeat_seconds
+            outcome = await stream.serve(sender, start, lambda: _disconnected(receive), heartbeat)
+            if outcome is not None:
+                with anyio.move_on_after(CLOSE_TIMEOUT), contextlib.suppress(ClientGone):
+                    await sender.send(Outgoing.notice(outcome.message))
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            stream.close()
 
 
 _HEADERS = [
@@ -84,36 +94,10 @@ _HEADERS = [
 ]
 
 
-async def _refuse(refused: Refused, scope: Scope, receive: Receive, send: Send) -> None:
-    answer = unavailable(refused.detail) if refused.http_status == 503 else error(refused.http_status, refused.detail)
-    await answer(scope, receive, send)
-
-
-async def _serve(
-    stream: EventStream, start: str | None, receive: Receive, send: Send, heartbeat: float
-) -> Refused | None:
-    """Send until the client disconnects or the stream must end; returns why it must end, if it must."""
-    outcome: Refused | None = None
-    async with anyio.create_task_group() as group:
-        stream.subscription.on_overflow = group.cancel_scope.cancel
-
-        async def run() -> None:
-            nonlocal outcome
-            try:
-                await stream.run(_SseSender(send), start, heartbeat)
-            except Refused as exc:
-                outcome = exc
-            except OSError:
-                pass
-            group.cancel_scope.cancel()
-
-        group.start_soon(run)
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        group.cancel_scope.cancel()
-    if stream.subscription.overflowed:
-        return TOO_FAR_BEHIND
-    return outcome
+async def _disconnected(receive: Receive) -> None:
+    """Return once the client has gone (an SSE client sends nothing else)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 @router.get(

@@ -1,11 +1,9 @@
 """``GET /ws``: job and topic events over WebSocket, resumable with ``last_event_id``; commands on the open socket.
 
-What is sent, and in which order, is :class:`api.streams.session.EventStream`'s business (shared with SSE). This
-module adds the WebSocket side: the client's ``subscribe``/``unsubscribe`` messages, and closing with a code
-— 1003 for a binary message, 1008 for a malformed one or a bad request, 1009 above 4 KiB, 1013 when a cap
-is reached or the client fell too far behind — after a ``{"type": "error", "detail": …}`` message.
-Keep-alive pings are uvicorn's (``CONVEYOR_WS_PING_INTERVAL``). ``conveyor api`` serves ``/ws`` with
-:mod:`api.streams.native` instead, unless ``CONVEYOR_WS_NATIVE`` is false.
+What is sent, in which order, and what a client may send is :class:`api.streams.session.EventStream`'s business
+(shared with SSE and the native protocol); closing codes are :mod:`api.streams.wire`'s. Keep-alive pings are
+uvicorn's (``CONVEYOR_WS_PING_INTERVAL``). ``conveyor api`` serves ``/ws`` with :mod:`api.streams.native` instead,
+unless ``CONVEYOR_WS_NATIVE`` is false; this route serves it under any other server.
 """
 
 from __future__ import annotations
@@ -14,32 +12,16 @@ import logging
 
 import anyio
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
-from pydantic import ValidationError
 from starlette.websockets import WebSocketState
 
 from api.auth import origin_allowed
 from api.deps import StateDep
-from api.streams.hub import Full, Outgoing
-from api.streams.session import (
-    CLOSE_POLICY,
-    CLOSE_UNSUPPORTED,
-    TOO_FAR_BEHIND,
-    EventStream,
-    Refused,
-    admit,
-    full,
-    parse_request,
-)
-from conveyor.schemas import StreamCommand, StreamError
+from api.streams.request import admit, parse_request
+from api.streams.session import ClientGone, EventStream
+from api.streams.wire import CLOSE_POLICY, CLOSE_TIMEOUT, Outgoing, Refused
 
 log = logging.getLogger("conveyor.ws")
 router = APIRouter()
-
-#: Largest client message, in bytes (as on the native protocol); larger ones are closed with 1009.
-MAX_COMMAND = 4096
-CLOSE_TOO_BIG = 1009
-#: Seconds spent trying to deliver the closing message to a client that does not read.
-CLOSE_TIMEOUT = 10.0
 
 
 class _WebSocketSender:
@@ -49,7 +31,10 @@ class _WebSocketSender:
         self.websocket = websocket
 
     async def send(self, item: Outgoing) -> None:
-        await self.websocket.send_text(item.text)
+        try:
+            await self.websocket.send_text(item.text)
+        except (WebSocketDisconnect, RuntimeError, OSError) as exc:
+            raise ClientGone from exc
 
     async def heartbeat(self) -> None:  # pragma: no cover - WebSocket keep-alive is uvicorn's ping
         return None
@@ -66,49 +51,20 @@ async def events_socket(websocket: WebSocket, state: StateDep) -> None:
         await websocket.close(CLOSE_POLICY, "origin not allowed")  # before accepting: the handshake gets 403
         return
     await websocket.accept()
+    stream = EventStream(state)
     outcome: Refused | None
     try:
         principal = await admit(state, websocket.headers, websocket.query_params.get("ticket"))
         request = parse_request(websocket.query_params)
-        selection = request.selection(principal.owner, state.topics)
-        with state.hub.subscribe(selection, principal.key_id) as subscription:
-            stream = EventStream(state, subscription)
-            start = await stream.start_point(request)
-            outcome = await _serve(websocket, stream, start)
+        stream.open(request.selection(principal.owner, state.topics), principal.key_id)
+        start = await stream.start_point(request)
+        outcome = await stream.serve(_WebSocketSender(websocket), start, lambda: _receive(websocket, stream))
     except Refused as exc:
         outcome = exc
-    except Full as exc:
-        outcome = full(exc)
+    finally:
+        stream.close()
     if outcome is not None:
         await _close(websocket, outcome)
-
-
-async def _serve(websocket: WebSocket, stream: EventStream, start: str | None) -> Refused | None:
-    """Send and receive side by side until either ends; returns why the stream must close, if it must."""
-    outcome: Refused | None = None
-    async with anyio.create_task_group() as group:
-        stream.subscription.on_overflow = group.cancel_scope.cancel
-
-        async def send() -> None:
-            nonlocal outcome
-            try:
-                await stream.run(_WebSocketSender(websocket), start)
-            except Refused as exc:
-                outcome = exc
-            except WebSocketDisconnect:
-                pass
-            group.cancel_scope.cancel()
-
-        async def receive() -> None:
-            nonlocal outcome
-            outcome = await _receive(websocket, stream)
-            group.cancel_scope.cancel()
-
-        group.start_soon(send)
-        group.start_soon(receive)
-    if stream.subscription.overflowed:
-        return TOO_FAR_BEHIND
-    return outcome
 
 
 async def _receive(websocket: WebSocket, stream: EventStream) -> Refused | None:
@@ -120,18 +76,8 @@ async def _receive(websocket: WebSocket, stream: EventStream) -> Refused | None:
             return None
         if message["type"] == "websocket.disconnect":
             return None
-        text = message.get("text")
-        if text is None:
-            return Refused("binary messages are not supported; send JSON text", CLOSE_UNSUPPORTED)
-        if len(text.encode()) > MAX_COMMAND:
-            return Refused(f"a message is at most {MAX_COMMAND} bytes", CLOSE_TOO_BIG)
         try:
-            command = StreamCommand.model_validate_json(text)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'message'}: {e['msg']}" for e in exc.errors())
-            return Refused(f'bad command ({problems}); send {{"op": "subscribe", "job_id": …}}')
-        try:
-            await stream.command(command)
+            await stream.receive(message.get("text"))
         except Refused as exc:
             return exc
 
@@ -142,8 +88,8 @@ async def _close(websocket: WebSocket, outcome: Refused) -> None:
         return
     with anyio.move_on_after(CLOSE_TIMEOUT):
         try:
-            await websocket.send_text(StreamError(detail=outcome.detail).model_dump_json())
-            await websocket.close(outcome.ws_code, outcome.detail.encode()[:120].decode(errors="ignore"))
+            await websocket.send_text(outcome.message)
+            await websocket.close(outcome.ws_code, outcome.close_reason)
         except (WebSocketDisconnect, RuntimeError):
             return
     if outcome.ws_code != CLOSE_POLICY:

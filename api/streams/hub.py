@@ -12,13 +12,12 @@ import asyncio
 import contextlib
 import logging
 import resource
-import struct
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import orjson
 import redis.exceptions
 
+from api.streams.wire import Outgoing
 from conveyor.events import AsyncEventLog, id_key
 from conveyor.schemas import Event, EventType, Resync
 from conveyor.topics import TopicPolicy
@@ -26,47 +25,6 @@ from conveyor.topics import TopicPolicy
 log = logging.getLogger("conveyor.hub")
 #: The default policy: every topic private to its owner.
 PRIVATE_TOPICS = TopicPolicy([])
-
-
-def event_json(event: Event) -> str:
-    """The message a client receives for an event."""
-    return orjson.dumps(event.model_dump(mode="json", exclude_none=True)).decode()
-
-
-def text_frame(payload: bytes) -> bytes:
-    """A complete, unmasked WebSocket text frame (what a server sends) carrying ``payload``."""
-    size = len(payload)
-    if size < 126:
-        header = bytes((0x81, size))
-    elif size < 65_536:
-        header = struct.pack("!BBH", 0x81, 126, size)
-    else:
-        header = struct.pack("!BBQ", 0x81, 127, size)
-    return header + payload
-
-
-class Outgoing:
-    """One message on its way to clients, encoded once for all of them: an event (with its id's sort key) or a
-    notice without an id (``event`` and ``key`` are ``None``)."""
-
-    __slots__ = ("event", "key", "text", "_frame")
-
-    def __init__(self, event: Event | None, text: str) -> None:
-        self.event = event
-        self.key = id_key(event.event_id) if event is not None else None
-        self.text = text
-        self._frame: bytes | None = None
-
-    @classmethod
-    def of(cls, event: Event) -> Outgoing:
-        return cls(event, event_json(event))
-
-    @property
-    def frame(self) -> bytes:
-        """The WebSocket frame carrying ``text``, built on first use and shared."""
-        if self._frame is None:
-            self._frame = text_frame(self.text.encode())
-        return self._frame
 
 
 class Full(Exception):
@@ -323,7 +281,7 @@ class Hub:
                 subscription.offer(item)
 
     def notice_all(self, message: str) -> None:
-        item = Outgoing(None, message)
+        item = Outgoing.notice(message)
         for subscription in tuple(self.subscribers):
             subscription.notice(item)
 

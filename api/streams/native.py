@@ -7,10 +7,11 @@ socket. That is what lets one process hold 10,000 clients: no ASGI task, middlew
 per idle connection, one keep-alive timer for all of them, and each event's frame encoded once and written to
 every caught-up client in the hub's loop (``Subscription.direct``), as ``websockets.broadcast()`` does.
 
-What is sent, and in which order, is still :class:`api.streams.session.EventStream`'s: while a connection has a
-backlog to send, a command to apply or a full socket buffer, a short-lived task runs the stream's loop on
-its mailbox; once nothing waits, the connection goes back to direct writes. Same messages, close codes and
-guarantees as the ASGI route (``api/routes/ws.py``), which serves ``/ws`` under any other server.
+What is sent, in which order, and what a client may send is still :class:`api.streams.session.EventStream`'s:
+while the stream is ``CATCHING_UP`` (a backlog to send, a command to apply, or a full socket buffer), a
+short-lived task runs the stream's loop on its mailbox; once the stream is ``LIVE``, the connection goes back to
+direct writes. Same messages, close codes and guarantees as the ASGI route (``api/routes/ws.py``), which serves
+``/ws`` under any other server; an unexpected error closes the connection with 1011.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import os
 import weakref
 from typing import Any
 
-from pydantic import ValidationError
 from starlette.datastructures import QueryParams
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
@@ -31,26 +31,25 @@ from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
 from api.auth import origin_allowed
-from api.streams.hub import Full, Hub, Outgoing, Subscription
-from api.streams.session import (
-    CLOSE_UNSUPPORTED,
+from api.streams.hub import Hub
+from api.streams.request import StreamRequest, admit, parse_request
+from api.streams.session import EventStream
+from api.streams.wire import (
+    CLOSE_RESTART,
+    CLOSE_TIMEOUT,
+    INTERNAL_ERROR,
+    MAX_COMMAND_BYTES,
     TOO_FAR_BEHIND,
-    EventStream,
+    Outgoing,
     Refused,
-    StreamRequest,
-    admit,
-    full,
-    parse_request,
+    StreamState,
 )
-from conveyor.schemas import StreamCommand, StreamError
 
 log = logging.getLogger("conveyor.ws")
 
 PATH = b"/ws"
-#: Largest client message, in bytes (commands are small); larger ones are closed with 1009.
-MAX_MESSAGE = 4096
-#: Seconds a closing connection may take to receive its close frame before it is dropped.
-CLOSE_TIMEOUT = 10.0
+#: Client messages that may arrive while the connection is admitted; one more is refused.
+MAX_EARLY_FRAMES = 8
 
 
 class _Keepalive:
@@ -86,8 +85,8 @@ class WebSocketProtocol(asyncio.Protocol):
     """One upgraded connection. Created by uvicorn's HTTP protocol with the upgrade request as first data."""
 
     __slots__ = (
-        "config", "server_state", "app_state", "transport", "delegate", "conn", "stream", "subscription", "sent",
-        "pump", "paused", "writable", "closing", "ping_at", "pong_due", "close_timer", "early",
+        "config", "server_state", "app_state", "transport", "delegate", "conn", "stream", "sent", "pump", "paused",
+        "writable", "ping_at", "pong_due", "close_timer", "early",
     )  # fmt: skip
 
     def __init__(
@@ -99,18 +98,22 @@ class WebSocketProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.delegate: WebSocketsSansIOProtocol | None = None
         self.conn: ServerProtocol | None = None
+        #: Made when the handshake is accepted; its state is this connection's.
         self.stream: EventStream | None = None
-        self.subscription: Subscription | None = None
         self.sent = (0, 0)
         self.pump: asyncio.Task[None] | None = None
         self.paused = False
         self.writable: asyncio.Future[None] | None = None
-        self.closing = False
         self.ping_at = 0.0
         self.pong_due = False
         self.close_timer: asyncio.TimerHandle | None = None
-        #: Frames that arrived while the handshake's credentials were being checked, applied after.
-        self.early: list[Frame] | None = None
+        #: Frames that arrived while the connection was ``ADMITTING``, applied once it is admitted.
+        self.early: list[Frame] = []
+
+    @property
+    def ending(self) -> bool:
+        """True once nothing more may be sent: no accepted handshake, or closing, or closed."""
+        return self.stream is None or self.stream.state in (StreamState.CLOSING, StreamState.CLOSED)
 
     # --- asyncio.Protocol
 
@@ -126,7 +129,7 @@ class WebSocketProtocol(asyncio.Protocol):
             if not self._native(data):
                 self._hand_over(data)
                 return
-            conn = self.conn = ServerProtocol(max_size=MAX_MESSAGE)
+            conn = self.conn = ServerProtocol(max_size=MAX_COMMAND_BYTES)
         conn.receive_data(data)
         for event in conn.events_received():
             if isinstance(event, Request):
@@ -140,8 +143,9 @@ class WebSocketProtocol(asyncio.Protocol):
             self.delegate.pause_writing()
             return
         self.paused = True
-        if self.subscription is not None:
-            self.subscription.direct = None
+        if self.stream is not None and self.stream.state is StreamState.LIVE:
+            self.stream.state = StreamState.CATCHING_UP
+            self.stream.subscription.direct = None
 
     def resume_writing(self) -> None:
         if self.delegate is not None:
@@ -150,14 +154,14 @@ class WebSocketProtocol(asyncio.Protocol):
         self.paused = False
         if self.writable is not None and not self.writable.done():
             self.writable.set_result(None)
-        if self.subscription is not None and not self.closing and self.pump is None:
+        stream = self.stream
+        if stream is not None and stream.state is StreamState.CATCHING_UP and self.pump is None:
             self._start_pump(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.delegate is not None:
             self.delegate.connection_lost(exc)
             return
-        self.closing = True
         self._release()
         if self.close_timer is not None:
             self.close_timer.cancel()
@@ -166,7 +170,7 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def shutdown(self) -> None:
         """Called by uvicorn when the server stops: close with 1012 (service restart)."""
-        self._close(1012, "server shutting down")
+        self._close(CLOSE_RESTART, "server shutting down")
 
     # --- handshake and client frames
 
@@ -195,31 +199,32 @@ class WebSocketProtocol(asyncio.Protocol):
             response = self.conn.accept(request)
         self.conn.send_response(response)
         if response.status_code != 101:
-            self.closing = True
             return
         self.server_state.connections.add(self)
+        self.stream = EventStream(state)
         _, _, query = request.path.partition("?")
-        self.early = []
         self.pump = asyncio.get_running_loop().create_task(self._admit(request, QueryParams(query)))
 
     async def _admit(self, request: Request, query: QueryParams) -> None:
         """Check the credentials, then subscribe; until then no event is sent and client frames wait."""
-        state = self.app_state["conveyor"]
+        stream = self.stream
+        assert stream is not None
+        state = stream.app
         try:
             principal = await admit(state, request.headers, query.get("ticket"))
             stream_request = parse_request(query)
-            selection = stream_request.selection(principal.owner, state.topics)
-            self.subscription = state.hub.add(selection, principal.key_id)
+            stream.open(stream_request.selection(principal.owner, state.topics), principal.key_id)
         except Refused as exc:
             self.pump = None
             self._refuse(exc)
             return
-        except Full as exc:
+        except Exception:  # noqa: BLE001 - a failure (Redis, the job store) closes this connection, never the api
+            log.exception("websocket admission failed; closed with 1011")
             self.pump = None
-            self._refuse(full(exc))
+            self._refuse(INTERNAL_ERROR)
             return
         self.pump = None
-        if self.closing:
+        if self.ending:
             self._release()
             return
         keepalive = _keepalives.get(state.hub)
@@ -228,50 +233,51 @@ class WebSocketProtocol(asyncio.Protocol):
                 state.settings.ws_ping_interval, state.settings.ws_ping_timeout
             )
         keepalive.add(self)
-        self.subscription.on_overflow = self._overflowed
-        self.stream = EventStream(state, self.subscription)
+        stream.subscription.on_overflow = self._overflowed
         if stream_request.resume is None and not stream_request.jobs:
-            self.subscription.direct = self._deliver
+            self._go_live()
         else:
             self._start_pump(stream_request)
-        early, self.early = self.early or [], None
+        early, self.early = self.early, []
         for frame in early:
             self._frame(frame)
         self._flush()
 
     def _frame(self, frame: Frame) -> None:
-        if self.early is not None and not self.closing:
-            if len(self.early) >= 8:
+        stream = self.stream
+        if stream is None or self.ending:
+            return
+        if stream.state is StreamState.ADMITTING:
+            if len(self.early) >= MAX_EARLY_FRAMES:
                 self._refuse(Refused("too many messages before the connection was admitted"))
             else:
                 self.early.append(frame)
             return
-        if self.closing or self.stream is None:
-            return
         if frame.opcode is Opcode.PONG:
             self.pong_due = False
-        elif frame.opcode is Opcode.BINARY:
-            self._refuse(Refused("binary messages are not supported; send JSON text", CLOSE_UNSUPPORTED))
-        elif frame.opcode is Opcode.TEXT or frame.opcode is Opcode.CONT:
-            if not frame.fin or frame.opcode is Opcode.CONT:
-                self._refuse(Refused("fragmented messages are not supported"))
-                return
-            try:
-                command = StreamCommand.model_validate_json(bytes(frame.data))
-                self.stream.submit(command)
-            except ValidationError as exc:
-                self._refuse(Refused(_problems(exc)))
-                return
-            except Refused as exc:
-                self._refuse(exc)
-                return
-            if self.pump is None:
-                self._start_pump(None)
+            return
+        if frame.opcode not in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
+            return  # ping and close frames: the sans-I/O protocol answers them
+        try:
+            if frame.opcode is Opcode.TEXT and frame.fin:
+                stream.receive(bytes(frame.data).decode())
+            elif frame.opcode is Opcode.BINARY:
+                stream.receive(None)
+            else:
+                raise Refused("fragmented messages are not supported")
+        except UnicodeDecodeError:
+            self._refuse(Refused("a text message must be UTF-8"))
+            return
+        except Refused as exc:
+            self._refuse(exc)
+            return
+        if self.pump is None:
+            self._start_pump(None)
 
     # --- sending
 
     def _deliver(self, item: Outgoing) -> None:
-        """Direct delivery from the hub (the connection is caught up): write the shared frame, skip repeats."""
+        """Direct delivery from the hub (the stream is ``LIVE``): write the shared frame, skip repeats."""
         key = item.key
         if key is not None:
             if key <= self.sent:
@@ -292,29 +298,36 @@ class WebSocketProtocol(asyncio.Protocol):
     async def heartbeat(self) -> None:  # pragma: no cover - keep-alive is the ping timer
         return None
 
+    def _go_live(self) -> None:
+        assert self.stream is not None
+        self.stream.state = StreamState.LIVE
+        self.stream.subscription.direct = self._deliver
+
     def _start_pump(self, request: StreamRequest | None) -> None:
-        assert self.subscription is not None
-        self.subscription.direct = None
+        assert self.stream is not None
+        self.stream.state = StreamState.CATCHING_UP
+        self.stream.subscription.direct = None
         self.pump = asyncio.get_running_loop().create_task(self._run_pump(request))
 
     async def _run_pump(self, request: StreamRequest | None) -> None:
         """Send what the mailbox holds (first the backlog, when starting) until nothing waits; then go direct."""
-        assert self.stream is not None and self.subscription is not None
+        stream = self.stream
+        assert stream is not None
         try:
-            start = await self.stream.start_point(request) if request is not None else None
-            self.sent = await self.stream.run(self, start, sent=self.sent, until_idle=True)
+            start = await stream.start_point(request) if request is not None else None
+            self.sent = await stream.run(self, start, sent=self.sent, until_idle=True)
         except Refused as exc:
             self.pump = None
             self._refuse(exc)
             return
-        except (OSError, RuntimeError) as exc:
+        except Exception:  # noqa: BLE001 - a failure (Redis, the job store) closes this connection, never the api
+            log.exception("event stream failed; closed with 1011")
             self.pump = None
-            log.warning("event stream failed error=%r", exc)
-            self._close(1011, "internal error")
+            self._refuse(INTERNAL_ERROR)
             return
         self.pump = None
-        if not self.paused and not self.closing:
-            self.subscription.direct = self._deliver
+        if not self.paused and not self.ending:
+            self._go_live()
 
     def _overflowed(self) -> None:
         self._refuse(TOO_FAR_BEHIND)
@@ -323,31 +336,30 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def _refuse(self, refused: Refused) -> None:
         """Send the error message and the close code; drop the connection if the close is not answered in time."""
-        if self.closing or self.conn is None:
+        if self.ending or self.conn is None:
             return
         with contextlib.suppress(InvalidState):
-            self.conn.send_text(StreamError(detail=refused.detail).model_dump_json().encode())
-        self._close(refused.ws_code, refused.detail)
+            self.conn.send_text(refused.message.encode())
+        self._close(refused.ws_code, refused.close_reason)
 
     def _close(self, code: int, reason: str) -> None:
-        if self.closing or self.conn is None or self.transport is None:
+        if self.ending or self.conn is None or self.transport is None:
             return
-        self.closing = True
-        self._release()
+        self._release(StreamState.CLOSING)
         with contextlib.suppress(InvalidState):
-            self.conn.send_close(code, reason.encode()[:120].decode(errors="ignore"))
+            self.conn.send_close(code, reason)
         self._flush()
         self.close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.transport.abort)
 
-    def _release(self) -> None:
-        """Stop receiving events: leave the hub, the keep-alive and any running pump."""
-        if self.subscription is not None:
-            state = self.app_state["conveyor"]
-            state.hub.remove(self.subscription)
-            keepalive = _keepalives.get(state.hub)
+    def _release(self, state: StreamState = StreamState.CLOSED) -> None:
+        """Stop receiving events: leave the hub, the keep-alive and any running pump; the stream is ``state``."""
+        stream = self.stream
+        if stream is not None:
+            keepalive = _keepalives.get(stream.app.hub)
             if keepalive is not None:
                 keepalive.sockets.discard(self)
-            self.subscription = None
+            stream.close()
+            stream.state = state
         pump, self.pump = self.pump, None
         if pump is not None and pump is not _current_task():
             pump.cancel()
@@ -361,18 +373,16 @@ class WebSocketProtocol(asyncio.Protocol):
                 transport.write(data)
             else:
                 transport.close()
-        if conn.state.name == "CLOSED" and not self.closing:
-            self.closing = True
+        if conn.state.name == "CLOSED" and not self.ending:
             self._release()
 
     def keepalive(self, now: float, timeout: float) -> None:
         """Called by the shared timer: ping, or drop the connection if the last ping went unanswered."""
-        if self.closing or self.conn is None or self.transport is None:
+        if self.ending or self.conn is None or self.transport is None:
             return
         if self.pong_due:
             if now - self.ping_at >= timeout:
                 log.info("websocket keepalive timeout; dropped")
-                self.closing = True
                 self._release()
                 self.transport.abort()
             return
@@ -388,8 +398,3 @@ def _current_task() -> asyncio.Task[Any] | None:
         return asyncio.current_task()
     except RuntimeError:
         return None
-
-
-def _problems(exc: ValidationError) -> str:
-    problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'message'}: {e['msg']}" for e in exc.errors())
-    return f'bad command ({problems}); send {{"op": "subscribe", "job_id": …}}'

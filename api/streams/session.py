@@ -1,8 +1,8 @@
-"""Backlog, then live: how every event stream (WebSocket ``/ws``, SSE ``/events``) sends events.
+"""Backlog, then live: how every event stream (native WebSocket ``/ws``, the ASGI ``/ws`` route, SSE ``/events``)
+sends events and takes the client's commands. One :class:`EventStream` per connection, whatever the transport:
 
-One :class:`EventStream` per connection, whatever the transport:
-
-1. the connection subscribes to the hub first, so live events start collecting in its mailbox;
+1. the connection subscribes to the hub first (:meth:`EventStream.open`), so live events start collecting in its
+   mailbox;
 2. it reads the backlog after the resume point from the stream (``XRANGE``, pages of 500), checking after
    each page that the stream still covers the cursor — if not, a ``resync`` message goes first — and sends
    the matching events, remembering the highest id read;
@@ -12,128 +12,49 @@ An event published while the backlog is read is in both; the id comparison sends
 between, because the subscription existed before the first read. Subscribing to a job on an open stream
 (a command) takes effect in the same loop: the job joins the subscription (the listener is in place), then
 the job is read from the store and sent as a ``snapshot``, then its live events follow.
+
+The stream's :class:`~api.streams.wire.StreamState` says where it is; :meth:`EventStream.serve` is the loop of the
+transports that run a task per connection (the ASGI route and SSE), and the native protocol drives the same
+:meth:`EventStream.run` from its own pump.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
-from api.auth import Unauthenticated
-from api.streams.hub import Full, Outgoing, Selection, Subscription
+from api.streams.hub import Full, Selection, Subscription
+from api.streams.request import MAX_FOLLOWED, StreamRequest, check_subscribe
+from api.streams.wire import INTERNAL_ERROR, TOO_FAR_BEHIND, Outgoing, Refused, StreamState, full, parse_command
 from conveyor.events import id_key, predecessor
 from conveyor.schemas import Job, Resync, Snapshot, StreamCommand, SubscriptionNotice
-from conveyor.store.apikeys import Principal
-from conveyor.topics import TopicPolicy
 
 if TYPE_CHECKING:
     from api.state import AppState
 
+log = logging.getLogger("conveyor.streams")
+
 BACKLOG_PAGE = 500
-#: Most jobs plus topics one stream may follow.
-MAX_FOLLOWED = 100
-
-CLOSE_UNSUPPORTED = 1003
-CLOSE_POLICY = 1008
-CLOSE_TRY_AGAIN = 1013
+#: Commands a client may have waiting for the sending loop before it is refused.
+MAX_PENDING_COMMANDS = 8
 
 
-class Refused(Exception):
-    """Why a stream is refused or ends: a WebSocket close code and, before an SSE response starts, an HTTP status."""
-
-    def __init__(self, detail: str, ws_code: int = CLOSE_POLICY, http_status: int = 400) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.ws_code = ws_code
-        self.http_status = http_status
-
-
-TOO_FAR_BEHIND = Refused("too far behind; reconnect with last_event_id", CLOSE_TRY_AGAIN, 503)
-
-
-def full(exc: Full) -> Refused:
-    """The refusal for a connection cap: WebSocket close 1013, HTTP 503."""
-    return Refused(str(exc), CLOSE_TRY_AGAIN, 503)
-
-
-@dataclass(frozen=True)
-class StreamRequest:
-    """What a client asked for when it connected: jobs and topics (none: every job event), and a resume point."""
-
-    jobs: tuple[str, ...] = ()
-    topics: tuple[str, ...] = ()
-    resume: str | None = None
-
-    def selection(self, owner: str | None, topics: TopicPolicy) -> Selection:
-        """What the stream listens to as ``owner``. Raises :class:`Refused` (1008 / 403) for a shared topic
-        the owner may not read."""
-        for topic in self.topics:
-            _check_subscribe(topics, owner, topic)
-        return Selection(owner, self.jobs, (topics.key(owner, topic) for topic in self.topics), topics.key)
-
-
-def _check_subscribe(topics: TopicPolicy, owner: str | None, topic: str) -> None:
-    if not topics.may_subscribe(owner, topic):
-        raise Refused(f"topic {topic!r} is not readable with this key", CLOSE_POLICY, 403)
-
-
-def _values(query: Mapping[str, str], name: str, max_length: int) -> tuple[str, ...]:
-    getlist = getattr(query, "getlist", None)
-    values: Sequence[str] = getlist(name) if getlist is not None else ([query[name]] if name in query else [])
-    for value in values:
-        if not 0 < len(value) <= max_length:
-            raise Refused(f"{name} must be 1 to {max_length} characters")
-    return tuple(dict.fromkeys(values))
-
-
-def parse_request(query: Mapping[str, str], last_event_id_header: str | None = None) -> StreamRequest:
-    """The filters and resume point of a stream request (``job_id`` and ``topic`` may repeat).
-
-    The ``Last-Event-ID`` header, when given, wins over the ``last_event_id`` parameter. Raises
-    :class:`Refused` (1008 / 400) for a malformed id or too many filters.
-    """
-    jobs = _values(query, "job_id", 64)
-    topics = _values(query, "topic", 200)
-    if len(jobs) + len(topics) > MAX_FOLLOWED:
-        raise Refused(f"at most {MAX_FOLLOWED} job_id and topic filters")
-    resume = last_event_id_header if last_event_id_header is not None else query.get("last_event_id")
-    if resume is not None:
-        try:
-            if len(resume) > 64:
-                raise ValueError(resume)
-            id_key(resume)
-        except ValueError:
-            raise Refused("last_event_id is not an event id") from None
-    return StreamRequest(jobs, topics, resume)
-
-
-async def admit(state: AppState, headers: Mapping[str, str], ticket: str | None) -> Principal:
-    """Authenticate a WebSocket stream (bearer header or ``?ticket=``) and take a token from its key's rate
-    limit. Raises :class:`Refused`: 1008 (401) without valid credentials, 1013 (429) over the rate limit."""
-    try:
-        principal = await state.auth.stream(headers, ticket)
-    except Unauthenticated as exc:
-        raise Refused(exc.detail, CLOSE_POLICY, 401) from None
-    if await state.limiter.take(principal.key_id) > 0:
-        raise Refused("rate limit reached for this key; try again later", CLOSE_TRY_AGAIN, 429)
-    return principal
+class ClientGone(Exception):
+    """Raised by a :class:`Sender` whose client has disconnected."""
 
 
 class Sender(Protocol):
-    """How a transport delivers one message (an event, or a notice without an id)."""
+    """How a transport delivers one message (an event, or a notice without an id). Raises :class:`ClientGone`
+    once the client is gone."""
 
     async def send(self, item: Outgoing) -> None: ...
 
     async def heartbeat(self) -> None: ...
-
-
-def notice(message: str) -> Outgoing:
-    """A message that is not an event (``resync``, ``snapshot``, …)."""
-    return Outgoing(None, message)
 
 
 @dataclass
@@ -145,10 +66,34 @@ class _Command:
 class EventStream:
     """One connection's events: the backlog after its resume point, then live ones; each at most once, in order."""
 
-    def __init__(self, state: AppState, subscription: Subscription) -> None:
-        self.state = state
-        self.subscription = subscription
+    def __init__(self, app: AppState) -> None:
+        self.app = app
+        self.state = StreamState.ADMITTING
+        self._subscription: Subscription | None = None
         self._commands: list[_Command] = []
+
+    @property
+    def subscription(self) -> Subscription:
+        """The hub subscription (once :meth:`open` has made it)."""
+        assert self._subscription is not None, "the stream is not open"
+        return self._subscription
+
+    def open(self, selection: Selection, holder: str | None) -> Subscription:
+        """Subscribe to the hub for ``selection``, counted against ``holder`` (an API key id); from now on live
+        events collect in the mailbox. Raises :class:`Refused` (1013 / 503) at a connection cap."""
+        try:
+            self._subscription = self.app.hub.add(selection, holder)
+        except Full as exc:
+            raise full(exc) from None
+        self.state = StreamState.CATCHING_UP
+        return self._subscription
+
+    def close(self) -> None:
+        """Leave the hub; harmless when already closed or never opened."""
+        self.state = StreamState.CLOSED
+        if self._subscription is not None:
+            self.app.hub.remove(self._subscription)
+            self._subscription = None
 
     async def start_point(self, request: StreamRequest) -> str | None:
         """The id to read the backlog after: the resume point; else, for named jobs, just before the earliest
@@ -161,7 +106,7 @@ class EventStream:
         firsts = []
         for job_id in request.jobs:
             await self._own_job(job_id)
-            first = await anyio.to_thread.run_sync(self.state.store.queued_event_id, job_id)
+            first = await anyio.to_thread.run_sync(self.app.store.queued_event_id, job_id)
             if first:
                 firsts.append(first)
         return predecessor(min(firsts, key=id_key)) if firsts else None
@@ -169,31 +114,63 @@ class EventStream:
     async def _own_job(self, job_id: str) -> Job:
         """The job, if it exists and is the stream owner's; else :class:`Refused` (1008 / 404), the same for
         both cases so that other owners' job ids are not revealed."""
-        job = await anyio.to_thread.run_sync(self.state.store.get, job_id)
+        job = await anyio.to_thread.run_sync(self.app.store.get, job_id)
         if job is None or job.owner != self.subscription.selection.owner:
-            raise Refused(f"no job {job_id}", CLOSE_POLICY, 404)
+            raise Refused(f"no job {job_id}", http_status=404)
         return job
 
-    def submit(self, command: StreamCommand) -> asyncio.Future[None]:
-        """Queue a client's subscribe/unsubscribe for the sending loop, which applies it before anything else
-        still waiting; the future is done once it is applied. Raises :class:`Refused` for a malformed command."""
+    def receive(self, data: str | bytes | None) -> asyncio.Future[None]:
+        """Take a client's message (``None`` or bytes: a binary one): queue its command for the sending loop,
+        which applies it before anything else still waiting; the future is done once it is applied. Raises
+        :class:`Refused` for a message that is not an acceptable command."""
+        command = parse_command(data)
         if (command.job_id is None) == (command.topic is None):
             raise Refused("a command names exactly one of job_id and topic")
-        if len(self._commands) >= 8:
+        if len(self._commands) >= MAX_PENDING_COMMANDS:
             raise Refused("too many commands waiting; wait for the answers")
         pending = _Command(command)
         self._commands.append(pending)
+        if self.state is StreamState.LIVE:
+            self.state = StreamState.CATCHING_UP
         self.subscription.wake()
         return pending.done
 
-    @property
-    def busy(self) -> bool:
-        """True while commands wait to be applied."""
-        return bool(self._commands)
+    async def serve(
+        self,
+        sender: Sender,
+        start: str | None,
+        receive: Callable[[], Awaitable[Refused | None]],
+        heartbeat: float | None = None,
+    ) -> Refused | None:
+        """Send (:meth:`run`) and receive (``receive``, the transport's loop over client messages) side by side
+        until either ends; the first to end stops the other. Returns why the stream must close, if it must (an
+        unexpected error is logged and closes only this stream, as :data:`~api.streams.wire.INTERNAL_ERROR`)."""
+        outcome: Refused | None = None
+        async with anyio.create_task_group() as group:
+            self.subscription.on_overflow = group.cancel_scope.cancel
 
-    async def command(self, command: StreamCommand) -> None:
-        """Apply a client's subscribe/unsubscribe in the sending loop, in order; returns once it is done."""
-        await self.submit(command)
+            async def send() -> None:
+                nonlocal outcome
+                try:
+                    await self.run(sender, start, heartbeat)
+                except Refused as exc:
+                    outcome = exc
+                except ClientGone:
+                    pass
+                except Exception:  # noqa: BLE001 - one stream's failure closes that stream, never the process
+                    log.exception("event stream failed; closed with 1011")
+                    outcome = INTERNAL_ERROR
+                group.cancel_scope.cancel()
+
+            async def take() -> None:
+                nonlocal outcome
+                outcome = await receive()
+                group.cancel_scope.cancel()
+
+            group.start_soon(send)
+            group.start_soon(take)
+        self.state = StreamState.CLOSING
+        return TOO_FAR_BEHIND if self.subscription.overflowed else outcome
 
     async def run(
         self,
@@ -204,8 +181,9 @@ class EventStream:
         sent: tuple[int, int] = (0, 0),
         until_idle: bool = False,
     ) -> tuple[int, int]:
-        """Send until the connection ends — or, with ``until_idle``, until nothing waits to be sent; returns the
-        key of the newest id sent or read past (pass it back as ``sent`` to continue without repeats).
+        """Send until the connection ends — or, with ``until_idle``, until nothing waits to be sent (the stream is
+        then ``LIVE``); returns the key of the newest id sent or read past (pass it back as ``sent`` to continue
+        without repeats).
 
         Raises :class:`Refused` when the stream must close: the client fell too far behind, or a command could
         not be honoured.
@@ -222,6 +200,7 @@ class EventStream:
                 continue
             item = subscription.pop()
             if item is None:
+                self.state = StreamState.LIVE
                 if until_idle:
                     return sent
                 if heartbeat is None:
@@ -243,7 +222,7 @@ class EventStream:
             sent = key
 
     async def _backlog(self, sender: Sender, start: str) -> tuple[int, int]:
-        events = self.state.events
+        events = self.app.events
         matches = self.subscription.selection.matches
         cursor = start
         resynced = False
@@ -258,7 +237,7 @@ class EventStream:
                         first_event_id=retention.first_id,
                         detail="events after this point may have been trimmed; read the state of your jobs over HTTP",
                     )
-                    await sender.send(notice(resync.model_dump_json()))
+                    await sender.send(Outgoing.notice(resync.model_dump_json()))
             for event in page:
                 if matches(event):
                     await sender.send(Outgoing.of(event))
@@ -269,32 +248,33 @@ class EventStream:
 
     async def _apply(self, sender: Sender, pending: _Command) -> None:
         command = pending.command
-        hub = self.state.hub
-        selection = self.subscription.selection
-        topics = self.state.topics
+        hub = self.app.hub
+        subscription = self.subscription
+        selection = subscription.selection
+        topics = self.app.topics
         key = None if command.topic is None else topics.key(selection.owner, command.topic)
         if command.op == "unsubscribe":
-            hub.unwatch(self.subscription, job_id=command.job_id, topic=key)
-            unsubscribed = SubscriptionNotice(type="unsubscribed", job_id=command.job_id, topic=command.topic)
-            await sender.send(notice(unsubscribed.model_dump_json(exclude_none=True)))
+            hub.unwatch(subscription, job_id=command.job_id, topic=key)
+            answer = SubscriptionNotice(type="unsubscribed", job_id=command.job_id, topic=command.topic)
+            await sender.send(Outgoing.notice(answer.model_dump_json(exclude_none=True)))
         else:
             if len(selection.jobs) + len(selection.topics) >= MAX_FOLLOWED:
                 raise Refused(f"a stream follows at most {MAX_FOLLOWED} jobs and topics")
             if command.topic is not None:
-                _check_subscribe(topics, selection.owner, command.topic)
+                check_subscribe(topics, selection.owner, command.topic)
             try:
-                hub.watch(self.subscription, job_id=command.job_id, topic=key)
+                hub.watch(subscription, job_id=command.job_id, topic=key)
             except Full as exc:
                 raise full(exc) from None
             if command.job_id is not None:
                 try:
                     job = await self._own_job(command.job_id)
                 except Refused:
-                    hub.unwatch(self.subscription, job_id=command.job_id)
+                    hub.unwatch(subscription, job_id=command.job_id)
                     raise
-                await sender.send(notice(Snapshot(job_id=job.job_id, job=job).model_dump_json()))
+                await sender.send(Outgoing.notice(Snapshot(job_id=job.job_id, job=job).model_dump_json()))
             else:
-                subscribed = SubscriptionNotice(type="subscribed", topic=command.topic)
-                await sender.send(notice(subscribed.model_dump_json(exclude_none=True)))
+                answer = SubscriptionNotice(type="subscribed", topic=command.topic)
+                await sender.send(Outgoing.notice(answer.model_dump_json(exclude_none=True)))
         if not pending.done.done():
             pending.done.set_result(None)

@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from api.streams.hub import Full, Hub, Outgoing, Selection, Subscription, text_frame
-from api.streams.session import Refused, parse_request
+from api.streams.hub import Full, Hub, Selection, Subscription
+from api.streams.request import parse_request
+from api.streams.wire import Outgoing, Refused, text_frame
 from conveyor.events import Retention, predecessor
 from conveyor.schemas import Event, EventType, JobStatus
 from conveyor.topics import TopicPolicy
