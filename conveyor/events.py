@@ -94,7 +94,7 @@ def flower_progress(job_id: str, percent: float) -> None:
         if task is None or not task.request.id:
             return
         task.send_event("task-progress", job_id=job_id, progress=round(percent, 2), retry=False)
-    except Exception as exc:  # Flower's copy is best effort; the stream has the event
+    except Exception as exc:  # noqa: BLE001 - Flower's copy is best effort; the stream has the event
         log.warning("celery progress event not sent job_id=%s error=%r", job_id, exc)
 
 

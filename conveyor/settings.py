@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     def origins(self) -> frozenset[str]:
         """Browser origins allowed to open event streams: the setting's, plus the api's own address."""
         own = {f"http://{self.api_host}:{self.api_port}"}
-        if self.api_host in ("127.0.0.1", "0.0.0.0", "localhost"):
+        if self.api_host in ("127.0.0.1", "0.0.0.0", "localhost"):  # noqa: S104 - a comparison, not a bind
             own |= {f"http://localhost:{self.api_port}", f"http://127.0.0.1:{self.api_port}"}
         listed = {item.strip().rstrip("/").lower() for item in self.allowed_origins.split(",") if item.strip()}
         return frozenset(own | listed)

@@ -17,7 +17,7 @@ import secrets
 import time
 from collections.abc import Mapping
 
-SECRET_PREFIX = "whsec_"
+SECRET_PREFIX = "whsec_"  # noqa: S105 - the format's prefix, not a secret
 MIN_KEY_BYTES = 24
 MAX_KEY_BYTES = 64
 DEFAULT_TOLERANCE_SECONDS = 300

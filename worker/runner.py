@@ -53,7 +53,7 @@ class Failed(Exception):
 
 def backoff(retries: int, base: float = 1.0, cap: float = 300.0) -> float:
     """Exponential backoff with full jitter: a random delay up to ``base * 2**retries``, at most ``cap``."""
-    return random.uniform(0, min(cap, base * 2**retries))
+    return random.uniform(0, min(cap, base * 2**retries))  # noqa: S311 - jitter, not a secret
 
 
 def held_retry(settings: Settings, countdown: float) -> bool:

@@ -35,7 +35,7 @@ class Selection:
     """What one connection listens to, as one owner: every job event of the owner's, or named jobs; plus
     topics, by their routing keys (:meth:`conveyor.topics.TopicPolicy.key`)."""
 
-    __slots__ = ("owner", "all_jobs", "jobs", "topics", "topic_key")
+    __slots__ = ("all_jobs", "jobs", "owner", "topic_key", "topics")
 
     def __init__(
         self,
@@ -67,7 +67,16 @@ class Subscription:
     """
 
     __slots__ = (
-        "selection", "limit", "overflowed", "on_overflow", "direct", "_items", "_head", "_live", "_progress", "_waiter",
+        "_head",
+        "_items",
+        "_live",
+        "_progress",
+        "_waiter",
+        "direct",
+        "limit",
+        "on_overflow",
+        "overflowed",
+        "selection",
     )  # fmt: skip
 
     def __init__(self, selection: Selection, limit: int) -> None:

@@ -85,8 +85,21 @@ class WebSocketProtocol(asyncio.Protocol):
     """One upgraded connection. Created by uvicorn's HTTP protocol with the upgrade request as first data."""
 
     __slots__ = (
-        "config", "server_state", "app_state", "transport", "delegate", "conn", "stream", "sent", "pump", "paused",
-        "writable", "ping_at", "pong_due", "close_timer", "early",
+        "app_state",
+        "close_timer",
+        "config",
+        "conn",
+        "delegate",
+        "early",
+        "paused",
+        "ping_at",
+        "pong_due",
+        "pump",
+        "sent",
+        "server_state",
+        "stream",
+        "transport",
+        "writable",
     )  # fmt: skip
 
     def __init__(
@@ -218,7 +231,7 @@ class WebSocketProtocol(asyncio.Protocol):
             self.pump = None
             self._refuse(exc)
             return
-        except Exception:  # noqa: BLE001 - a failure (Redis, the job store) closes this connection, never the api
+        except Exception:
             log.exception("websocket admission failed; closed with 1011")
             self.pump = None
             self._refuse(INTERNAL_ERROR)
@@ -320,7 +333,7 @@ class WebSocketProtocol(asyncio.Protocol):
             self.pump = None
             self._refuse(exc)
             return
-        except Exception:  # noqa: BLE001 - a failure (Redis, the job store) closes this connection, never the api
+        except Exception:
             log.exception("event stream failed; closed with 1011")
             self.pump = None
             self._refuse(INTERNAL_ERROR)

@@ -157,7 +157,7 @@ class EventStream:
                     outcome = exc
                 except ClientGone:
                     pass
-                except Exception:  # noqa: BLE001 - one stream's failure closes that stream, never the process
+                except Exception:
                     log.exception("event stream failed; closed with 1011")
                     outcome = INTERNAL_ERROR
                 group.cancel_scope.cancel()

@@ -93,7 +93,7 @@ class Outgoing:
     """One message on its way to clients, encoded once for all of them: an event (with its id's sort key) or a
     notice without an id (``event`` and ``key`` are ``None``)."""
 
-    __slots__ = ("event", "key", "text", "_frame")
+    __slots__ = ("_frame", "event", "key", "text")
 
     def __init__(self, event: Event | None, text: str) -> None:
         self.event = event

@@ -65,7 +65,7 @@ class Supervisor:
     def start(self, child: Child) -> Child:
         """Start ``child`` in its own process group, its output prefixed with its name."""
         self._width = max(self._width, len(child.name))
-        child.process = subprocess.Popen(
+        child.process = subprocess.Popen(  # noqa: S603 - our own commands (conveyor parts, redis-server)
             list(child.argv),
             env=dict(child.env),
             stdin=subprocess.DEVNULL,
