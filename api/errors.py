@@ -7,16 +7,16 @@ recorded unless the route says otherwise in its own answer (submissions record b
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 
 import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from conveyor import logs
 from conveyor.store.jobstore import UNAVAILABLE
 
-log = logging.getLogger("conveyor.api")
+log = logs.get("conveyor.api")
 
 #: Seconds a client is asked to wait before trying again after any 503: one policy for every route.
 RETRY_AFTER_SECONDS = 2
@@ -37,13 +37,13 @@ def unavailable(detail: str, /, **fields: object) -> JSONResponse:
 
 async def redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
     """503: Redis (the broker and event stream) did not answer."""
-    log.warning("redis unavailable path=%s error=%r", request.url.path, exc)
+    log.warning("redis unavailable", path=request.url.path, error=repr(exc))
     return unavailable(REDIS_DOWN)
 
 
 async def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
     """503: the job store did not answer."""
-    log.warning("job store unavailable path=%s error=%r", request.url.path, exc)
+    log.warning("job store unavailable", path=request.url.path, error=repr(exc))
     return unavailable(STORE_DOWN)
 
 

@@ -18,7 +18,6 @@ WebSocket connections authenticate in their own handshake (``api.routes.ws``, ``
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 from typing import TYPE_CHECKING
 
@@ -28,12 +27,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.auth import Unauthenticated, bearer, origin_allowed
 from api.errors import STORE_DOWN, error, unavailable
 from api.ratelimit import retry_after
+from conveyor import logs
 from conveyor.store.jobstore import UNAVAILABLE
 
 if TYPE_CHECKING:
     from api.state import AppState
 
-log = logging.getLogger("conveyor.api")
+log = logs.get("conveyor.api")
 
 #: Paths anyone may request: the liveness check and the API's own description.
 PUBLIC = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
@@ -78,7 +78,7 @@ class Guard:
             await error(401, exc.detail, {"www-authenticate": exc.www_authenticate})(scope, receive, send)
             return
         except UNAVAILABLE as exc:
-            log.warning("job store unavailable for authentication error=%r", exc)
+            log.warning("job store unavailable for authentication", error=repr(exc))
             await unavailable(STORE_DOWN)(scope, receive, send)
             return
         wait = await state.limiter.take(principal.key_id)
@@ -142,9 +142,9 @@ class Guard:
                 await error(408, f"no request body data for {timeout:g} s")(scope, receive, send)
         except TimeoutError:
             if started:
-                log.warning("request timed out path=%s after=%gs", path, timeout)
+                log.warning("request timed out", path=path, after_seconds=timeout)
             elif receiving:
                 await error(408, f"the request body did not arrive within {timeout:g} s")(scope, receive, send)
             else:
-                log.warning("request timed out path=%s after=%gs", path, timeout)
+                log.warning("request timed out", path=path, after_seconds=timeout)
                 await unavailable(f"the request took longer than {timeout:g} s")(scope, receive, send)

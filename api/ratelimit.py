@@ -13,7 +13,6 @@ by one and the limit is exact.
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import time
 from pathlib import Path
@@ -21,7 +20,9 @@ from pathlib import Path
 import redis.asyncio as aioredis
 import redis.exceptions
 
-log = logging.getLogger("conveyor.ratelimit")
+from conveyor import logs
+
+log = logs.get("conveyor.ratelimit")
 
 BUCKET_PREFIX = "conveyor:rate:"
 
@@ -68,7 +69,7 @@ class RateLimiter:
         try:
             granted, wait = await self._script(keys=[BUCKET_PREFIX + key], args=[self.rate, self.burst, self.lease])
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-            log.warning("rate limiter unavailable; request let through error=%r", exc)
+            log.warning("rate limiter unavailable; request let through", error=repr(exc))
             return 0.0
         if int(granted) < 1:
             self._leased.pop(key, None)

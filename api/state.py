@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, TypedDict
@@ -17,6 +16,7 @@ from fastapi import FastAPI
 from api.auth import Authenticator
 from api.ratelimit import RateLimiter
 from api.streams.hub import Hub, raise_open_file_limit
+from conveyor import logs
 from conveyor.events import AsyncEventLog, EventLog
 from conveyor.files.storage import LocalStorage, Storage
 from conveyor.queue.app import create_celery
@@ -29,7 +29,7 @@ from conveyor.store.jobstore import JobStore
 from conveyor.store.ledger import Ledger
 from conveyor.topics import TopicPolicy
 
-log = logging.getLogger("conveyor.api")
+log = logs.get("conveyor.api")
 
 
 @dataclass
@@ -106,7 +106,7 @@ def lifespan_for(settings: Settings) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[State]:
         async with open_state(settings) as state:
-            log.info("api ready redis=%s", settings.effective_redis_url.split("@")[-1])
+            log.info("api ready", redis=settings.effective_redis_url.split("@")[-1])
             yield {"conveyor": state}
 
     return lifespan

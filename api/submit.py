@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -12,11 +11,12 @@ import orjson
 from fastapi import HTTPException, Response
 
 from api.state import AppState
+from conveyor import logs
 from conveyor.names import TASK_FOR_KIND
 from conveyor.schemas import Accepted, Job
 from conveyor.store.jobstore import IdempotencyConflict, NewJob
 
-log = logging.getLogger("conveyor.api")
+log = logs.get("conveyor.api")
 MAX_IDEMPOTENCY_KEY = 255
 
 

@@ -6,7 +6,6 @@ page through with ``after(last_id)``; ids only grow, so "after" is exact: no gap
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +14,7 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 
+from conveyor import logs
 from conveyor.names import EVENTS_STREAM
 from conveyor.redis_client import text
 from conveyor.schemas import EVENT_FOR_STATUS, Event, EventType, Job
@@ -22,7 +22,7 @@ from conveyor.schemas import EVENT_FOR_STATUS, Event, EventType, Job
 FIELD = b"e"
 #: The largest sequence part of a stream id.
 MAX_SEQ = 18446744073709551615
-log = logging.getLogger("conveyor.events")
+log = logs.get("conveyor.events")
 
 
 def encode(event: Event) -> dict[bytes, bytes]:
@@ -95,7 +95,7 @@ def flower_progress(job_id: str, percent: float) -> None:
             return
         task.send_event("task-progress", job_id=job_id, progress=round(percent, 2), retry=False)
     except Exception as exc:  # noqa: BLE001 - Flower's copy is best effort; the stream has the event
-        log.warning("celery progress event not sent job_id=%s error=%r", job_id, exc)
+        log.warning("celery progress event not sent", job_id=job_id, error=repr(exc))
 
 
 def job_event(job: Job, type_: EventType | None = None, **extra: Any) -> Event:

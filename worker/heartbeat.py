@@ -8,15 +8,15 @@ keeps beating as long as the interpreter switches threads (every few millisecond
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
 from types import TracebackType
 
+from conveyor import logs
 from conveyor.store.jobstore import UNAVAILABLE, JobStore
 
-log = logging.getLogger("conveyor.worker")
+log = logs.get("conveyor.worker")
 
 
 class Heartbeat:
@@ -58,10 +58,10 @@ class Heartbeat:
         try:
             mine = self.store.heartbeat(self.job_id, self.attempt)
         except UNAVAILABLE as exc:
-            log.warning("heartbeat not recorded job_id=%s error=%r", self.job_id, exc)
+            log.warning("heartbeat not recorded", job_id=self.job_id, error=repr(exc))
             return True
         if not mine:
-            log.info("job no longer held by this run; heartbeat stops job_id=%s", self.job_id)
+            log.info("job no longer held by this run; heartbeat stops", job_id=self.job_id)
         return mine
 
 

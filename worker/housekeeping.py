@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from datetime import timedelta
 
+from conveyor import logs
 from conveyor.files.spool import PARTIAL_SUFFIX
 from conveyor.schemas import JobStatus
 from worker.runtime import Runtime
 
-log = logging.getLogger("conveyor.housekeeping")
+log = logs.get("conveyor.housekeeping")
 LIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.RETRYING}
 
 
@@ -48,7 +48,7 @@ def purge_spool(rt: Runtime) -> int:
                 continue
         path.unlink(missing_ok=True)
         removed += 1
-        log.info("spool file purged name=%s", path.name)
+        log.info("spool file purged", name=path.name)
     return removed
 
 

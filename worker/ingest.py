@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 from pathlib import Path
 from typing import Any
 
+from conveyor import logs
 from conveyor.files.spool import spool_path
 from conveyor.files.storage import content_key
 from conveyor.schemas import Job, UploadRef
 from worker.runner import Progress
 from worker.runtime import Runtime
 
-log = logging.getLogger("conveyor.ingest")
+log = logs.get("conveyor.ingest")
 CHUNK = 1024 * 1024
 
 
@@ -54,7 +54,7 @@ def ingest(rt: Runtime, job: Job, progress: Progress) -> dict[str, Any]:
             source.unlink(missing_ok=True)
             raise IntegrityError(f"spooled file does not match: sha256 {digest}, {size} bytes")
         newly = rt.storage.put_file(source, key)
-        log.info("upload stored job_id=%s key=%s new_content=%s", job.job_id, key, newly)
+        log.info("upload stored", job_id=job.job_id, owner=job.owner, key=key, new_content=newly)
     elif not rt.storage.exists(key):
         raise IntegrityError("spooled file is gone and the content was never stored")
     return rt.ledger.record_upload(

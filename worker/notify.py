@@ -9,13 +9,13 @@ means one more send, which receivers recognise by its unchanged ``webhook-id`` o
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
 import sqlalchemy as sa
 from pydantic import TypeAdapter
 
+from conveyor import logs
 from conveyor.schemas import (
     EmailNotification,
     Job,
@@ -30,7 +30,7 @@ from worker.channels import DeliveryError, Sent, email, log, webhook, websocket
 from worker.runner import Failed, Progress, Retryable, persist
 from worker.runtime import Runtime
 
-logger = logging.getLogger("conveyor.notify")
+logger = logs.get("conveyor.notify")
 _REQUEST: TypeAdapter[NotificationRequest] = TypeAdapter(NotificationRequest)
 
 
@@ -56,7 +56,7 @@ def deliver(rt: Runtime, job: Job, progress: Progress) -> dict[str, Any]:
     if not isinstance(request, LogNotification):
         done = rt.ledger.effect(job.job_id, effect)
         if done is not None:
-            logger.info("already delivered job_id=%s channel=%s; not sent again", job.job_id, request.channel)
+            logger.info("already delivered; not sent again", job_id=job.job_id, channel=request.channel)
             return done
     attempts = AttemptLog(rt.ledger.engine)
     started = time.monotonic()
@@ -74,12 +74,12 @@ def deliver(rt: Runtime, job: Job, progress: Progress) -> dict[str, Any]:
         outcome = Outcome.TRANSIENT if exc.transient else Outcome.PERMANENT
         record(outcome, status_code=exc.status_code, reply=exc.reply, error=str(exc))
         logger.warning(
-            "delivery failed job_id=%s channel=%s attempt=%d outcome=%s error=%r",
-            job.job_id,
-            request.channel,
-            job.attempts,
-            outcome.value,
-            str(exc),
+            "delivery failed",
+            job_id=job.job_id,
+            channel=request.channel,
+            attempt=job.attempts,
+            outcome=outcome.value,
+            error=str(exc),
         )
         if exc.transient:
             raise Retryable(str(exc), exc.retry_after) from exc
@@ -95,5 +95,5 @@ def deliver(rt: Runtime, job: Job, progress: Progress) -> dict[str, Any]:
 
         delivered = result
         result = persist(rt, lambda: rt.ledger.record_effect(job.job_id, effect, delivered, also=attempt))
-    logger.info("delivered job_id=%s channel=%s attempt=%d", job.job_id, request.channel, job.attempts)
+    logger.info("delivered", job_id=job.job_id, owner=job.owner, channel=request.channel, attempt=job.attempts)
     return result

@@ -8,7 +8,6 @@ run has claimed the job since, so a run that was taken for dead cannot overwrite
 
 from __future__ import annotations
 
-import logging
 import random
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from typing import Any, TypeVar
 
 import redis
 
+from conveyor import logs
 from conveyor.events import flower_progress, job_event
 from conveyor.schemas import Event, EventType, Job, JobStatus
 from conveyor.settings import Settings
@@ -24,7 +24,7 @@ from conveyor.store.jobstore import UNAVAILABLE, utcnow
 from worker.heartbeat import Heartbeat
 from worker.runtime import Runtime
 
-log = logging.getLogger("conveyor.worker")
+log = logs.get("conveyor.worker")
 T = TypeVar("T")
 
 #: The ``reason`` of the ``job.failed`` event of a job stopped because its runs kept dying.
@@ -111,19 +111,19 @@ def run_job(rt: Runtime, job_id: str, handler: Handler) -> Job | None:
     if job is None:
         current = rt.store.get(job_id)
         if current is None:
-            log.error("no job row for task job_id=%s; nothing done", job_id)
+            log.error("no job row for task; nothing done", job_id=job_id)
         elif current.status is JobStatus.STARTED:
             raise JobBusy(job_id)
         else:
-            log.info("delivery skipped job_id=%s status=%s", job_id, current.status)
+            log.info("delivery skipped", job_id=job_id, status=current.status)
         return current
     if job.crashes:
-        log.warning("job taken over from a dead run job_id=%s attempt=%d crashes=%d", job_id, job.attempts, job.crashes)
+        log.warning("job taken over from a dead run", job_id=job_id, attempt=job.attempts, crashes=job.crashes)
     if job.crashes >= settings.max_crashes:
         error = f"{POISONED}: its worker died {job.crashes} times while running it"
         return _fail(rt, job, error, reason=POISONED)
     _announce(rt, job_event(job, attempt=job.attempts))
-    log.info("job started job_id=%s kind=%s attempt=%d", job_id, job.kind, job.attempts)
+    log.info("job started", job_id=job_id, owner=job.owner, kind=job.kind, attempt=job.attempts)
     with Heartbeat(rt.store, job_id, job.attempts, settings.heartbeat_seconds):
         return _attempt(rt, job, handler)
 
@@ -143,10 +143,10 @@ def _attempt(rt: Runtime, job: Job, handler: Handler) -> Job | None:
             return _schedule_retry(rt, job, exc)
         return _fail(rt, job, f"{exc} (after {job.attempts} attempts)")
     except Failed as exc:
-        log.warning("job failed job_id=%s error=%r", job_id, str(exc))
+        log.warning("job failed", job_id=job_id, owner=job.owner, error=str(exc))
         return _fail(rt, job, str(exc))
     except Exception as exc:
-        log.exception("job failed job_id=%s", job_id)
+        log.exception("job failed", job_id=job_id, owner=job.owner)
         return _fail(rt, job, f"{type(exc).__name__}: {exc}")
     done = persist(
         rt,
@@ -157,7 +157,7 @@ def _attempt(rt: Runtime, job: Job, handler: Handler) -> Job | None:
     if done is None:
         return _not_ours(rt, job_id)
     _announce(rt, job_event(done, attempt=done.attempts))
-    log.info("job succeeded job_id=%s", job_id)
+    log.info("job succeeded", job_id=job_id, owner=job.owner)
     return done
 
 
@@ -178,7 +178,9 @@ def _schedule_retry(rt: Runtime, job: Job, exc: Retryable) -> Job | None:
         return _not_ours(rt, job.job_id)
     event = job_event(retrying, attempt=job.attempts)
     _announce(rt, event.model_copy(update={"next_attempt_at": event.ts + countdown}))
-    log.warning("job will retry job_id=%s attempt=%d in=%.2fs error=%r", job.job_id, job.attempts, countdown, str(exc))
+    log.warning(
+        "job will retry", job_id=job.job_id, attempt=job.attempts, in_seconds=round(countdown, 2), error=str(exc)
+    )
     raise exc
 
 
@@ -192,10 +194,10 @@ def _release(rt: Runtime, job: Job) -> None:
             ),
         )
     except UNAVAILABLE as exc:
-        log.warning("job store still unavailable; job left to the dead-run reaper job_id=%s error=%r", job.job_id, exc)
+        log.warning("job store still unavailable; job left to the dead-run reaper", job_id=job.job_id, error=repr(exc))
         return
     if released is not None:
-        log.warning("job store failed mid-run; job released for another attempt job_id=%s", job.job_id)
+        log.warning("job store failed mid-run; job released for another attempt", job_id=job.job_id)
         _announce(rt, job_event(released, attempt=job.attempts).model_copy(update={"next_attempt_at": time.time()}))
 
 
@@ -209,7 +211,7 @@ def _fail(rt: Runtime, job: Job, error: str, reason: str | None = None) -> Job |
     if failed is None:
         return _not_ours(rt, job.job_id)
     if reason is not None:
-        log.warning("job failed job_id=%s reason=%s error=%r", job.job_id, reason, error)
+        log.warning("job failed", job_id=job.job_id, owner=job.owner, reason=reason, error=error)
     _announce(rt, job_event(failed, attempt=failed.attempts, reason=reason))
     return failed
 
@@ -217,9 +219,7 @@ def _fail(rt: Runtime, job: Job, error: str, reason: str | None = None) -> Job |
 def _not_ours(rt: Runtime, job_id: str) -> Job | None:
     current = rt.store.get(job_id)
     status = current.status.value if current is not None else "unknown"
-    log.info(
-        "job changed meanwhile (cancelled or taken over); outcome not recorded job_id=%s status=%s", job_id, status
-    )
+    log.info("job changed meanwhile (cancelled or taken over); outcome not recorded", job_id=job_id, status=status)
     return current
 
 
@@ -235,7 +235,7 @@ def persist(rt: Runtime, write: Callable[[], T]) -> T:
         except UNAVAILABLE as exc:
             if time.monotonic() + delay > deadline:
                 raise
-            log.warning("job store unavailable; trying again in %.1fs error=%r", delay, exc)
+            log.warning("job store unavailable; trying again", in_seconds=round(delay, 1), error=repr(exc))
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
 
@@ -246,4 +246,4 @@ def _announce(rt: Runtime, event: Event) -> None:
     try:
         rt.events.publish(event)
     except REDIS_DOWN as exc:
-        log.error("event lost: Redis unavailable job_id=%s type=%s error=%r", event.job_id, event.type, exc)
+        log.error("event lost: Redis unavailable", job_id=event.job_id, type=event.type, error=repr(exc))

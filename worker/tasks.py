@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
@@ -17,7 +16,7 @@ from worker import housekeeping, ingest, notify
 from worker.runner import Handler, JobBusy, Retryable, run_job
 from worker.runtime import close_runtime, runtime
 
-log = logging.getLogger("conveyor.worker")
+log = logs.get("conveyor.worker")
 
 
 @setup_logging.connect
@@ -59,7 +58,7 @@ def run(job_id: str, handler: Handler) -> None:
             run_job(rt, job_id, handler)
             return
         except JobBusy:
-            log.info("duplicate delivery dropped: a live run holds the job job_id=%s", job_id)
+            log.info("duplicate delivery dropped: a live run holds the job", job_id=job_id)
             return
         except Retryable as exc:
             if not exc.held:
@@ -67,9 +66,11 @@ def run(job_id: str, handler: Handler) -> None:
             time.sleep(exc.countdown or 0.0)
         except UNAVAILABLE as exc:
             if waited >= STORE_WAIT_SECONDS:
-                log.warning("job store still unavailable; message put back job_id=%s error=%r", job_id, exc)
+                log.warning("job store still unavailable; message put back", job_id=job_id, error=repr(exc))
                 raise Reject(exc, requeue=True) from exc
-            log.warning("job store unavailable; trying again in %.1fs job_id=%s error=%r", pause, job_id, exc)
+            log.warning(
+                "job store unavailable; trying again", in_seconds=round(pause, 1), job_id=job_id, error=repr(exc)
+            )
             time.sleep(pause)
             waited, pause = waited + pause, min(pause * 2, 5.0)
 

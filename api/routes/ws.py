@@ -8,8 +8,6 @@ unless ``CONVEYOR_WS_NATIVE`` is false; this route serves it under any other ser
 
 from __future__ import annotations
 
-import logging
-
 import anyio
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
@@ -19,8 +17,9 @@ from api.deps import StateDep
 from api.streams.request import admit, parse_request
 from api.streams.session import ClientGone, EventStream
 from api.streams.wire import CLOSE_POLICY, CLOSE_TIMEOUT, Outgoing, Refused
+from conveyor import logs
 
-log = logging.getLogger("conveyor.ws")
+log = logs.get("conveyor.ws")
 router = APIRouter()
 
 
@@ -93,4 +92,4 @@ async def _close(websocket: WebSocket, outcome: Refused) -> None:
         except (WebSocketDisconnect, RuntimeError):
             return
     if outcome.ws_code != CLOSE_POLICY:
-        log.info("event stream closed code=%d detail=%r", outcome.ws_code, outcome.detail)
+        log.info("event stream closed", code=outcome.ws_code, detail=outcome.detail)

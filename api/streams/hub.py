@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import resource
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -18,11 +17,12 @@ from typing import Any
 import redis.exceptions
 
 from api.streams.wire import Outgoing
+from conveyor import logs
 from conveyor.events import AsyncEventLog, id_key
 from conveyor.schemas import Event, EventType, Resync
 from conveyor.topics import TopicPolicy
 
-log = logging.getLogger("conveyor.hub")
+log = logs.get("conveyor.hub")
 #: The default policy: every topic private to its owner.
 PRIVATE_TOPICS = TopicPolicy([])
 
@@ -311,7 +311,7 @@ class Hub:
                 delay = 0.1
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
                 failed = True
-                log.warning("event stream unreachable, retrying in %.1fs error=%r", delay, exc)
+                log.warning("event stream unreachable; retrying", in_seconds=round(delay, 1), error=repr(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -320,7 +320,7 @@ class Hub:
         assert self.last_id is not None
         retention = await self.events.retention()
         if not retention.covers(self.last_id):
-            log.warning("event stream lost events during an outage after=%s; resync sent", self.last_id)
+            log.warning("event stream lost events during an outage; resync sent", after=self.last_id)
             resync = Resync(
                 after=self.last_id,
                 first_event_id=retention.first_id,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import weakref
 from typing import Any
@@ -44,8 +43,9 @@ from api.streams.wire import (
     Refused,
     StreamState,
 )
+from conveyor import logs
 
-log = logging.getLogger("conveyor.ws")
+log = logs.get("conveyor.ws")
 
 PATH = b"/ws"
 #: Client messages that may arrive while the connection is admitted; one more is refused.

@@ -21,7 +21,6 @@ transports that run a task per connection (the ASGI route and SSE), and the nati
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -31,13 +30,14 @@ import anyio
 from api.streams.hub import Full, Selection, Subscription
 from api.streams.request import MAX_FOLLOWED, StreamRequest, check_subscribe
 from api.streams.wire import INTERNAL_ERROR, TOO_FAR_BEHIND, Outgoing, Refused, StreamState, full, parse_command
+from conveyor import logs
 from conveyor.events import id_key, predecessor
 from conveyor.schemas import Job, Resync, Snapshot, StreamCommand, SubscriptionNotice
 
 if TYPE_CHECKING:
     from api.state import AppState
 
-log = logging.getLogger("conveyor.streams")
+log = logs.get("conveyor.streams")
 
 BACKLOG_PAGE = 500
 #: Commands a client may have waiting for the sending loop before it is refused.

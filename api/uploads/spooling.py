@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -22,9 +21,10 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from api.uploads.sniff import SNIFF_BYTES, allowed, sniff
+from conveyor import logs
 from conveyor.files.spool import PARTIAL_SUFFIX, spool_path
 
-log = logging.getLogger("conveyor.uploads")
+log = logs.get("conveyor.uploads")
 MAX_HEADER_BYTES = 16 * 1024
 MAX_FIELD_BYTES = 64 * 1024
 MAX_PARTS = 16
@@ -307,11 +307,11 @@ async def spool_upload(
         await receiver.writer.finish()
         os.replace(partial, final)
         log.info(
-            "upload spooled name=%s bytes=%d seconds=%.3f flush_seconds=%.3f",
-            name,
-            receiver.size,
-            time.monotonic() - started,
-            time.monotonic() - flush_started,
+            "upload spooled",
+            name=name,
+            bytes=receiver.size,
+            seconds=round(time.monotonic() - started, 3),
+            flush_seconds=round(time.monotonic() - flush_started, 3),
         )
     except UploadError:
         raise

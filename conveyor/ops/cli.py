@@ -12,7 +12,7 @@ from typing import TextIO
 from conveyor import logs, names
 from conveyor.settings import Settings, get_settings
 
-log = logging.getLogger("conveyor.ops.cli")
+log = logs.get("conveyor.ops.cli")
 
 
 def _migrate(settings: Settings) -> None:
@@ -28,7 +28,7 @@ def _migrate(settings: Settings) -> None:
 def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
     """Apply the job store's migrations and exit."""
     _migrate(settings)
-    log.info("migrations applied database=%s", settings.effective_database_url.split("@")[-1])
+    log.info("migrations applied", database=settings.effective_database_url.split("@")[-1])
     return 0
 
 
@@ -62,7 +62,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     queues = args.queues.split(",")
     unknown = set(queues) - set(names.QUEUES)
     if unknown:
-        log.error("unknown queue(s): %s (known: %s)", ",".join(sorted(unknown)), ",".join(names.QUEUES))
+        log.error("unknown queues", unknown=",".join(sorted(unknown)), known=",".join(names.QUEUES))
         return 2
     concurrency = args.concurrency or (1 if queues == [names.QUEUE_HOUSEKEEPING] else settings.worker_concurrency)
     app.worker_main(

@@ -13,7 +13,6 @@ import asyncio
 import base64
 import binascii
 import hmac
-import logging
 import secrets
 import signal
 from typing import Any
@@ -25,9 +24,10 @@ from tornado.netutil import bind_sockets
 from tornado.routing import Router
 from tornado.web import Application, RequestHandler
 
+from conveyor import logs
 from conveyor.settings import Settings
 
-log = logging.getLogger("conveyor.ops.flower")
+log = logs.get("conveyor.ops.flower")
 
 REALM = "flower"
 #: Paths answered without credentials, for ``GET`` and ``HEAD`` only. Flower's ``/healthcheck`` says ``OK``.
@@ -144,7 +144,7 @@ def serve(settings: Settings) -> int:
     try:
         auth = BasicAuth(*settings.flower_credentials())
     except (RuntimeError, InvalidCredentials) as exc:
-        log.error("flower not started: %s", exc)
+        log.error("flower not started", reason=str(exc))
         return 2
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -155,7 +155,7 @@ def serve(settings: Settings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, app.stop)
     host, port = sockets[0].getsockname()[:2]
-    log.info("flower listening url=http://%s:%s user=%s public=%s", host, port, auth.user, ",".join(PUBLIC_PATHS))
+    log.info("flower listening", url=f"http://{host}:{port}", user=auth.user, public=",".join(PUBLIC_PATHS))
     try:
         app.start()
     finally:

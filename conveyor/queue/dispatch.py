@@ -8,20 +8,20 @@ any step leaves either nothing, or a row that will be sent.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from datetime import timedelta
 
 from celery import Celery
 from kombu.exceptions import ChannelError
 
+from conveyor import logs
 from conveyor.events import EventLog, job_event
 from conveyor.queue.messages import task_message
 from conveyor.redis_client import text
 from conveyor.schemas import Job
 from conveyor.store.jobstore import Dispatch, JobStore, NewJob
 
-log = logging.getLogger("conveyor.queue.dispatch")
+log = logs.get("conveyor.queue.dispatch")
 
 
 class Dispatcher:
@@ -73,14 +73,14 @@ class Dispatcher:
         try:
             replies = pipe.execute()
         except Exception as exc:  # noqa: BLE001 - any Redis failure leaves the rows for dispatch_pending
-            log.warning("dispatch deferred jobs=%d error=%r", len(dispatches), exc)
+            log.warning("dispatch deferred", jobs=len(dispatches), error=repr(exc))
             return 0
         event_ids = [text(reply) for reply in replies[: len(dispatches)]] if announce else [None] * len(dispatches)
         sent = [(d.job.job_id, event_id) for d, event_id in zip(dispatches, event_ids, strict=True)]
         try:
             self.store.mark_dispatched(sent)
         except Exception as exc:  # noqa: BLE001 - the tasks are sent; at worst dispatch_pending sends them again
-            log.warning("dispatch not marked jobs=%d error=%r", len(sent), exc)
+            log.warning("dispatch not marked", jobs=len(sent), error=repr(exc))
         return len(sent)
 
     def dispatch_pending(self, grace: timedelta, abandoned_after: timedelta | None = None) -> int:
@@ -90,11 +90,11 @@ class Dispatcher:
         sent = 0
         for dispatch in self.store.undispatched(grace):
             if self.send(dispatch):
-                log.info("dispatched late job_id=%s", dispatch.job.job_id)
+                log.info("dispatched late", job_id=dispatch.job.job_id)
                 sent += 1
         for dispatch in self.store.retries_due(grace if abandoned_after is None else abandoned_after):
             if self.send(dispatch, announce=False):
-                log.info("retry sent job_id=%s attempt=%d", dispatch.job.job_id, dispatch.job.attempts + 1)
+                log.info("retry sent", job_id=dispatch.job.job_id, attempt=dispatch.job.attempts + 1)
                 sent += 1
         return sent
 
@@ -110,7 +110,7 @@ class Dispatcher:
         sent = 0
         for dispatch in candidates:
             if dispatch.queue in empty and self.send(dispatch, announce=False):
-                log.warning("lost message sent again job_id=%s queue=%s", dispatch.job.job_id, dispatch.queue)
+                log.warning("lost message sent again", job_id=dispatch.job.job_id, queue=dispatch.queue)
                 sent += 1
         return sent
 
@@ -130,6 +130,6 @@ class Dispatcher:
         sent = 0
         for dispatch in self.store.stale_started(dead_after):
             if self.send(dispatch, announce=False):
-                log.warning("job of a dead run sent again job_id=%s", dispatch.job.job_id)
+                log.warning("job of a dead run sent again", job_id=dispatch.job.job_id)
                 sent += 1
         return sent

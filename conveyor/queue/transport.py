@@ -16,12 +16,13 @@ Selected by ``broker_transport = "conveyor.queue.transport:Transport"`` (``conve
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from kombu.transport import redis, virtual
 
-log = logging.getLogger("conveyor.queue.transport")
+from conveyor import logs
+
+log = logs.get("conveyor.queue.transport")
 
 
 class QoS(redis.QoS):
@@ -33,14 +34,14 @@ class QoS(redis.QoS):
 
     def ack(self, delivery_tag: Any) -> None:
         if self._orphaned():
-            log.info("message not acknowledged: its connection is gone; Redis gives it back later tag=%s", delivery_tag)
+            log.info("message not acknowledged: its connection is gone; Redis gives it back later", tag=delivery_tag)
             virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
             return
         super().ack(delivery_tag)  # type: ignore[no-untyped-call]
 
     def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
         if self._orphaned():
-            log.info("message not rejected: its connection is gone; Redis gives it back later tag=%s", delivery_tag)
+            log.info("message not rejected: its connection is gone; Redis gives it back later", tag=delivery_tag)
             virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
             return
         super().reject(delivery_tag, requeue=requeue)  # type: ignore[no-untyped-call]
