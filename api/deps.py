@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Header
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
@@ -31,3 +31,7 @@ async def get_principal(
 
 StateDep = Annotated[AppState, Depends(get_state)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+#: The ``Idempotency-Key`` header of a submission: the same key (per owner) returns the same job.
+IdempotencyKey = Annotated[
+    str | None, Header(alias="Idempotency-Key", description="Repeat a submission safely: the same key, the same job")
+]

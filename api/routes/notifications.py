@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated
+from typing import Any
 
-from fastapi import APIRouter, Header, HTTPException, Response
+from fastapi import APIRouter, HTTPException, Response
 
-from api.deps import PrincipalDep, StateDep
+from api.deps import IdempotencyKey, PrincipalDep, StateDep
 from api.state import AppState
 from api.submit import submit, submit_many
 from conveyor import webhooks
@@ -57,21 +57,17 @@ def _refusal(state: AppState, principal: Principal, body: NotificationRequest) -
     return None
 
 
-@router.post(
-    "/notifications",
-    status_code=202,
-    responses={
-        403: {"description": "A websocket notification to a shared topic the key may not publish to"},
-        422: {"description": "A bad body, or a webhook without a secret or to a refused address"},
-        503: {"description": "The job store is unavailable"},
-    },
-)
+#: What a submission may answer besides 202.
+_REFUSALS: dict[int | str, dict[str, Any]] = {
+    403: {"description": "A websocket notification to a shared topic the key may not publish to"},
+    422: {"description": "A bad body (in a batch, naming its index), or a webhook the api refuses"},
+    503: {"description": "The job store is unavailable; nothing was recorded"},
+}
+
+
+@router.post("/notifications", status_code=202, responses=_REFUSALS)
 async def create_notification(
-    state: StateDep,
-    principal: PrincipalDep,
-    body: NotificationRequest,
-    response: Response,
-    idempotency_key: Annotated[str | None, Header()] = None,
+    state: StateDep, principal: PrincipalDep, body: NotificationRequest, response: Response, key: IdempotencyKey = None
 ) -> Accepted:
     """Accept a notification for delivery. 202 means it is recorded and will be delivered (or fail visibly).
 
@@ -86,26 +82,14 @@ async def create_notification(
         kind=KIND_NOTIFICATION,
         request=body.model_dump(mode="json"),
         owner=principal.owner,
-        idempotency_key=idempotency_key,
+        idempotency_key=key,
     )
     return result
 
 
-@router.post(
-    "/notifications:batch",
-    status_code=202,
-    responses={
-        403: {"description": "A websocket notification to a shared topic the key may not publish to"},
-        422: {"description": "A bad body (each problem names its index), or a webhook the api refuses"},
-        503: {"description": "The job store is unavailable; nothing was recorded"},
-    },
-)
+@router.post("/notifications:batch", status_code=202, responses=_REFUSALS)
 async def create_notifications(
-    state: StateDep,
-    principal: PrincipalDep,
-    body: NotificationBatch,
-    response: Response,
-    idempotency_key: Annotated[str | None, Header()] = None,
+    state: StateDep, principal: PrincipalDep, body: NotificationBatch, response: Response, key: IdempotencyKey = None
 ) -> BatchAccepted:
     """Accept up to 100 notifications at once: all are recorded in one transaction and announced in one
     round trip, or none is (the first refusal names its index). One ``Idempotency-Key`` covers the batch."""
@@ -119,6 +103,6 @@ async def create_notifications(
         kind=KIND_NOTIFICATION,
         requests=[notification.model_dump(mode="json") for notification in body.notifications],
         owner=principal.owner,
-        idempotency_key=idempotency_key,
+        idempotency_key=key,
     )
     return BatchAccepted(jobs=jobs)

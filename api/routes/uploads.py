@@ -8,7 +8,7 @@ import anyio
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response
 from fastapi.responses import FileResponse
 
-from api.deps import PrincipalDep, StateDep
+from api.deps import IdempotencyKey, PrincipalDep, StateDep
 from api.state import AppState
 from api.submit import submit
 from api.uploads.filenames import content_disposition, safe_filename
@@ -53,7 +53,7 @@ async def create_upload(
     principal: PrincipalDep,
     request: Request,
     response: Response,
-    idempotency_key: Annotated[str | None, Header()] = None,
+    key: IdempotencyKey = None,
 ) -> Accepted:
     """Stream the ``file`` part to the spool (sha256 on the fly, size capped) and enqueue its ingest.
 
@@ -83,7 +83,7 @@ async def create_upload(
             kind=KIND_UPLOAD,
             request=summary,
             owner=principal.owner,
-            idempotency_key=idempotency_key,
+            idempotency_key=key,
             job_id=job_id,
             fingerprint={"sha256": ref.sha256, "size": ref.size, "filename": ref.filename},
         )

@@ -227,14 +227,8 @@ class WebSocketProtocol(asyncio.Protocol):
             principal = await admit(state, request.headers, query.get("ticket"))
             stream_request = parse_request(query)
             stream.open(stream_request.selection(principal.owner, state.topics), principal.key_id)
-        except Refused as exc:
-            self.pump = None
-            self._refuse(exc)
-            return
-        except Exception:
-            log.exception("websocket admission failed; closed with 1011")
-            self.pump = None
-            self._refuse(INTERNAL_ERROR)
+        except Exception as exc:  # noqa: BLE001 - see _failed
+            self._failed(exc)
             return
         self.pump = None
         if self.ending:
@@ -329,18 +323,21 @@ class WebSocketProtocol(asyncio.Protocol):
         try:
             start = await stream.start_point(request) if request is not None else None
             self.sent = await stream.run(self, start, sent=self.sent, until_idle=True)
-        except Refused as exc:
-            self.pump = None
-            self._refuse(exc)
-            return
-        except Exception:
-            log.exception("event stream failed; closed with 1011")
-            self.pump = None
-            self._refuse(INTERNAL_ERROR)
+        except Exception as exc:  # noqa: BLE001 - see _failed
+            self._failed(exc)
             return
         self.pump = None
         if not self.paused and not self.ending:
             self._go_live()
+
+    def _failed(self, exc: Exception) -> None:
+        """The pump's step ended in a refusal (closed with its code) or an unexpected error: a Redis or job store
+        failure closes this connection with 1011 (logged with its traceback), never the api."""
+        self.pump = None
+        if not isinstance(exc, Refused):
+            log.error("event stream failed; closed with 1011", exc_info=exc)
+            exc = INTERNAL_ERROR
+        self._refuse(exc)
 
     def _overflowed(self) -> None:
         self._refuse(TOO_FAR_BEHIND)

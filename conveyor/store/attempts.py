@@ -5,6 +5,7 @@ Workers append one row per attempt; ``GET /jobs/{job_id}/attempts`` reads them b
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -42,6 +43,12 @@ class Attempt:
     duration_ms: int | None
     at: datetime
 
+    @classmethod
+    def of(cls, row: Mapping[Any, Any]) -> Attempt:
+        """The attempt a ``delivery_attempts`` row records."""
+        fields = {name: row[name] for name in _COLUMNS}
+        return cls(**fields, outcome=Outcome(row["outcome"]), at=_aware(row["created_at"]))
+
     def as_json(self) -> dict[str, Any]:
         return {
             "attempt": self.attempt,
@@ -53,6 +60,9 @@ class Attempt:
             "error": self.error,
             "duration_ms": self.duration_ms,
         }
+
+
+_COLUMNS = ("job_id", "attempt", "channel", "status_code", "reply", "error", "duration_ms")
 
 
 def _clip(text: str | None) -> str | None:
@@ -103,17 +113,4 @@ class AttemptLog:
         query = sa.select(table).where(table.c.job_id == job_id).order_by(table.c.id).limit(limit)
         with self.engine.connect() as connection:
             rows = connection.execute(query).all()
-        return [
-            Attempt(
-                job_id=row.job_id,
-                attempt=row.attempt,
-                channel=row.channel,
-                outcome=Outcome(row.outcome),
-                status_code=row.status_code,
-                reply=row.reply,
-                error=row.error,
-                duration_ms=row.duration_ms,
-                at=_aware(row.created_at),
-            )
-            for row in rows
-        ]
+        return [Attempt.of(row._mapping) for row in rows]

@@ -65,6 +65,16 @@ def keyset_page(
     return list(rows[:limit]), next_cursor
 
 
+def find(engine: Engine, table: sa.Table, row_id: str, owner: str | None = None) -> sa.Row[Any] | None:
+    """``table``'s row with this ``id``, or ``None`` when there is none (or, with ``owner``, when it is someone
+    else's: the same answer, so that other owners' ids are not revealed)."""
+    query = table.select().where(table.c.id == row_id)
+    if owner is not None:
+        query = query.where(table.c.owner == owner)
+    with engine.connect() as connection:
+        return connection.execute(query).first()
+
+
 @dataclass(frozen=True)
 class NewJob:
     """What a submission records before its task is sent."""
@@ -189,11 +199,7 @@ class JobStore(Outbox):
 
     def get(self, job_id: str, owner: str | None = None) -> Job | None:
         """The job, or ``None`` when unknown (or, with ``owner``, someone else's)."""
-        query = db.jobs.select().where(db.jobs.c.id == job_id)
-        if owner is not None:
-            query = query.where(db.jobs.c.owner == owner)
-        with self.engine.connect() as connection:
-            row = connection.execute(query).first()
+        row = find(self.engine, db.jobs, job_id, owner)
         return None if row is None else self._job(row)
 
     def page(

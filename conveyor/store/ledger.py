@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from conveyor.store import db
-from conveyor.store.jobstore import _aware, keyset_page, utcnow
+from conveyor.store.jobstore import _aware, find, keyset_page, utcnow
 
 #: More writes to make in a ledger write's transaction (the delivery attempt that had the effect).
 Also = Callable[[sa.Connection], None]
@@ -127,11 +127,7 @@ class Ledger:
 
     def upload(self, upload_id: str, owner: str | None = None) -> dict[str, Any] | None:
         """A stored upload, or ``None`` when unknown (or, with ``owner``, someone else's)."""
-        query = db.uploads.select().where(db.uploads.c.id == upload_id)
-        if owner is not None:
-            query = query.where(db.uploads.c.owner == owner)
-        with self.engine.connect() as connection:
-            row = connection.execute(query).first()
+        row = find(self.engine, db.uploads, upload_id, owner)
         return None if row is None else self._upload(row)
 
     @staticmethod
