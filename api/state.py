@@ -21,6 +21,7 @@ from conveyor.events import AsyncEventLog, EventLog
 from conveyor.files.storage import LocalStorage, Storage
 from conveyor.queue.app import create_celery
 from conveyor.queue.dispatch import Dispatcher
+from conveyor.queue.submitter import Submitter
 from conveyor.redis_client import redis_client
 from conveyor.settings import Settings
 from conveyor.store.apikeys import KeyStore
@@ -39,6 +40,7 @@ class AppState:
     ledger: Ledger
     events: AsyncEventLog
     dispatcher: Dispatcher
+    submitter: Submitter
     hub: Hub
     redis: aioredis.Redis
     celery: Celery
@@ -73,12 +75,14 @@ async def open_state(settings: Settings) -> AsyncIterator[AppState]:
     )
     raise_open_file_limit()
     settings.spool_dir.mkdir(parents=True, exist_ok=True)
+    sync_events = EventLog(sync_redis, settings.events_max_len)
     state = AppState(
         settings=settings,
         store=store,
-        ledger=Ledger(engine),
+        ledger=Ledger(engine, store.writer),
         events=events,
-        dispatcher=Dispatcher(store, EventLog(sync_redis, settings.events_max_len), celery),
+        dispatcher=Dispatcher(store, sync_events, celery),
+        submitter=Submitter(store, sync_events, celery),
         hub=hub,
         redis=async_redis,
         celery=celery,
@@ -98,7 +102,9 @@ async def open_state(settings: Settings) -> AsyncIterator[AppState]:
             await reader
         await async_redis.aclose()
         sync_redis.close()
+        state.submitter.close()
         celery.close()
+        store.writer.close()
         engine.dispose()
 
 

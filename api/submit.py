@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import anyio
 import orjson
 from fastapi import HTTPException, Response
 
 from api.state import AppState
-from conveyor import logs
 from conveyor.names import TASK_FOR_KIND
 from conveyor.schemas import Accepted, Job
 from conveyor.store.jobstore import IdempotencyConflict, NewJob
 
-log = logs.get("conveyor.api")
 MAX_IDEMPOTENCY_KEY = 255
 
 
@@ -104,13 +102,12 @@ async def submit_many(
         for index, request in enumerate(requests)
     ]
     try:
-        results = await anyio.to_thread.run_sync(state.dispatcher.submit_many, news)
+        results = await asyncio.wrap_future(state.submitter.submit(news))
     except IdempotencyConflict as exc:
         raise HTTPException(422, "Idempotency-Key was already used with a different request") from exc
-    replayed = [job for job, created in results if not created]
+    replayed = [result for result in results if not result.created]
     if replayed:
-        stored_hash = await anyio.to_thread.run_sync(state.store.request_hash, replayed[0].job_id)
-        if stored_hash != digest:
+        if replayed[0].request_hash != digest:
             raise HTTPException(422, "Idempotency-Key was already used with a different request")
         response.headers["Idempotent-Replayed"] = "true"
-    return [accepted(job) for job, _created in results], not replayed
+    return [accepted(result.job) for result in results], not replayed

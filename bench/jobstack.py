@@ -250,7 +250,7 @@ def conveyor(redis_url: str, root: Path) -> Iterator[Conveyor]:
         key = procs.api_key(environ)
         me = [procs.PYTHON, "-m", "conveyor"]
         group.start("api", [*me, "api"])
-        group.start("worker", [*me, "worker", "--queues", "notifications", "--concurrency", str(CONCURRENCY)])
+        group.start("worker", [*me, "worker", "--queues", "notifications"])
         procs.wait_healthy(f"http://127.0.0.1:{port}/health", group.processes["api"])
         yield Conveyor(
             group=group,

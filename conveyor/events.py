@@ -7,6 +7,7 @@ page through with ``after(last_id)``; ids only grow, so "after" is exact: no gap
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,6 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 
-from conveyor import logs
 from conveyor.names import EVENTS_STREAM
 from conveyor.redis_client import text
 from conveyor.schemas import EVENT_FOR_STATUS, Event, EventType, Job
@@ -22,12 +22,18 @@ from conveyor.schemas import EVENT_FOR_STATUS, Event, EventType, Job
 FIELD = b"e"
 #: The largest sequence part of a stream id.
 MAX_SEQ = 18446744073709551615
-log = logs.get("conveyor.events")
+
+
+#: The fields of a stored event, in the order they are written (``event_id`` is the entry's id, not a field).
+_STORED = tuple(name for name in Event.model_fields if name != "event_id")
 
 
 def encode(event: Event) -> dict[bytes, bytes]:
-    """The stream entry for an event (the id is assigned by Redis)."""
-    return {FIELD: orjson.dumps(event.model_dump(mode="json", exclude={"event_id"}, exclude_none=True))}
+    """The stream entry for an event (the id is assigned by Redis): its JSON without ``event_id`` and without null
+    fields, starting ``{"v":``. The same JSON as ``event.model_dump(mode="json", exclude_none=True)`` minus the id,
+    written without pydantic's serializer (this runs for every event)."""
+    data = {name: value for name in _STORED if (value := getattr(event, name)) is not None}
+    return {FIELD: orjson.dumps(data)}
 
 
 def decode(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Event:
@@ -81,37 +87,22 @@ class Retention:
         return key >= id_key(predecessor(self.first_id))
 
 
-def flower_progress(job_id: str, percent: float) -> None:
-    """Also announce a job's progress as a Celery ``task-progress`` event, so Flower's event stream carries it.
-
-    Only inside a running Celery task (elsewhere it does nothing); a failure to send is logged, never raised:
-    the event stream, not Flower, is where progress is guaranteed.
-    """
-    from celery import current_task
-
-    try:
-        task = current_task._get_current_object()  # the proxy itself is never None
-        if task is None or not task.request.id:
-            return
-        task.send_event("task-progress", job_id=job_id, progress=round(percent, 2), retry=False)
-    except Exception as exc:  # noqa: BLE001 - Flower's copy is best effort; the stream has the event
-        log.warning("celery progress event not sent", job_id=job_id, error=repr(exc))
-
-
 def job_event(job: Job, type_: EventType | None = None, **extra: Any) -> Event:
-    """The event announcing a job's current state (by default, the event of its status)."""
-    return Event(
-        type=type_ or EVENT_FOR_STATUS[job.status],
-        job_id=job.job_id,
-        kind=job.kind,
-        status=job.status,
-        progress=job.progress,
-        ts=time.time(),
-        owner=job.owner,
-        result=job.result if job.status.finished else None,
-        error=job.error,
-        **extra,
-    )
+    """The event announcing a job's current state (by default, the event of its status); ``extra`` fields are set
+    on it (and win over the job's). Built without validation: every value comes from a valid job."""
+    fields: dict[str, Any] = {
+        "type": type_ or EVENT_FOR_STATUS[job.status],
+        "job_id": job.job_id,
+        "kind": job.kind,
+        "status": job.status,
+        "progress": job.progress,
+        "ts": time.time(),
+        "owner": job.owner,
+        "result": job.result if job.status.finished else None,
+        "error": job.error,
+    }
+    fields.update(extra)
+    return Event.model_construct(**fields)
 
 
 class EventLog:
@@ -125,6 +116,13 @@ class EventLog:
         """Append the event; returns its id. Old entries beyond ``max_len`` are trimmed (approximately)."""
         entry_id = self.client.xadd(EVENTS_STREAM, encode(event), maxlen=self.max_len, approximate=True)  # type: ignore[arg-type]
         return text(entry_id)
+
+    def publish_many(self, events: Iterable[Event]) -> list[str]:
+        """Append the events, in order, in one round trip; returns their ids."""
+        pipe = self.client.pipeline(transaction=False)
+        for event in events:
+            self.add_to(pipe, event)
+        return [text(entry_id) for entry_id in pipe.execute()]
 
     def add_to(self, pipe: redis.client.Pipeline, event: Event) -> None:
         """Queue the append of ``event`` on ``pipe`` (its reply is the event's id), to share a round trip."""

@@ -65,7 +65,10 @@ class Settings(BaseSettings):
         default="", description="Comma-separated content types (image/* patterns) uploads may have; empty: any"
     )
 
-    worker_concurrency: int = Field(default=2, ge=1)
+    worker_concurrency: int = Field(default=2, ge=1, description="Processes of an uploads worker")
+    notification_threads: int = Field(
+        default=8, ge=1, description="Threads of a notifications worker: deliveries wait on the network side by side"
+    )
     task_soft_time_limit: int = Field(default=600, ge=1)
     task_time_limit: int = Field(default=660, ge=1)
     visibility_timeout: int = Field(

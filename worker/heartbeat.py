@@ -14,7 +14,9 @@ import time
 from types import TracebackType
 
 from conveyor import logs
-from conveyor.store.jobstore import UNAVAILABLE, JobStore
+from conveyor.store import writes
+from conveyor.store.db import UNAVAILABLE
+from conveyor.store.jobstore import JobStore
 
 log = logs.get("conveyor.worker")
 
@@ -24,7 +26,8 @@ class Heartbeat:
 
     Beating stops on exit, or by itself once the job is no longer this run's (finished, cancelled, taken over).
     A job store that does not answer is logged and tried again at the next beat; the run is not interrupted.
-    One thread per process beats every run of the process (``_Beater``): a run costs no thread of its own.
+    One thread per process beats every run of the process (``_Beater``), all due runs in one transaction: a run
+    costs no thread of its own.
     """
 
     def __init__(self, store: JobStore, job_id: str, attempt: int, interval: float) -> None:
@@ -53,18 +56,6 @@ class Heartbeat:
         if threading.current_thread() is not _beater().thread:
             self._idle.wait(timeout=5)
 
-    def beat(self) -> bool:
-        """Touch the row once; ``False`` once the job is no longer this run's (beating then stops)."""
-        try:
-            mine = self.store.heartbeat(self.job_id, self.attempt)
-        except UNAVAILABLE as exc:
-            log.warning("heartbeat not recorded", job_id=self.job_id, error=repr(exc))
-            return True
-        if not mine:
-            log.info("job no longer held by this run; heartbeat stops", job_id=self.job_id)
-        return mine
-
-
 class _Beater:
     """The process's heartbeat thread: sleeps until the next run is due, beats every due run, again."""
 
@@ -85,24 +76,46 @@ class _Beater:
             self.runs.discard(run)
 
     def _loop(self) -> None:
+        """Beat forever. An unexpected error is logged with its traceback and the loop goes on: a beater that died
+        would let every later run of the process look dead."""
         while True:
-            with self.cond:
-                while True:
-                    now = time.monotonic()
-                    due = [run for run in self.runs if run.due <= now]
-                    if due:
-                        for run in due:
-                            run._idle.clear()
-                        break
-                    self.cond.wait(min((run.due for run in self.runs), default=now + 60) - now)
+            try:
+                self._beat_due()
+            except Exception:
+                log.exception("heartbeat loop failed; beating on")
+                time.sleep(1.0)
+
+    def _beat_due(self) -> None:
+        with self.cond:
+            while True:
+                now = time.monotonic()
+                due = [run for run in self.runs if run.due <= now]
+                if due:
+                    for run in due:
+                        run._idle.clear()
+                    break
+                self.cond.wait(min((run.due for run in self.runs), default=now + 60) - now)
+        try:
+            mine = self._touch(due)
+        finally:
             for run in due:
-                try:
-                    mine = run.beat()
-                finally:
-                    run.due = time.monotonic() + run.interval
-                    run._idle.set()
-                if not mine:
-                    self.discard(run)
+                run.due = time.monotonic() + run.interval
+                run._idle.set()
+        for run, held in zip(due, mine, strict=True):
+            if not held:
+                log.info("job no longer held by this run; heartbeat stops", job_id=run.job_id)
+                self.discard(run)
+
+    @staticmethod
+    def _touch(due: list[Heartbeat]) -> list[bool]:
+        """Touch every due run's row in one transaction; for each, whether the run still holds its job (a job store
+        that does not answer is logged and tried again at the next beat: the runs are not interrupted)."""
+        runs = [(run.job_id, run.attempt) for run in due]
+        try:
+            return due[0].store.write(lambda connection: writes.heartbeat(connection, runs))
+        except UNAVAILABLE as exc:
+            log.warning("heartbeats not recorded", jobs=len(runs), error=repr(exc))
+            return [True] * len(due)
 
 
 _beaters: dict[int, _Beater] = {}

@@ -10,7 +10,8 @@ from conveyor import logs
 from conveyor.files.spool import spool_path
 from conveyor.files.storage import content_key
 from conveyor.schemas import Job, UploadRef
-from worker.runner import Progress
+from conveyor.store import ledger
+from worker.runner import Progress, Recorded
 from worker.runtime import Runtime
 
 log = logs.get("conveyor.ingest")
@@ -34,11 +35,11 @@ def sha256_file(path: Path, size: int, progress: Progress, share: float = 90.0) 
     return digest.hexdigest()
 
 
-def ingest(rt: Runtime, job: Job, progress: Progress) -> dict[str, Any]:
+def ingest(rt: Runtime, job: Job, progress: Progress) -> dict[str, Any] | Recorded:
     """Verify and store the job's upload; returns the upload's metadata.
 
     Idempotent: a re-run after success, or after a crash between storing and recording, records the upload
-    once and leaves no spool file behind.
+    once and leaves no spool file behind. The upload's record is written with the job's success (:class:`Recorded`).
     """
     ref = UploadRef.model_validate(job.request["upload"])
     recorded = rt.ledger.upload(job.job_id)
@@ -57,12 +58,6 @@ def ingest(rt: Runtime, job: Job, progress: Progress) -> dict[str, Any]:
         log.info("upload stored", job_id=job.job_id, owner=job.owner, key=key, new_content=newly)
     elif not rt.storage.exists(key):
         raise IntegrityError("spooled file is gone and the content was never stored")
-    return rt.ledger.record_upload(
-        job.job_id,
-        owner=job.owner,
-        filename=ref.filename,
-        size=ref.size,
-        sha256=ref.sha256,
-        content_type=ref.sniffed_type,
-        storage_key=key,
-    )
+    upload: dict[str, Any] = {"owner": job.owner, "filename": ref.filename, "size": ref.size, "sha256": ref.sha256}
+    upload |= {"content_type": ref.sniffed_type, "storage_key": key}
+    return Recorded(lambda connection: ledger.record_upload(connection, job.job_id, **upload))

@@ -1,10 +1,14 @@
 """Delivering notifications: pick the channel, record every attempt, and never deliver twice.
 
-A delivery that succeeded is recorded in the effect ledger (``notification.<channel>``) and a later run of the
-same job returns that record instead of sending again; a delivery that failed records nothing there, so a retry
-(automatic, or ``POST /jobs/{id}/retry``) sends for real. Every attempt, whatever its outcome, gets a row in the
-delivery-attempt log. What is left is at least once: a crash between the peer's acceptance and the ledger write
-means one more send, which receivers recognise by its unchanged ``webhook-id`` or ``Message-ID``.
+A delivery that succeeded is recorded in the effect ledger (``notification.<channel>``), in the transaction that
+records the job's success, and a later run of the same job returns that record instead of sending again; a
+delivery that failed records nothing there, so a retry (automatic, or ``POST /jobs/{id}/retry``) sends for real.
+Every attempt, whatever its outcome, gets a row in the delivery-attempt log, written with the job's outcome. What
+is left is at least once: a crash between the peer's acceptance and that transaction means one more send, which
+receivers recognise by its unchanged ``webhook-id`` or ``Message-ID``.
+
+The ``log`` channel's delivery is itself a job-store write: :func:`deliver_in_transaction` makes it in the claim's
+transaction, so such a job costs one transaction in all.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import time
 from typing import Any
 
 import sqlalchemy as sa
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from conveyor import logs
 from conveyor.schemas import (
@@ -22,78 +26,96 @@ from conveyor.schemas import (
     LogNotification,
     NotificationRequest,
     WebhookNotification,
-    WebsocketNotification,
 )
-from conveyor.store.attempts import AttemptLog, Outcome
-from conveyor.store.ledger import Also
-from worker.channels import DeliveryError, Sent, email, log, webhook, websocket
-from worker.runner import Failed, Progress, Retryable, persist
+from conveyor.store import attempts, ledger
+from conveyor.store.attempts import Outcome
+from worker.channels import DeliveryError, Sent, email, webhook, websocket
+from worker.runner import Failed, Progress, Recorded, Retryable
 from worker.runtime import Runtime
 
 logger = logs.get("conveyor.notify")
 _REQUEST: TypeAdapter[NotificationRequest] = TypeAdapter(NotificationRequest)
 
 
-def _send(rt: Runtime, job: Job, request: NotificationRequest, also: Also) -> Sent:
-    if isinstance(request, LogNotification):
-        return log.send(rt.ledger, job, request, also)
+def deliver_in_transaction(connection: sa.Connection, job: Job) -> dict[str, Any] | None:
+    """A ``log`` notification's delivery, in the claim's transaction: the log entry once, its effect and its attempt
+    row. Returns the job's result; ``None`` for any other channel (delivered by :func:`deliver`)."""
+    if job.request.get("channel") != "log":
+        return None
+    try:
+        request = LogNotification.model_validate(job.request)
+    except ValidationError as exc:
+        raise Failed(f"the stored request is not a log notification: {exc.error_count()} problem(s)") from exc
+    result = ledger.log_notification(
+        connection, job.job_id, level=request.level, message=request.message, data=request.data, owner=job.owner
+    )
+    attempts.record(connection, job.job_id, attempt=job.attempts, channel="log", outcome=Outcome.DELIVERED)
+    return result
+
+
+def _send(rt: Runtime, job: Job, request: NotificationRequest) -> Sent:
     if isinstance(request, WebhookNotification):
         return webhook.send(rt.settings, job.job_id, job.created_at, request)
     if isinstance(request, EmailNotification):
         return email.send(rt.settings, job.job_id, job.created_at, request)
-    assert isinstance(request, WebsocketNotification)
+    if isinstance(request, LogNotification):  # only when the in-transaction delivery could not be used
+        return Sent(detail=rt.ledger.log_notification(
+            job.job_id, level=request.level, message=request.message, data=request.data, owner=job.owner
+        ))  # fmt: skip
     return websocket.send(rt.events, job, request)
 
 
-def deliver(rt: Runtime, job: Job, progress: Progress) -> dict[str, Any]:
-    """Deliver the job's notification through its channel once; returns what happened, for the job's result.
+def deliver(rt: Runtime, job: Job, progress: Progress) -> dict[str, Any] | Recorded:
+    """Deliver the job's notification through its channel once; returns what happened, for the job's result, as
+    :class:`Recorded` writes (the effect and the attempt row) made with the job's success.
 
     Raises :class:`Retryable` for a transient failure (with the peer's ``Retry-After`` when it gave one) and
-    :class:`Failed` for a permanent one. Running it again after a success sends nothing.
+    :class:`Failed` for a permanent one, each carrying the attempt row to write. Running it again after a success
+    sends nothing.
     """
     request = _REQUEST.validate_python(job.request)
-    effect = f"notification.{request.channel}"
-    if not isinstance(request, LogNotification):
-        done = rt.ledger.effect(job.job_id, effect)
-        if done is not None:
-            logger.info("already delivered; not sent again", job_id=job.job_id, channel=request.channel)
-            return done
-    attempts = AttemptLog(rt.ledger.engine)
+    channel = request.channel
+    effect = f"notification.{channel}"
+    done = None if isinstance(request, LogNotification) else rt.ledger.effect(job.job_id, effect)
+    if done is not None:  # (a log entry is written once by its own key)
+        logger.info("already delivered; not sent again", job_id=job.job_id, channel=channel)
+        return done
     started = time.monotonic()
 
-    def record(outcome: Outcome, **fields: Any) -> None:
-        fields["duration_ms"] = int((time.monotonic() - started) * 1000)
-        attempts.record(job.job_id, attempt=job.attempts, channel=request.channel, outcome=outcome, **fields)
+    def attempt(outcome: Outcome, **fields: Any) -> ledger.Also:
+        duration = int((time.monotonic() - started) * 1000)
 
-    def logged(connection: sa.Connection) -> None:  # the log channel's attempt, written with the log entry
-        record(Outcome.DELIVERED, connection=connection)
+        def write(connection: sa.Connection) -> None:
+            attempts.record(
+                connection, job.job_id, attempt=job.attempts, channel=channel, outcome=outcome, duration_ms=duration,
+                **fields,
+            )  # fmt: skip
+
+        return write
 
     try:
-        sent = _send(rt, job, request, logged)
+        sent = _send(rt, job, request)
     except DeliveryError as exc:
         outcome = Outcome.TRANSIENT if exc.transient else Outcome.PERMANENT
-        record(outcome, status_code=exc.status_code, reply=exc.reply, error=str(exc))
+        also = attempt(outcome, status_code=exc.status_code, reply=exc.reply, error=str(exc))
         logger.warning(
-            "delivery failed",
-            job_id=job.job_id,
-            channel=request.channel,
-            attempt=job.attempts,
-            outcome=outcome.value,
+            "delivery failed", job_id=job.job_id, channel=channel, attempt=job.attempts, outcome=outcome.value,
             error=str(exc),
-        )
+        )  # fmt: skip
         if exc.transient:
-            raise Retryable(str(exc), exc.retry_after) from exc
-        raise Failed(str(exc)) from exc
+            raise Retryable(str(exc), exc.retry_after, also=also) from exc
+        raise Failed(str(exc), also=also) from exc
     except Exception as exc:
-        record(Outcome.PERMANENT, error=f"{type(exc).__name__}: {exc}")
-        raise
-    result = {"channel": request.channel, **sent.detail}
-    if not isinstance(request, LogNotification):
+        logger.exception("delivery raised", job_id=job.job_id, channel=channel, attempt=job.attempts)
+        raise Failed(f"{type(exc).__name__}: {exc}", also=attempt(Outcome.PERMANENT, error=f"{exc!r}")) from exc
+    result = {"channel": channel, **sent.detail}
+    delivered = attempt(Outcome.DELIVERED, status_code=sent.status_code, reply=sent.reply)
+    logger.info("delivered", job_id=job.job_id, owner=job.owner, channel=channel, attempt=job.attempts)
 
-        def attempt(connection: sa.Connection) -> None:  # written with the effect: both, or neither
-            record(Outcome.DELIVERED, status_code=sent.status_code, reply=sent.reply, connection=connection)
+    def record(connection: sa.Connection) -> dict[str, Any]:
+        delivered(connection)
+        if isinstance(request, LogNotification):
+            return result
+        return ledger.record_effect(connection, job.job_id, effect, result)
 
-        delivered = result
-        result = persist(rt, lambda: rt.ledger.record_effect(job.job_id, effect, delivered, also=attempt))
-    logger.info("delivered", job_id=job.job_id, owner=job.owner, channel=request.channel, attempt=job.attempts)
-    return result
+    return Recorded(record)

@@ -3,7 +3,12 @@ of job.
 
 Delivery is at least once, and a job is run by at most one live run at a time: the claim is one conditional UPDATE,
 and a run proves it is alive by its heartbeat (``worker/heartbeat.py``). Every outcome is written only if no later
-run has claimed the job since, so a run that was taken for dead cannot overwrite its successor's result.
+run has claimed it since, so a run that was taken for dead cannot overwrite its successor's result.
+
+A run costs at most two job-store transactions, each shared with the other runs of the process (the group writer,
+``conveyor/store/writer.py``): the claim, and the outcome together with what the run did (its effect and delivery
+attempt, :class:`Recorded`). A job whose work is itself a job-store write (a ``log`` notification) is claimed, done
+and recorded in one transaction. A run's events are published once its writes are committed, in one round trip.
 """
 
 from __future__ import annotations
@@ -11,16 +16,20 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
 import redis
+import sqlalchemy as sa
 
 from conveyor import logs
-from conveyor.events import flower_progress, job_event
+from conveyor.events import job_event
 from conveyor.schemas import Event, EventType, Job, JobStatus
 from conveyor.settings import Settings
-from conveyor.store.jobstore import UNAVAILABLE, utcnow
+from conveyor.store import writes
+from conveyor.store.db import UNAVAILABLE
+from conveyor.store.rows import utcnow
 from worker.heartbeat import Heartbeat
 from worker.runtime import Runtime
 
@@ -31,24 +40,40 @@ T = TypeVar("T")
 POISONED = "poisoned"
 #: Redis errors that mean "not reachable now": a handler meeting one (a progress event) is retried, not failed.
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+#: Writes to make in the transaction that records a run's outcome.
+Writes = Callable[[sa.Connection], None]
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What a handler did, recorded in the same transaction as the job's success: ``write`` makes the run's records
+    (its effect in the ledger, its delivery attempt) and returns the job's result."""
+
+    write: Callable[[sa.Connection], dict[str, Any]]
 
 
 class Retryable(Exception):
-    """A failure worth another attempt (a timeout, a busy peer); anything else fails the job at once.
+    """A failure worth another attempt (a timeout, a busy peer); anything else fails the job at once. ``also`` are
+    writes to make with the job's ``retrying`` record (the failed attempt's log row).
 
     When :func:`run_job` re-raises it, ``countdown`` is the wait before the next attempt and ``held`` says whether
     the caller makes that attempt itself after the wait (else the dispatcher sends it when due).
     """
 
-    def __init__(self, message: str, countdown: float | None = None) -> None:
+    def __init__(self, message: str, countdown: float | None = None, also: Writes | None = None) -> None:
         super().__init__(message)
         self.countdown = countdown
         self.held = False
+        self.also = also
 
 
 class Failed(Exception):
     """A failure that another attempt would not fix (the peer refused the request): the job fails at once with
-    this message, without a traceback in the log."""
+    this message, without a traceback in the log. ``also`` are writes to make with the job's ``failed`` record."""
+
+    def __init__(self, message: str, also: Writes | None = None) -> None:
+        super().__init__(message)
+        self.also = also
 
 
 def backoff(retries: int, base: float = 1.0, cap: float = 300.0) -> float:
@@ -83,21 +108,55 @@ class Progress:
             return
         self._last_sent, self._last_value = now, percent
         if self.rt.store.set_progress(self.job.job_id, percent):
-            event = job_event(self.job, EventType.PROGRESS).model_copy(update={"progress": round(percent, 2)})
-            self.rt.events.publish(event)
-            flower_progress(self.job.job_id, percent)
+            self.rt.events.publish(job_event(self.job, EventType.PROGRESS, progress=round(percent, 2)))
 
 
-Handler = Callable[[Runtime, Job, Progress], dict[str, Any]]
+#: A job's work: returns the job's result, or :class:`Recorded` to record what it did with the outcome.
+Handler = Callable[[Runtime, Job, Progress], "dict[str, Any] | Recorded"]
+#: A job's work when it is itself a job-store write: done inside the claim's transaction; returns the job's result,
+#: or ``None`` when this job's work is not of that kind (the job then runs through its :data:`Handler`).
+InTransaction = Callable[[sa.Connection, Job], "dict[str, Any] | None"]
 
 
-def run_job(rt: Runtime, job_id: str, handler: Handler) -> Job | None:
-    """Run ``handler`` for the job once this delivery may run it; record and announce the outcome.
+@dataclass
+class _Claim:
+    """What the claim's transaction found: the job this run now holds, or the job as it is (not claimed); and, when
+    the run already ended inside that transaction, its outcome."""
+
+    job: Job | None = None
+    current: Job | None = None
+    done: Job | None = None
+    reason: str | None = None
+
+
+def _claim(connection: sa.Connection, job_id: str, settings: Settings, in_transaction: InTransaction | None) -> _Claim:
+    stale_before = utcnow() - timedelta(seconds=settings.dead_after_seconds)
+    job = writes.claim(connection, job_id, stale_before=stale_before)
+    if job is None:
+        return _Claim(current=writes.get(connection, job_id))
+    if job.crashes >= settings.max_crashes:
+        error = f"{POISONED}: its worker died {job.crashes} times while running it"
+        return _Claim(job, done=writes.fail(connection, job_id, job.attempts, error), reason=POISONED)
+    if in_transaction is not None:
+        try:
+            result = in_transaction(connection, job)
+        except Failed as exc:
+            if exc.also is not None:
+                exc.also(connection)
+            return _Claim(job, done=writes.fail(connection, job_id, job.attempts, str(exc)))
+        if result is not None:
+            return _Claim(job, done=writes.succeed(connection, job_id, job.attempts, result))
+    return _Claim(job)
+
+
+def run_job(rt: Runtime, job_id: str, handler: Handler, in_transaction: InTransaction | None = None) -> Job | None:
+    """Run the job once this delivery may run it; record and announce the outcome.
 
     A finished or cancelled job, or a retrying one whose next attempt is not due, is left alone (a duplicate
     delivery is harmless). A job held by a live run raises :class:`JobBusy`. A job whose run died (its heartbeat is
     older than ``dead_after_seconds``) is taken over, and one whose runs died ``max_crashes`` times is failed as
-    :data:`POISONED` without running again. While the handler runs, a heartbeat keeps the claim alive.
+    :data:`POISONED` without running again. With ``in_transaction``, a job whose work is a job-store write is
+    done in the claim's transaction; otherwise ``handler`` runs, with a heartbeat keeping the claim alive.
 
     ``Retryable`` puts the job in ``retrying`` and is re-raised with ``countdown`` (its own, at most
     ``retry_backoff_cap``, else exponential backoff with jitter) and ``held`` set; the ``job.retrying`` event
@@ -106,10 +165,16 @@ def run_job(rt: Runtime, job_id: str, handler: Handler) -> Job | None:
     answering mid-run is retried for a while; if it stays away the error propagates (the job is released for a
     new attempt when the store answers again in time, else it is recovered as a dead run).
     """
-    settings = rt.settings
-    job = rt.store.claim(job_id, stale_before=utcnow() - timedelta(seconds=settings.dead_after_seconds))
+    try:
+        claim = rt.store.write(lambda connection: _claim(connection, job_id, rt.settings, in_transaction))
+    except UNAVAILABLE:
+        raise
+    except Exception:  # the work done in the claim's transaction raised: claim alone, then run it as a handler
+        log.exception("job's in-transaction work failed; running it apart", job_id=job_id)
+        claim = rt.store.write(lambda connection: _claim(connection, job_id, rt.settings, None))
+    job = claim.job
     if job is None:
-        current = rt.store.get(job_id)
+        current = claim.current
         if current is None:
             log.error("no job row for task; nothing done", job_id=job_id)
         elif current.status is JobStatus.STARTED:
@@ -119,20 +184,32 @@ def run_job(rt: Runtime, job_id: str, handler: Handler) -> Job | None:
         return current
     if job.crashes:
         log.warning("job taken over from a dead run", job_id=job_id, attempt=job.attempts, crashes=job.crashes)
-    if job.crashes >= settings.max_crashes:
-        error = f"{POISONED}: its worker died {job.crashes} times while running it"
-        return _fail(rt, job, error, reason=POISONED)
-    _announce(rt, job_event(job, attempt=job.attempts))
+    started = job_event(job, attempt=job.attempts)
+    if claim.done is not None or claim.reason is not None:
+        return _ended(rt, job, claim.done, started, claim.reason)
+    _announce(rt, started)
     log.info("job started", job_id=job_id, owner=job.owner, kind=job.kind, attempt=job.attempts)
-    with Heartbeat(rt.store, job_id, job.attempts, settings.heartbeat_seconds):
+    with Heartbeat(rt.store, job_id, job.attempts, rt.settings.heartbeat_seconds):
         return _attempt(rt, job, handler)
+
+
+def _ended(rt: Runtime, job: Job, done: Job | None, started: Event, reason: str | None) -> Job | None:
+    """The run ended in the claim's transaction: announce its start and its outcome in one round trip."""
+    if done is None:
+        return _not_ours(rt, job.job_id)
+    if reason is not None:
+        log.warning("job failed", job_id=job.job_id, owner=job.owner, reason=reason, error=done.error)
+        _announce(rt, job_event(done, attempt=done.attempts, reason=reason))
+    else:
+        _announce(rt, started, job_event(done, attempt=done.attempts))
+    return done
 
 
 def _attempt(rt: Runtime, job: Job, handler: Handler) -> Job | None:
     job_id = job.job_id
     try:
         try:
-            result = handler(rt, job, Progress(rt, job))
+            outcome = handler(rt, job, Progress(rt, job))
         except REDIS_DOWN as exc:
             raise Retryable(f"Redis unavailable: {exc}") from exc
     except UNAVAILABLE:
@@ -141,19 +218,19 @@ def _attempt(rt: Runtime, job: Job, handler: Handler) -> Job | None:
     except Retryable as exc:
         if job.attempts < rt.settings.max_attempts:
             return _schedule_retry(rt, job, exc)
-        return _fail(rt, job, f"{exc} (after {job.attempts} attempts)")
+        return _fail(rt, job, f"{exc} (after {job.attempts} attempts)", exc.also)
     except Failed as exc:
         log.warning("job failed", job_id=job_id, owner=job.owner, error=str(exc))
-        return _fail(rt, job, str(exc))
+        return _fail(rt, job, str(exc), exc.also)
     except Exception as exc:
         log.exception("job failed", job_id=job_id, owner=job.owner)
         return _fail(rt, job, f"{type(exc).__name__}: {exc}")
-    done = persist(
-        rt,
-        lambda: rt.store.transition(
-            job_id, JobStatus.SUCCEEDED, allowed_from=[JobStatus.STARTED], result=result, attempt=job.attempts
-        ),
-    )
+
+    def succeed(connection: sa.Connection) -> Job | None:
+        result = outcome.write(connection) if isinstance(outcome, Recorded) else outcome
+        return writes.succeed(connection, job_id, job.attempts, result)
+
+    done = persist(rt, lambda: rt.store.write(succeed))
     if done is None:
         return _not_ours(rt, job_id)
     _announce(rt, job_event(done, attempt=done.attempts))
@@ -168,12 +245,15 @@ def _schedule_retry(rt: Runtime, job: Job, exc: Retryable) -> Job | None:
         exc.countdown = backoff(job.attempts - 1, settings.retry_backoff_base, cap)
     countdown = exc.countdown = max(0.0, min(exc.countdown, cap))
     exc.held = held_retry(settings, countdown)
-    retrying = persist(
-        rt,
-        lambda: rt.store.schedule_retry(
-            job.job_id, attempt=job.attempts, error=str(exc), delay=countdown, held=exc.held
-        ),
-    )
+
+    def retry(connection: sa.Connection) -> Job | None:
+        if exc.also is not None:
+            exc.also(connection)
+        return writes.retry(
+            connection, job.job_id, attempt=job.attempts, error=str(exc), delay=countdown, held=exc.held
+        )
+
+    retrying = persist(rt, lambda: rt.store.write(retry))
     if retrying is None:
         return _not_ours(rt, job.job_id)
     event = job_event(retrying, attempt=job.attempts)
@@ -201,18 +281,16 @@ def _release(rt: Runtime, job: Job) -> None:
         _announce(rt, job_event(released, attempt=job.attempts).model_copy(update={"next_attempt_at": time.time()}))
 
 
-def _fail(rt: Runtime, job: Job, error: str, reason: str | None = None) -> Job | None:
-    failed = persist(
-        rt,
-        lambda: rt.store.transition(
-            job.job_id, JobStatus.FAILED, allowed_from=[JobStatus.STARTED], error=error, attempt=job.attempts
-        ),
-    )
+def _fail(rt: Runtime, job: Job, error: str, also: Writes | None = None) -> Job | None:
+    def fail(connection: sa.Connection) -> Job | None:
+        if also is not None:
+            also(connection)
+        return writes.fail(connection, job.job_id, job.attempts, error)
+
+    failed = persist(rt, lambda: rt.store.write(fail))
     if failed is None:
         return _not_ours(rt, job.job_id)
-    if reason is not None:
-        log.warning("job failed", job_id=job.job_id, owner=job.owner, reason=reason, error=error)
-    _announce(rt, job_event(failed, attempt=failed.attempts, reason=reason))
+    _announce(rt, job_event(failed, attempt=failed.attempts))
     return failed
 
 
@@ -240,10 +318,11 @@ def persist(rt: Runtime, write: Callable[[], T]) -> T:
             delay = min(delay * 2, 2.0)
 
 
-def _announce(rt: Runtime, event: Event) -> None:
-    """Publish ``event``. The job store, not the stream, is the truth: if Redis stays unreachable through the
-    client's retries, the event is logged as lost and the job goes on."""
+def _announce(rt: Runtime, *events: Event) -> None:
+    """Publish ``events``, in order, in one round trip. The job store, not the stream, is the truth: if Redis stays
+    unreachable through the client's retries, the events are logged as lost and the job goes on."""
     try:
-        rt.events.publish(event)
+        rt.events.publish_many(events)
     except REDIS_DOWN as exc:
-        log.error("event lost: Redis unavailable", job_id=event.job_id, type=event.type, error=repr(exc))
+        for event in events:
+            log.error("event lost: Redis unavailable", job_id=event.job_id, type=event.type, error=repr(exc))

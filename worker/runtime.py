@@ -31,6 +31,7 @@ class Runtime:
     pid: int
 
     def close(self) -> None:
+        self.store.writer.close()
         self.redis.close()
         self.store.engine.dispose()
 
@@ -46,14 +47,14 @@ def open_runtime(settings: Settings, celery: Celery | None = None) -> Runtime:
     engine = create_engine(settings.effective_database_url)
     # A Redis restart (seconds) is ridden out: each command is tried again with backoff for about 25 s.
     client = redis_client(settings.effective_redis_url, patience="background")
-    store = JobStore(engine)
+    store = JobStore(engine)  # its group writer commits every write of this process
     events = EventLog(client, settings.events_max_len)
     settings.spool_dir.mkdir(parents=True, exist_ok=True)
     settings.storage_dir.mkdir(parents=True, exist_ok=True)
     return Runtime(
         settings=settings,
         store=store,
-        ledger=Ledger(engine),
+        ledger=Ledger(engine, store.writer),
         events=events,
         storage=LocalStorage(settings.storage_dir),
         dispatcher=Dispatcher(store, events, celery or celery_app),

@@ -11,9 +11,9 @@ from celery.signals import setup_logging, worker_process_init, worker_process_sh
 from conveyor import logs, names
 from conveyor.queue.app import app
 from conveyor.settings import get_settings
-from conveyor.store.jobstore import UNAVAILABLE
+from conveyor.store.db import UNAVAILABLE
 from worker import housekeeping, ingest, notify
-from worker.runner import Handler, JobBusy, Retryable, run_job
+from worker.runner import Handler, InTransaction, JobBusy, Retryable, run_job
 from worker.runtime import close_runtime, runtime
 
 log = logs.get("conveyor.worker")
@@ -41,7 +41,7 @@ def _close(**_kwargs: Any) -> None:
 STORE_WAIT_SECONDS = 60.0
 
 
-def run(job_id: str, handler: Handler) -> None:
+def run(job_id: str, handler: Handler, in_transaction: InTransaction | None = None) -> None:
     """Run job ``job_id`` with ``handler`` inside a Celery task: what every job task of Conveyor does, and what a
     plugin's own task (loaded with Celery's ``--include``) calls to run its jobs the same way.
 
@@ -55,7 +55,7 @@ def run(job_id: str, handler: Handler) -> None:
     waited, pause = 0.0, 0.5
     while True:
         try:
-            run_job(rt, job_id, handler)
+            run_job(rt, job_id, handler, in_transaction)
             return
         except JobBusy:
             log.info("duplicate delivery dropped: a live run holds the job", job_id=job_id)
@@ -78,7 +78,7 @@ def run(job_id: str, handler: Handler) -> None:
 @app.task(name=names.TASK_SEND_NOTIFICATION)
 def send_notification(job_id: str) -> None:
     """Deliver the notification of job ``job_id``. At most one delivery per job, however often it runs."""
-    run(job_id, notify.deliver)
+    run(job_id, notify.deliver, notify.deliver_in_transaction)
 
 
 @app.task(name=names.TASK_INGEST_UPLOAD)

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 log = logs.get("conveyor.streams")
 
 BACKLOG_PAGE = 500
+#: How far the api's clock (a job's ``created_at``) may run ahead of Redis's (its events' ids), in milliseconds.
+CLOCK_SLACK_MS = 5000
 #: Commands a client may have waiting for the sending loop before it is refused.
 MAX_PENDING_COMMANDS = 8
 
@@ -97,7 +99,8 @@ class EventStream:
 
     async def start_point(self, request: StreamRequest) -> str | None:
         """The id to read the backlog after: the resume point; else, for named jobs, just before the earliest
-        job's ``job.queued`` event (their whole history); else ``None`` (live events only).
+        job's ``job.queued`` event (their whole history; for a job whose event id is not noted yet, a few seconds
+        before its creation); else ``None`` (live events only).
 
         Raises :class:`Refused` (1008 / 404) when a named job does not exist.
         """
@@ -105,11 +108,19 @@ class EventStream:
             return request.resume
         firsts = []
         for job_id in request.jobs:
-            await self._own_job(job_id)
+            job = await self._own_job(job_id)
             first = await anyio.to_thread.run_sync(self.app.store.queued_event_id, job_id)
-            if first:
-                firsts.append(first)
+            firsts.append(first or await self._unnoted_start(job))
         return predecessor(min(firsts, key=id_key)) if firsts else None
+
+    async def _unnoted_start(self, job: Job) -> str:
+        """Where a job's events begin when its ``job.queued`` event id is not noted yet (the api notes it behind, or
+        Redis was down and the dispatcher will announce it): they come after its creation by the api's clock, which
+        may run a little ahead of Redis's, and not before what the stream holds (anything older is no event of a
+        job that young, or not published yet)."""
+        created = f"{max(int(job.created_at.timestamp() * 1000) - CLOCK_SLACK_MS, 1)}-0"
+        oldest = (await self.app.events.retention()).first_id
+        return created if oldest is None or id_key(created) > id_key(oldest) else oldest
 
     async def _own_job(self, job_id: str) -> Job:
         """The job, if it exists and is the stream owner's; else :class:`Refused` (1008 / 404), the same for

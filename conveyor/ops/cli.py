@@ -54,6 +54,17 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def worker_pool(settings: Settings, queues: list[str]) -> tuple[str, int]:
+    """The Celery pool and concurrency that suit ``queues``: notifications are network waits, run on threads that
+    share one process (and its job-store commits); uploads hash and copy bytes, in processes; housekeeping runs one
+    short task at a time in the worker process itself."""
+    if queues == [names.QUEUE_NOTIFICATIONS]:
+        return "threads", settings.notification_threads
+    if queues == [names.QUEUE_HOUSEKEEPING]:
+        return "solo", 1
+    return "prefork", settings.worker_concurrency
+
+
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     """Run a Celery worker for the given queues (tasks are imported by the worker only)."""
     from conveyor.queue.app import app
@@ -64,12 +75,13 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     if unknown:
         log.error("unknown queues", unknown=",".join(sorted(unknown)), known=",".join(names.QUEUES))
         return 2
-    concurrency = args.concurrency or (1 if queues == [names.QUEUE_HOUSEKEEPING] else settings.worker_concurrency)
+    pool, concurrency = worker_pool(settings, queues)
     app.worker_main(
         [
             "worker",
             f"--queues={','.join(queues)}",
-            f"--concurrency={concurrency}",
+            f"--pool={args.pool or pool}",
+            f"--concurrency={args.concurrency or concurrency}",
             f"--hostname={'+'.join(queues)}@%h",
             f"--loglevel={settings.log_level}",
             "--without-mingle",
@@ -247,7 +259,8 @@ def parser() -> argparse.ArgumentParser:
             command.add_argument("--port", type=int)
         if name == "worker":
             command.add_argument("--queues", required=True, help=f"comma-separated, of {','.join(names.QUEUES)}")
-            command.add_argument("--concurrency", type=int)
+            command.add_argument("--concurrency", type=int, help="processes (prefork) or threads of the pool")
+            command.add_argument("--pool", choices=("prefork", "threads", "solo"), help="default: suited to the queue")
         if name == "keys":
             actions = command.add_subparsers(dest="action", required=True)
             create = actions.add_parser("create", help="make a key for an owner; prints it once, on the last line")

@@ -57,7 +57,7 @@ def create_celery(settings: Settings) -> Celery:
         task_time_limit=settings.task_time_limit,
         # Task events for Flower, from the workers (received, started, succeeded…). Not ``task-sent`` from the api:
         # it would cost every submission a publish, and the job store already says what was sent.
-        worker_send_task_events=True,
+        worker_send_task_events=False,
         task_send_sent_event=False,
         # Explicit queues and routes; anything unrouted goes to housekeeping.
         task_queues=[

@@ -19,7 +19,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from conveyor.store import db
-from conveyor.store.outbox import _aware, utcnow
+from conveyor.store.rows import aware as _aware
+from conveyor.store.rows import utcnow
 
 PREFIX = "cvk_"
 _KEY = re.compile(r"^cvk_([A-Za-z0-9]{12})_([A-Za-z0-9_-]{43})$")

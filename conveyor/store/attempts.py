@@ -15,7 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from conveyor.store import db
-from conveyor.store.jobstore import _aware, utcnow
+from conveyor.store.rows import aware as _aware
+from conveyor.store.rows import utcnow
 
 #: Longest reply or error text kept per attempt.
 MAX_TEXT = 1000
@@ -69,43 +70,33 @@ def _clip(text: str | None) -> str | None:
     return None if text is None else text[:MAX_TEXT]
 
 
+_INSERT = db.delivery_attempts.insert()
+
+
+def record(
+    connection: sa.Connection,
+    job_id: str,
+    *,
+    attempt: int,
+    channel: str,
+    outcome: Outcome,
+    status_code: int | None = None,
+    reply: str | None = None,
+    error: str | None = None,
+    duration_ms: int | None = None,
+) -> None:
+    """Append one attempt in ``connection``'s transaction (texts clipped to ``MAX_TEXT`` characters), so that it is
+    written with what the attempt did, or not at all."""
+    row = {"job_id": job_id, "attempt": attempt, "channel": channel, "outcome": outcome.value}
+    row |= {"status_code": status_code, "reply": _clip(reply), "error": _clip(error), "duration_ms": duration_ms}
+    connection.execute(_INSERT, {**row, "created_at": utcnow()})
+
+
 class AttemptLog:
     """Delivery attempts in the job store's database. Rows are only ever added."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-
-    def record(
-        self,
-        job_id: str,
-        *,
-        attempt: int,
-        channel: str,
-        outcome: Outcome,
-        status_code: int | None = None,
-        reply: str | None = None,
-        error: str | None = None,
-        duration_ms: int | None = None,
-        connection: sa.Connection | None = None,
-    ) -> None:
-        """Append one attempt (texts are clipped to ``MAX_TEXT`` characters): in ``connection``'s transaction when
-        given (to be written with what the attempt did, or not at all), else in a transaction of its own."""
-        insert = db.delivery_attempts.insert().values(
-            job_id=job_id,
-            attempt=attempt,
-            channel=channel,
-            outcome=outcome.value,
-            status_code=status_code,
-            reply=_clip(reply),
-            error=_clip(error),
-            duration_ms=duration_ms,
-            created_at=utcnow(),
-        )
-        if connection is not None:
-            connection.execute(insert)
-            return
-        with db.writing(self.engine) as own:
-            own.execute(insert)
 
     def of(self, job_id: str, limit: int = 1000) -> list[Attempt]:
         """The job's attempts, oldest first."""

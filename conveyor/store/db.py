@@ -13,6 +13,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+#: Errors that mean "the job store did not answer" (down, restarting, unreachable, locked), not "the request was
+#: wrong": whoever meets one may try again later.
+UNAVAILABLE: tuple[type[Exception], ...] = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
+
 metadata = sa.MetaData()
 
 jobs = sa.Table(

@@ -1,11 +1,12 @@
-"""The job store: the one place that knows a job's status. Every change is a conditional update."""
+"""The job store: the one place that knows a job's status. Every change is a conditional update, committed by the
+process's group writer (:mod:`conveyor.store.writer`), so that concurrent callers share transactions."""
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -13,17 +14,14 @@ from sqlalchemy.engine import Engine
 
 from conveyor.ids import new_id
 from conveyor.schemas import FINISHED, Job, JobStatus
-from conveyor.store import db
+from conveyor.store import db, writes
+from conveyor.store.db import UNAVAILABLE as UNAVAILABLE  # re-exported: what callers catch
 from conveyor.store.outbox import Dispatch as Dispatch  # re-exported: callers import it from the job store
-from conveyor.store.outbox import Outbox, job_from_row
-from conveyor.store.outbox import _aware as _aware  # re-exported for the ledger and the attempt log
-from conveyor.store.outbox import utcnow as utcnow
-
-#: Errors that mean "the job store did not answer" (down, restarting, unreachable, locked), not "the request was
-#: wrong": whoever meets one may try again later.
-UNAVAILABLE: tuple[type[Exception], ...] = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
-#: How far ahead of its time a retrying job may be claimed (clocks of different hosts disagree a little).
-CLOCK_SLACK = timedelta(seconds=1)
+from conveyor.store.outbox import Outbox
+from conveyor.store.rows import aware as _aware  # noqa: F401 - re-exported for older callers
+from conveyor.store.rows import job_from_row
+from conveyor.store.rows import utcnow as utcnow
+from conveyor.store.writer import GroupWriter, T, Unit
 
 
 class IdempotencyConflict(ValueError):
@@ -89,7 +87,7 @@ class NewJob:
     job_id: str | None = None
 
 
-def _new_row(new: NewJob, now: datetime) -> dict[str, Any]:
+def new_row(new: NewJob, now: datetime) -> dict[str, Any]:
     """Every column of a new queued job's row."""
     return {
         "id": new.job_id or new_id(),
@@ -113,46 +111,19 @@ def _new_row(new: NewJob, now: datetime) -> dict[str, Any]:
     }
 
 
-def _claim_statement() -> sa.Update:
-    """The claim, built once (it runs for every delivery): see :meth:`JobStore.claim`."""
-    c = db.jobs.c
-    now = sa.bindparam("p_now", type_=sa.DateTime(timezone=True))
-    condition = sa.or_(
-        c.status == JobStatus.QUEUED.value,
-        sa.and_(
-            c.status == JobStatus.RETRYING.value,
-            sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= sa.bindparam("p_due", type_=sa.DateTime(True))),
-        ),
-        sa.and_(
-            c.status == JobStatus.STARTED.value,
-            sa.func.coalesce(c.heartbeat_at, c.updated_at) < sa.bindparam("p_stale", type_=sa.DateTime(True)),
-        ),
-    )
-    return (
-        db.jobs.update()
-        .where(c.id == sa.bindparam("p_job"), condition)
-        .values(
-            status=JobStatus.STARTED.value,
-            updated_at=now,
-            started_at=now,
-            heartbeat_at=now,
-            next_attempt_at=None,
-            attempts=c.attempts + 1,
-            crashes=c.crashes + sa.case((c.status == JobStatus.STARTED.value, 1), else_=0),
-        )
-    )
-
-
-_CLAIM = _claim_statement()
-
-
 class JobStore(Outbox):
     """Jobs in a SQL database (SQLite or PostgreSQL). Thread-safe; every method is one short transaction."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, writer: GroupWriter | None = None) -> None:
         self.engine = engine
+        #: Every write of this store goes through it (one per process and database).
+        self.writer = writer or GroupWriter(engine)
 
     _job = staticmethod(job_from_row)
+
+    def write(self, unit: Unit[T]) -> T:
+        """Run ``unit`` in the writer's next transaction; its value once committed."""
+        return self.writer.run(unit)
 
     def ping(self) -> None:
         """Raise unless the database answers."""
@@ -171,10 +142,9 @@ class JobStore(Outbox):
         """Record queued jobs, all in one transaction when none reuses an idempotency key; returns
         ``(job, created)`` for each, in order (see :meth:`create`)."""
         now = utcnow()
-        rows = [_new_row(new, now) for new in news]
+        rows = [new_row(new, now) for new in news]
         try:
-            with db.writing(self.engine) as connection:
-                connection.execute(db.jobs.insert(), rows)
+            self.write(lambda connection: connection.execute(_INSERT, rows))
         except sa.exc.IntegrityError:
             # Nothing was written. If every key was used before, this is a replay: the original jobs.
             existing = [None if new.idempotency_key is None else self.find_by_idempotency_key(new.idempotency_key)
@@ -236,7 +206,8 @@ class JobStore(Outbox):
         run has claimed it since: a run that was taken for dead cannot overwrite its successor's outcome).
 
         Returns the updated job, or ``None`` when the job is unknown or in another state. The check and the
-        write are one statement, so two processes racing on the same job cannot both win.
+        write are one statement, so two processes racing on the same job cannot both win. (A run's own outcomes
+        have prebuilt statements in :mod:`conveyor.store.writes`.)
         """
         now = utcnow()
         values: dict[str, Any] = {"status": to.value, "updated_at": now}
@@ -254,46 +225,17 @@ class JobStore(Outbox):
         return self._update(job_id, condition, values)
 
     def claim(self, job_id: str, *, stale_before: datetime, due_before: datetime | None = None) -> Job | None:
-        """Mark the job started for a new attempt (its heartbeat fresh), if it may run now.
-
-        It may when it is queued; when it is retrying and its next attempt is due by ``due_before`` (default: now,
-        with a second of slack); or when it is started but its run's heartbeat is older than ``stale_before`` (that
-        run died). Taking a job over from a dead run counts one crash. Returns ``None`` otherwise, so a duplicate
-        delivery of a running, early or finished job does nothing.
-        """
-        now = utcnow()
-        params = {"p_job": job_id, "p_now": now, "p_due": due_before or now + CLOCK_SLACK, "p_stale": stale_before}
-        return self._written(job_id, _CLAIM, params)
+        """:func:`conveyor.store.writes.claim` in a transaction of the writer."""
+        return self.write(lambda c: writes.claim(c, job_id, stale_before=stale_before, due_before=due_before))
 
     def heartbeat(self, job_id: str, attempt: int) -> bool:
         """Note that the run holding attempt ``attempt`` of the job is alive. ``False`` when the job is no longer
         that run's (finished, cancelled, or taken over)."""
-        statement = (
-            db.jobs.update()
-            .where(db.jobs.c.id == job_id, db.jobs.c.status == JobStatus.STARTED.value, db.jobs.c.attempts == attempt)
-            .values(heartbeat_at=utcnow())
-        )
-        with db.writing(self.engine) as connection:
-            return bool(connection.execute(statement).rowcount == 1)
+        return self.write(lambda c: writes.heartbeat(c, [(job_id, attempt)]))[0]
 
     def schedule_retry(self, job_id: str, *, attempt: int, error: str, delay: float, held: bool) -> Job | None:
-        """Move attempt ``attempt`` of a started job to ``retrying``, its next attempt due in ``delay`` seconds.
-
-        With ``held`` the calling run makes the next attempt itself (``dispatched_at`` is set to now, not after the
-        due time); otherwise the dispatcher sends it when due. :meth:`retries_due` tells the two apart and covers a
-        holder that died. ``None`` when the job is no longer that run's.
-        """
-        now = utcnow()
-        values: dict[str, Any] = {
-            "status": JobStatus.RETRYING.value,
-            "updated_at": now,
-            "error": error,
-            "next_attempt_at": now + timedelta(seconds=max(0.0, delay)),
-            "dispatched_at": now if held else None,
-            "heartbeat_at": None,
-        }
-        condition = sa.and_(db.jobs.c.status == JobStatus.STARTED.value, db.jobs.c.attempts == attempt)
-        return self._update(job_id, condition, values)
+        """:func:`conveyor.store.writes.retry` in a transaction of the writer."""
+        return self.write(lambda c: writes.retry(c, job_id, attempt=attempt, error=error, delay=delay, held=held))
 
     def requeue(self, job_id: str) -> Job | None:
         """Put a failed job back in the queue for a fresh run, if it is failed: error, result, progress and the
@@ -315,27 +257,18 @@ class JobStore(Outbox):
         return self._update(job_id, db.jobs.c.status == JobStatus.FAILED.value, values)
 
     def _update(self, job_id: str, condition: sa.ColumnElement[bool], values: dict[str, Any]) -> Job | None:
-        """Update the job if ``condition`` holds; the job as written, or ``None``. One statement where the database
-        can return what it updated (SQLite 3.35+, PostgreSQL), else the update and a read in one transaction."""
-        return self._written(job_id, db.jobs.update().where(db.jobs.c.id == job_id, condition).values(**values))
+        """Update the job if ``condition`` holds; the job as written, or ``None``."""
+        statement = db.jobs.update().where(db.jobs.c.id == job_id, condition).values(**values).returning(*db.jobs.c)
 
-    def _written(self, job_id: str, statement: sa.Update, params: dict[str, Any] | None = None) -> Job | None:
-        """Run an update of job ``job_id``; the job as written, or ``None`` when it updated nothing."""
-        with db.writing(self.engine) as connection:
-            if connection.dialect.update_returning:
-                row = connection.execute(statement.returning(*db.jobs.c), params).first()
-            elif connection.execute(statement, params).rowcount != 1:
-                row = None
-            else:
-                row = connection.execute(db.jobs.select().where(db.jobs.c.id == job_id)).one()
-        return None if row is None else self._job(row)
+        def unit(connection: sa.Connection) -> Job | None:
+            row = connection.execute(statement).first()
+            return None if row is None else job_from_row(row)
+
+        return self.write(unit)
 
     def set_progress(self, job_id: str, progress: float) -> bool:
         """Record progress of a started job; ``False`` if the job is no longer running."""
-        statement = (
-            db.jobs.update()
-            .where(db.jobs.c.id == job_id, db.jobs.c.status == JobStatus.STARTED.value)
-            .values(progress=max(0.0, min(100.0, progress)), updated_at=utcnow())
-        )
-        with db.writing(self.engine) as connection:
-            return bool(connection.execute(statement).rowcount == 1)
+        return self.write(lambda c: writes.progress(c, job_id, progress))
+
+
+_INSERT = db.jobs.insert()

@@ -14,49 +14,143 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from conveyor.store import db
-from conveyor.store.jobstore import _aware, find, keyset_page, utcnow
+from conveyor.store.jobstore import find, keyset_page
+from conveyor.store.rows import aware as _aware
+from conveyor.store.rows import utcnow
+from conveyor.store.writer import GroupWriter
 
 #: More writes to make in a ledger write's transaction (the delivery attempt that had the effect).
 Also = Callable[[sa.Connection], None]
+_insert_ignore_cache: dict[tuple[str, str], sa.Insert] = {}
+
+
+def insert_ignore(connection: sa.Connection, table: sa.Table) -> sa.Insert:
+    """``INSERT … ON CONFLICT DO NOTHING RETURNING <key>`` into ``table`` for ``connection``'s database, built once:
+    a row whose key exists already is skipped without an error (so the statement can share a transaction with
+    others), and returns no row."""
+    key = (connection.dialect.name, table.name)
+    statement = _insert_ignore_cache.get(key)
+    if statement is None:
+        if key[0] == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            statement = pg_insert(table).on_conflict_do_nothing()
+        else:
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            statement = sqlite_insert(table).on_conflict_do_nothing()
+        # RETURNING tells whether the row went in (PostgreSQL's driver reports no row count for it).
+        statement = statement.returning(*table.primary_key.columns)
+        _insert_ignore_cache[key] = statement
+    return statement
+
+
+_EFFECT = sa.select(db.effects.c.detail).where(
+    db.effects.c.job_id == sa.bindparam("p_job"), db.effects.c.effect == sa.bindparam("p_effect")
+)
+_LOG = db.notification_log.select().where(db.notification_log.c.job_id == sa.bindparam("p_job"))
+_UPLOAD = db.uploads.select().where(db.uploads.c.id == sa.bindparam("p_job"))
+
+
+def _first_time(connection: sa.Connection, job_id: str, effect: str, detail: Mapping[str, Any]) -> bool:
+    """Record the effect if it was not; ``True`` when this call recorded it."""
+    row = {"job_id": job_id, "effect": effect, "detail": dict(detail), "created_at": utcnow()}
+    return connection.execute(insert_ignore(connection, db.effects), row).first() is not None
+
+
+def record_effect(connection: sa.Connection, job_id: str, effect: str, detail: Mapping[str, Any]) -> dict[str, Any]:
+    """Record, in ``connection``'s transaction, that the job's ``effect`` happened, once; returns the detail that
+    stands (the first record's)."""
+    if _first_time(connection, job_id, effect, detail):
+        return dict(detail)
+    first = connection.execute(_EFFECT, {"p_job": job_id, "p_effect": effect}).scalar_one()
+    return dict(first or {})
+
+
+def log_notification(
+    connection: sa.Connection,
+    job_id: str,
+    *,
+    level: str,
+    message: str,
+    data: Mapping[str, Any] | None,
+    owner: str | None,
+) -> dict[str, Any]:
+    """Write the message to the notification log once, in ``connection``'s transaction. Returns what was logged
+    (the first run's record)."""
+    now = utcnow()
+    if _first_time(connection, job_id, "notification.log", {"logged": True}):
+        row = {"job_id": job_id, "level": level, "message": message, "owner": owner, "created_at": now}
+        connection.execute(_LOG_INSERT, {**row, "data": None if data is None else dict(data)})
+    else:
+        first = connection.execute(_LOG, {"p_job": job_id}).one()
+        level, now = first.level, _aware(first.created_at)
+    return {"channel": "log", "level": level, "logged_at": now.isoformat()}
+
+
+_LOG_INSERT = db.notification_log.insert()
+_UPLOAD_INSERT = db.uploads.insert()
+
+
+def record_upload(
+    connection: sa.Connection,
+    job_id: str,
+    *,
+    owner: str | None,
+    filename: str | None,
+    size: int,
+    sha256: str,
+    content_type: str | None,
+    storage_key: str,
+) -> dict[str, Any]:
+    """Record a stored upload once (its id is the job's), in ``connection``'s transaction. Returns its metadata."""
+    if _first_time(connection, job_id, "upload.stored", {"storage_key": storage_key}):
+        row: dict[str, Any] = {"id": job_id, "owner": owner, "filename": filename, "size": size, "sha256": sha256}
+        row |= {"content_type": content_type, "storage_key": storage_key, "created_at": utcnow()}
+        connection.execute(_UPLOAD_INSERT, row)
+        return upload_json(row)
+    return upload_json(connection.execute(_UPLOAD, {"p_job": job_id}).one()._mapping)
+
+
+def upload_json(m: Mapping[Any, Any]) -> dict[str, Any]:
+    """A stored upload's metadata, as the api shows it."""
+    created: datetime | None = _aware(m["created_at"])
+    return {
+        "upload_id": m["id"],
+        "filename": m["filename"],
+        "size": m["size"],
+        "sha256": m["sha256"],
+        "content_type": m["content_type"],
+        "storage_key": m["storage_key"],
+        "created_at": created.isoformat() if created else None,
+    }
 
 
 class Ledger:
-    """What workers did, in the job store's database."""
+    """What workers did, in the job store's database. Writes go through the process's group writer."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, writer: GroupWriter | None = None) -> None:
         self.engine = engine
+        self.writer = writer or GroupWriter(engine)
 
     def effect(self, job_id: str, effect: str) -> dict[str, Any] | None:
         """The detail recorded for an effect of this job, or ``None`` if it has not happened."""
-        query = sa.select(db.effects.c.detail).where(db.effects.c.job_id == job_id, db.effects.c.effect == effect)
         with self.engine.connect() as connection:
-            row = connection.execute(query).first()
+            row = connection.execute(_EFFECT, {"p_job": job_id, "p_effect": effect}).first()
         return None if row is None else dict(row.detail or {})
-
-    def _record_effect(self, connection: sa.Connection, job_id: str, effect: str, detail: Mapping[str, Any]) -> bool:
-        try:
-            with connection.begin_nested():
-                connection.execute(
-                    db.effects.insert().values(job_id=job_id, effect=effect, detail=dict(detail), created_at=utcnow())
-                )
-        except sa.exc.IntegrityError:
-            return False
-        return True
 
     def record_effect(
         self, job_id: str, effect: str, detail: Mapping[str, Any], *, also: Also | None = None
     ) -> dict[str, Any]:
         """Record that the effect happened, once, with ``also``'s writes in the same transaction. Returns the detail
         that stands: the first record's."""
-        with db.writing(self.engine) as connection:
-            recorded = self._record_effect(connection, job_id, effect, detail)
+
+        def unit(connection: sa.Connection) -> dict[str, Any]:
             if also is not None:
                 also(connection)
-            if recorded:
-                return dict(detail)
-        first = self.effect(job_id, effect)
-        assert first is not None
-        return first
+            return record_effect(connection, job_id, effect, detail)
+
+        return self.writer.run(unit)
 
     def log_notification(
         self,
@@ -70,52 +164,17 @@ class Ledger:
     ) -> dict[str, Any]:
         """Write the message to the notification log once, with ``also``'s writes in the same transaction.
         Returns what was logged (the first run's record)."""
-        detail = {"logged": True}
-        with db.writing(self.engine) as connection:
+
+        def unit(connection: sa.Connection) -> dict[str, Any]:
             if also is not None:
                 also(connection)
-            if self._record_effect(connection, job_id, "notification.log", detail):
-                connection.execute(
-                    db.notification_log.insert().values(
-                        job_id=job_id,
-                        level=level,
-                        message=message,
-                        data=None if data is None else dict(data),
-                        owner=owner,
-                        created_at=utcnow(),
-                    )
-                )
-            row = connection.execute(db.notification_log.select().where(db.notification_log.c.job_id == job_id)).one()
-        return {"channel": "log", "level": row.level, "logged_at": _aware(row.created_at).isoformat()}
+            return log_notification(connection, job_id, level=level, message=message, data=data, owner=owner)
 
-    def record_upload(
-        self,
-        job_id: str,
-        *,
-        owner: str | None,
-        filename: str | None,
-        size: int,
-        sha256: str,
-        content_type: str | None,
-        storage_key: str,
-    ) -> dict[str, Any]:
-        """Record a stored upload once (its id is the job's). Returns the upload's metadata."""
-        with db.writing(self.engine) as connection:
-            if self._record_effect(connection, job_id, "upload.stored", {"storage_key": storage_key}):
-                connection.execute(
-                    db.uploads.insert().values(
-                        id=job_id,
-                        owner=owner,
-                        filename=filename,
-                        size=size,
-                        sha256=sha256,
-                        content_type=content_type,
-                        storage_key=storage_key,
-                        created_at=utcnow(),
-                    )
-                )
-            row = connection.execute(db.uploads.select().where(db.uploads.c.id == job_id)).one()
-        return self._upload(row)
+        return self.writer.run(unit)
+
+    def record_upload(self, job_id: str, **upload: Any) -> dict[str, Any]:
+        """Record a stored upload once (see :func:`record_upload`). Returns the upload's metadata."""
+        return self.writer.run(lambda connection: record_upload(connection, job_id, **upload))
 
     def uploads(
         self, *, owner: str | None = None, limit: int = 50, cursor: str | None = None
@@ -123,26 +182,12 @@ class Ledger:
         """A page of stored uploads, newest first, and the cursor of the next page (``None`` on the last)."""
         filters = [] if owner is None else [db.uploads.c.owner == owner]
         rows, next_cursor = keyset_page(self.engine, db.uploads, filters, limit, cursor)
-        return [self._upload(row) for row in rows], next_cursor
+        return [upload_json(row._mapping) for row in rows], next_cursor
 
     def upload(self, upload_id: str, owner: str | None = None) -> dict[str, Any] | None:
         """A stored upload, or ``None`` when unknown (or, with ``owner``, someone else's)."""
         row = find(self.engine, db.uploads, upload_id, owner)
-        return None if row is None else self._upload(row)
-
-    @staticmethod
-    def _upload(row: sa.Row[Any]) -> dict[str, Any]:
-        m = row._mapping
-        created: datetime | None = _aware(m["created_at"])
-        return {
-            "upload_id": m["id"],
-            "filename": m["filename"],
-            "size": m["size"],
-            "sha256": m["sha256"],
-            "content_type": m["content_type"],
-            "storage_key": m["storage_key"],
-            "created_at": created.isoformat() if created else None,
-        }
+        return None if row is None else upload_json(row._mapping)
 
     def notification(self, job_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as connection:

@@ -7,54 +7,19 @@ The job row is its own outbox (``conveyor/dispatch.py``). These queries find wha
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, overload
+from datetime import timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from conveyor.schemas import Job, JobStatus
 from conveyor.store import db
+from conveyor.store.rows import job_from_row, utcnow
 
-__all__ = ["Dispatch", "Outbox", "utcnow"]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-@overload
-def _aware(value: datetime) -> datetime: ...
-@overload
-def _aware(value: None) -> None: ...
-def _aware(value: datetime | None) -> datetime | None:
-    """A datetime read back from the database, as UTC-aware (SQLite returns naive ones)."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
-def job_from_row(row: sa.Row[Any] | Mapping[str, Any]) -> Job:
-    """A ``jobs`` row (or the mapping of its values) as the wire model."""
-    m = row if isinstance(row, Mapping) else row._mapping
-    return Job(
-        job_id=m["id"],
-        kind=m["kind"],
-        status=JobStatus(m["status"]),
-        progress=m["progress"],
-        request=m["request"],
-        result=m["result"],
-        error=m["error"],
-        attempts=m["attempts"],
-        crashes=m["crashes"],
-        owner=m["owner"],
-        created_at=_aware(m["created_at"]),
-        started_at=_aware(m["started_at"]),
-        finished_at=_aware(m["finished_at"]),
-        updated_at=_aware(m["updated_at"]),
-    )
+__all__ = ["Dispatch", "Outbox"]
 
 
 @dataclass(frozen=True)

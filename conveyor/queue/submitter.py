@@ -1,0 +1,227 @@
+"""Group submission: the api records submissions many at a time, then announces and enqueues them in one round trip.
+
+One thread per api process takes every submission waiting (no added wait when idle) and, for the whole group:
+
+1. one job-store transaction inserts every new row (``queued``, its task not yet marked sent) — and notes as sent
+   the jobs of earlier groups (below);
+2. once it committed, one Redis pipeline appends each new job's ``job.queued`` event and pushes its task message;
+3. each caller gets its jobs back: a 202 always follows the commit of its rows.
+
+Noting that a task was sent (``dispatched_at`` and the ``job.queued`` event id) is written behind, with the next
+group's inserts, or on its own after ``MARK_DELAY`` when no group follows. Nothing is lost when the process dies
+in between: a row whose task is not noted as sent is sent again by beat's dispatcher (:mod:`conveyor.queue.dispatch`)
+after its grace period, and the worker's claim drops the duplicate delivery; clients following the job see its
+``job.queued`` event twice at worst. If Redis refuses the pipeline the rows stay unnoted and the dispatcher sends
+them when it can.
+
+Idempotency keys: a submission whose every key was used before is a replay (its original jobs come back, with
+their request hash for the caller to compare); one whose keys were partly used is refused
+(:class:`conveyor.store.jobstore.IdempotencyConflict`) and records nothing; submissions without keys are inserted
+together with one statement.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from celery import Celery
+
+from conveyor import logs
+from conveyor.events import EventLog, job_event
+from conveyor.names import TASK_FOR_KIND
+from conveyor.queue.messages import task_message
+from conveyor.redis_client import text
+from conveyor.schemas import Job
+from conveyor.store import db
+from conveyor.store.jobstore import IdempotencyConflict, JobStore, NewJob, new_row
+from conveyor.store.ledger import insert_ignore
+from conveyor.store.rows import job_from_row, utcnow
+
+log = logs.get("conveyor.queue.submitter")
+
+#: Seconds a "sent" note waits for the next group's transaction before it is written on its own.
+MARK_DELAY = 0.02
+#: Most submissions one group takes.
+MAX_GROUP = 200
+
+_MARK = (
+    db.jobs.update()
+    .where(db.jobs.c.id == sa.bindparam("p_job"))
+    .values(
+        dispatched_at=sa.bindparam("p_at", type_=sa.DateTime(timezone=True)), queued_event_id=sa.bindparam("p_event")
+    )
+)
+_INSERT = db.jobs.insert()
+_BY_KEY = sa.select(db.jobs).where(db.jobs.c.idempotency_key == sa.bindparam("p_key"))
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """One job of a submission: the job, whether this submission created it, and, for a replayed job, the hash of
+    the request that created it."""
+
+    job: Job
+    created: bool
+    request_hash: str | None = None
+
+
+@dataclass
+class _Pending:
+    news: Sequence[NewJob]
+    future: Future[list[Submitted]] = field(default_factory=Future)
+
+
+class Submitter:
+    """The api process's group submitter (see the module docstring). Thread-safe; its thread starts on first use."""
+
+    def __init__(self, store: JobStore, events: EventLog, celery: Celery) -> None:
+        self.store = store
+        self.events = events
+        self.celery = celery
+        self._pending: list[_Pending] = []
+        self._marks: list[dict[str, Any]] = []
+        self._marks_since = 0.0
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def submit(self, news: Sequence[NewJob]) -> Future[list[Submitted]]:
+        """Queue a submission (its jobs are recorded all together, or none); the future holds one
+        :class:`Submitted` per job, in order, once its rows are committed and its tasks handed to Redis (or left to
+        the dispatcher), or the error: :class:`IdempotencyConflict`, or the job store's."""
+        pending = _Pending(news)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the submitter is closed")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="group-submitter", daemon=True)
+                self._thread.start()
+            self._pending.append(pending)
+            self._cond.notify()
+        return pending.future
+
+    def close(self) -> None:
+        """Finish what is pending (its notes included), then stop the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    if self._marks and time.monotonic() - self._marks_since >= MARK_DELAY:
+                        break
+                    self._cond.wait(MARK_DELAY if self._marks else None)
+                if self._closed and not self._pending and not self._marks:
+                    return
+                group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
+                marks, self._marks = self._marks, []
+            try:
+                self._run(group, marks)
+            except BaseException as exc:  # never leave a caller waiting
+                log.error("group submission failed", error=repr(exc), exc_info=exc)
+                for pending in group:
+                    if not pending.future.done():
+                        pending.future.set_exception(exc)
+
+    def _run(self, group: list[_Pending], marks: list[dict[str, Any]]) -> None:
+        now = utcnow()
+        try:
+            outcomes = self.store.write(lambda connection: _record(connection, group, marks, now))
+        except Exception as exc:  # noqa: BLE001 - the error goes to every caller of the group
+            self._remark(marks)
+            for pending in group:
+                pending.future.set_exception(exc)
+            return
+        fresh = [s.job for outcome in outcomes if isinstance(outcome, list) for s in outcome if s.created]
+        if fresh:
+            self._send(fresh)
+        for pending, outcome in zip(group, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                pending.future.set_exception(outcome)
+            else:
+                pending.future.set_result(outcome)
+
+    def _send(self, jobs: list[Job]) -> None:
+        """Announce the jobs and push their tasks in one round trip; note them sent with the next group."""
+        pipe = self.events.client.pipeline(transaction=False)
+        for job in jobs:
+            self.events.add_to(pipe, job_event(job))
+        for job in jobs:
+            task_name, queue = TASK_FOR_KIND[job.kind]
+            pipe.lpush(queue, task_message(self.celery, task_name, job.job_id, queue))
+        try:
+            replies = pipe.execute()
+        except Exception as exc:  # noqa: BLE001 - any Redis failure leaves the rows to the dispatcher
+            log.warning("dispatch deferred", jobs=len(jobs), error=repr(exc))
+            return
+        at = utcnow()
+        self._remark(
+            [
+                {"p_job": job.job_id, "p_at": at, "p_event": text(reply)}
+                for job, reply in zip(jobs, replies, strict=False)
+            ]
+        )
+
+    def _remark(self, marks: list[dict[str, Any]]) -> None:
+        if not marks:
+            return
+        with self._cond:
+            if not self._marks:
+                self._marks_since = time.monotonic()
+            self._marks.extend(marks)
+            self._cond.notify()
+
+
+def _record(
+    connection: sa.Connection, group: list[_Pending], marks: list[dict[str, Any]], now: datetime
+) -> list[list[Submitted] | BaseException]:
+    """The group's transaction: earlier groups' notes, then every submission's rows."""
+    if marks:
+        connection.execute(_MARK, marks)
+    plain = [row for pending in group if not _keyed(pending) for row in (new_row(n, now) for n in pending.news)]
+    outcomes: list[list[Submitted] | BaseException] = []
+    if plain:
+        connection.execute(_INSERT, plain)
+    rows = iter(plain)
+    for pending in group:
+        if _keyed(pending):
+            outcomes.append(_record_keyed(connection, pending.news, now))
+        else:
+            outcomes.append([Submitted(job_from_row(next(rows)), True) for _ in pending.news])
+    return outcomes
+
+
+def _keyed(pending: _Pending) -> bool:
+    return any(new.idempotency_key is not None for new in pending.news)
+
+
+def _record_keyed(connection: sa.Connection, news: Sequence[NewJob], now: datetime) -> list[Submitted] | BaseException:
+    """Insert a submission whose jobs carry idempotency keys, inside a savepoint: all new, all replays (the original
+    jobs), or refused with nothing written."""
+    rows = [new_row(new, now) for new in news]
+    savepoint = connection.begin_nested()
+    inserted = [connection.execute(insert_ignore(connection, db.jobs), row).first() is not None for row in rows]
+    if all(inserted):
+        savepoint.commit()
+        return [Submitted(job_from_row(row), True) for row in rows]
+    savepoint.rollback()
+    if any(inserted):
+        return IdempotencyConflict("some of these idempotency keys were used before, others not")
+    replayed = []
+    for new in news:
+        found = connection.execute(_BY_KEY, {"p_key": new.idempotency_key}).first()
+        if found is None:  # a key without its row: someone else's insert failed; refuse rather than guess
+            return IdempotencyConflict("an idempotency key of this submission is in use")
+        replayed.append(Submitted(job_from_row(found), False, found._mapping["request_hash"]))
+    return replayed

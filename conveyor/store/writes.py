@@ -1,0 +1,167 @@
+"""The writes a run makes to its job's row, as functions of a connection, so that a caller can put several in one
+transaction (:mod:`conveyor.store.writer`). Every statement is built once, with bound parameters: building and
+compiling a statement costs several times what SQLite takes to run it.
+
+Every write is one conditional ``UPDATE``, so two processes racing on one job cannot both win; a run's outcome is
+written only while the job is still that run's attempt (a run that was taken for dead cannot overwrite its
+successor's). Each returns the job as written, or ``None`` when the condition did not hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from conveyor.schemas import Job, JobStatus
+from conveyor.store import db
+from conveyor.store.rows import job_from_row, utcnow
+
+#: How far ahead of its time a retrying job may be claimed (clocks of different hosts disagree a little).
+CLOCK_SLACK = timedelta(seconds=1)
+
+_c = db.jobs.c
+_when = sa.DateTime(timezone=True)
+_NOW = sa.bindparam("p_now", type_=_when)
+_JOB: sa.BindParameter[str] = sa.bindparam("p_job", type_=sa.String)
+_ATTEMPT: sa.BindParameter[int] = sa.bindparam("p_attempt", type_=sa.Integer)
+_STARTED = JobStatus.STARTED.value
+
+
+def _returning(statement: sa.Update) -> sa.Update:
+    return statement.returning(*db.jobs.c)
+
+
+def _this_run() -> sa.ColumnElement[bool]:
+    """The job is still started by this run's attempt."""
+    return sa.and_(_c.id == _JOB, _c.status == _STARTED, _c.attempts == _ATTEMPT)
+
+
+_CLAIM = _returning(
+    db.jobs.update()
+    .where(
+        _c.id == _JOB,
+        sa.or_(
+            _c.status == JobStatus.QUEUED.value,
+            sa.and_(
+                _c.status == JobStatus.RETRYING.value,
+                sa.or_(_c.next_attempt_at.is_(None), _c.next_attempt_at <= sa.bindparam("p_due", type_=_when)),
+            ),
+            sa.and_(
+                _c.status == _STARTED,
+                sa.func.coalesce(_c.heartbeat_at, _c.updated_at) < sa.bindparam("p_stale", type_=_when),
+            ),
+        ),
+    )
+    .values(
+        status=_STARTED,
+        updated_at=_NOW,
+        started_at=_NOW,
+        heartbeat_at=_NOW,
+        next_attempt_at=None,
+        attempts=_c.attempts + 1,
+        crashes=_c.crashes + sa.case((_c.status == _STARTED, 1), else_=0),
+    )
+)
+_SUCCEED = _returning(
+    db.jobs.update()
+    .where(_this_run())
+    .values(
+        status=JobStatus.SUCCEEDED.value,
+        updated_at=_NOW,
+        finished_at=_NOW,
+        progress=100.0,
+        result=sa.bindparam("p_result", type_=sa.JSON),
+    )
+)
+_FAIL = _returning(
+    db.jobs.update()
+    .where(_this_run())
+    .values(status=JobStatus.FAILED.value, updated_at=_NOW, finished_at=_NOW, error=sa.bindparam("p_error"))
+)
+_RETRY = _returning(
+    db.jobs.update()
+    .where(_this_run())
+    .values(
+        status=JobStatus.RETRYING.value,
+        updated_at=_NOW,
+        error=sa.bindparam("p_error"),
+        next_attempt_at=sa.bindparam("p_next", type_=_when),
+        dispatched_at=sa.bindparam("p_dispatched", type_=_when),
+        heartbeat_at=None,
+    )
+)
+_HEARTBEAT = db.jobs.update().where(_this_run()).values(heartbeat_at=_NOW)
+_PROGRESS = (
+    db.jobs.update()
+    .where(_c.id == _JOB, _c.status == _STARTED)
+    .values(progress=sa.bindparam("p_progress"), updated_at=_NOW)
+)
+_GET = db.jobs.select().where(_c.id == _JOB)
+
+
+def _one(connection: sa.Connection, statement: sa.Update, params: Mapping[str, Any]) -> Job | None:
+    row = connection.execute(statement, params).first()
+    return None if row is None else job_from_row(row)
+
+
+def get(connection: sa.Connection, job_id: str) -> Job | None:
+    """The job, read in ``connection``'s transaction; ``None`` when unknown."""
+    row = connection.execute(_GET, {"p_job": job_id}).first()
+    return None if row is None else job_from_row(row)
+
+
+def claim(
+    connection: sa.Connection, job_id: str, *, stale_before: datetime, due_before: datetime | None = None
+) -> Job | None:
+    """Mark the job started for a new attempt (its heartbeat fresh), if it may run now: when it is queued; when it
+    is retrying and its next attempt is due by ``due_before`` (default: now, with a second of slack); or when it is
+    started but its run's heartbeat is older than ``stale_before`` (that run died; one crash is counted).
+    ``None`` otherwise, so that a duplicate delivery of a running, early or finished job does nothing."""
+    now = utcnow()
+    params = {"p_job": job_id, "p_now": now, "p_due": due_before or now + CLOCK_SLACK, "p_stale": stale_before}
+    return _one(connection, _CLAIM, params)
+
+
+def succeed(connection: sa.Connection, job_id: str, attempt: int, result: Mapping[str, Any]) -> Job | None:
+    """Attempt ``attempt`` of the job succeeded with ``result`` (progress 100)."""
+    params = {"p_job": job_id, "p_attempt": attempt, "p_now": utcnow(), "p_result": dict(result)}
+    return _one(connection, _SUCCEED, params)
+
+
+def fail(connection: sa.Connection, job_id: str, attempt: int, error: str) -> Job | None:
+    """Attempt ``attempt`` of the job failed for good with ``error``."""
+    return _one(connection, _FAIL, {"p_job": job_id, "p_attempt": attempt, "p_now": utcnow(), "p_error": error})
+
+
+def retry(connection: sa.Connection, job_id: str, *, attempt: int, error: str, delay: float, held: bool) -> Job | None:
+    """Attempt ``attempt`` of the job failed in a way another attempt may fix: ``retrying``, the next attempt due
+    in ``delay`` seconds. With ``held`` the calling run makes that attempt itself (``dispatched_at`` is now, before
+    the due time); otherwise the dispatcher sends it when due."""
+    now = utcnow()
+    params = {
+        "p_job": job_id,
+        "p_attempt": attempt,
+        "p_now": now,
+        "p_error": error,
+        "p_next": now + timedelta(seconds=max(0.0, delay)),
+        "p_dispatched": now if held else None,
+    }
+    return _one(connection, _RETRY, params)
+
+
+def heartbeat(connection: sa.Connection, runs: Sequence[tuple[str, int]]) -> list[bool]:
+    """Touch the heartbeat of each ``(job_id, attempt)``; for each, whether that run still holds its job."""
+    now = utcnow()
+    return [
+        connection.execute(_HEARTBEAT, {"p_job": job_id, "p_attempt": attempt, "p_now": now}).rowcount == 1
+        for job_id, attempt in runs
+    ]
+
+
+def progress(connection: sa.Connection, job_id: str, percent: float) -> bool:
+    """Record progress of a started job; ``False`` if the job is no longer running."""
+    params = {"p_job": job_id, "p_progress": max(0.0, min(100.0, percent)), "p_now": utcnow()}
+    return bool(connection.execute(_PROGRESS, params).rowcount == 1)
