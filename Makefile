@@ -2,19 +2,27 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Every package of the development and CI environment, pinned (pip-compile of pyproject.toml's dev and postgres
+# extras). `make lock` regenerates it after a dependency changes in pyproject.toml, keeping the other pins;
+# `make lock LOCKFLAGS=--upgrade` moves every pin to the newest version pyproject.toml allows. It runs:
+#   CUSTOM_COMPILE_COMMAND="make lock" pip-compile --extra dev --extra postgres --strip-extras \
+#     --no-emit-index-url --no-emit-find-links --output-file requirements/dev.lock pyproject.toml
+LOCK := requirements/dev.lock
+LOCKFLAGS ?=
 
-.PHONY: run test test-fast test-system lint format bench clean
+.PHONY: run test test-fast test-system lint lock format bench clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ is needed (PYTHON=$(PYTHON))"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.run: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+$(VENV)/.run: pyproject.toml $(LOCK) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(LOCK) -e .
 	touch $@
 
-$(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+$(VENV)/.dev: pyproject.toml $(LOCK) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@ $(VENV)/.run
 
 run: $(VENV)/.run
@@ -36,6 +44,12 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+lock: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(if $(wildcard $(LOCK)),-c $(LOCK)) pip-tools
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --extra dev --extra postgres --strip-extras \
+		--no-emit-index-url --no-emit-find-links $(LOCKFLAGS) --output-file $(LOCK) pyproject.toml
 
 format: $(VENV)/.dev
 	$(BIN)/ruff check --fix .

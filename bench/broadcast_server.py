@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import resource
 import sys
+from typing import cast
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -29,11 +30,14 @@ async def handler(websocket: ServerConnection) -> None:
 
 async def relay(redis_url: str) -> None:
     client = aioredis.Redis.from_url(redis_url)
-    entries = await client.xrevrange(STREAM, count=1)
-    last = entries[0][0] if entries else b"0-0"
+    entries = cast("list[tuple[bytes, dict[bytes, bytes]]]", await client.xrevrange(STREAM, count=1))
+    last: bytes = entries[0][0] if entries else b"0-0"
     while True:
         try:
-            reply = await client.xread({STREAM: last}, block=1000, count=1000)
+            reply = cast(
+                "list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]",
+                await client.xread({STREAM: last}, block=1000, count=1000),
+            )
         except (redis.exceptions.TimeoutError, redis.exceptions.ConnectionError):
             continue  # the loop was busy (thousands of handshakes); read again from the same id
         for _stream, batch in reply:

@@ -33,6 +33,7 @@ from types import TracebackType
 
 import httpx
 import orjson
+import psutil
 import redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -59,11 +60,9 @@ QUIET_WAIT, QUIET_LOAD = 120.0, 0.25
 
 
 def machine_busy_seconds() -> float:
-    """CPU seconds the whole machine has spent busy (all cores; from ``/proc/stat``)."""
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (
-        int(v) for v in Path("/proc/stat").read_text().split()[1:9]
-    )
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds the whole machine has spent busy (all cores: user, nice, system, irq, softirq, steal)."""
+    times = psutil.cpu_times()
+    return times.user + times.nice + times.system + times.irq + times.softirq + times.steal
 
 
 def wait_quiet(pids: Mapping[str, int]) -> float:
@@ -194,9 +193,7 @@ def profiled(label: str, pids: Mapping[str, int]) -> Iterator[None]:
     Path(out).mkdir(parents=True, exist_ok=True)
     extra = os.environ.get("BENCH_PROFILE_OPTIONS", "").split()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    python = {
-        name: pid for name, pid in pids.items() if Path(os.readlink(f"/proc/{pid}/exe")).name.startswith("python")
-    }
+    python = {name: pid for name, pid in pids.items() if Path(psutil.Process(pid).exe()).name.startswith("python")}
     recorders = [
         subprocess.Popen(
             [spy, "record", "--pid", str(pid), "--subprocesses", "--rate", "200", *extra]

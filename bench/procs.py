@@ -13,6 +13,7 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 
 from conveyor.ops.redis_server import free_port, redis_command, wait_for_port
 
@@ -172,44 +173,30 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 60
 
 def rss_kib(pid: int) -> int:
     """The process's resident set size now, in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
-def _stat(pid: int) -> list[str]:
-    """The fields of ``/proc/<pid>/stat`` after the command name (``fields[0]`` is the state, ``[1]`` the ppid)."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(psutil.Process(pid).memory_info().rss) // 1024
 
 
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time the process has used, in seconds."""
-    fields = _stat(pid)
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid`` (children, their children, ...), from ``/proc``."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                children.setdefault(int(_stat(int(entry.name))[1]), []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), ()):
-            found.append(child)
-            todo.append(child)
-    return found
+    """Every live process below ``pid`` (children, their children, ...); empty for a process that is gone."""
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
 
 
 def tree_cpu_seconds(pid: int) -> float:
     """CPU seconds used by ``pid`` and every descendant, those that exited and were waited for included
-    (utime + stime + cutime + cstime of each live process of the tree); 0.0 for a process that is gone."""
-    total = 0
+    (user + system + children's user + children's system of each live process of the tree); 0.0 for a process
+    that is gone."""
+    total = 0.0
     for member in [pid, *descendants(pid)]:
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = _stat(member)
-            total += sum(int(value) for value in fields[11:15])
-    return total / os.sysconf("SC_CLK_TCK")
+        with contextlib.suppress(psutil.Error):
+            times = psutil.Process(member).cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
+    return total

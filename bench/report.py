@@ -67,7 +67,7 @@ def machine() -> dict[str, Any]:
         mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
     except (OSError, ValueError, IndexError):
         mem_kib = 0
-    packages = {}
+    packages: dict[str, str | None] = {}
     for name in ("uvicorn", "websockets", "starlette", "fastapi", "redis", "uvloop", "pydantic"):
         try:
             packages[name] = version(name)

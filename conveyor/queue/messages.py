@@ -4,7 +4,7 @@
 round trip). A Conveyor task has one argument, the job id, and goes to a known queue, so its message is built here
 with Celery's own ``as_task_v2`` (protocol 2 headers and body) and wrapped the way kombu's Redis transport stores
 messages (a JSON envelope, the body base64-encoded, pushed with ``LPUSH`` onto the queue's list). Workers consume it
-exactly as one sent by ``send_task``; ``tests/conveyor/test_messages.py`` compares the two.
+exactly as one sent by ``send_task``; ``tests/contracts/test_celery.py`` compares the two.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ def test_key_value_lines_quote_what_needs_quoting() -> None:
     except ValueError:
         log.exception("job failed", job_id="01a2", error="it broke: badly", key=KEY)
     line = KeyValueFormatter("api").format(records[0])
-    assert " event=\"job failed\" job_id=01a2 error=\"it broke: badly\" " in line
+    assert ' event="job failed" job_id=01a2 error="it broke: badly" ' in line
     assert "s3cr3t" not in line and "exc=" in line and "ValueError: boom" in line and "\n" not in line
 
 
