@@ -8,6 +8,7 @@ from fastapi import FastAPI
 
 from api import errors
 from api.guard import Guard
+from api.lane import SubmissionLane
 from api.routes import attempts, health, jobs, notifications, sse, tickets, uploads, ws
 from api.state import lifespan_for
 from conveyor import __version__
@@ -34,5 +35,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (jobs, attempts, notifications, uploads, tickets, ws, sse):
         app.include_router(module.router, responses=GUARDED)
     errors.install(app)
+    app.add_middleware(SubmissionLane)  # inside the guard: authenticated and rate-limited first
     app.add_middleware(Guard)
     return app

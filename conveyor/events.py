@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 from conveyor.names import EVENTS_STREAM
 from conveyor.redis_client import text
-from conveyor.schemas import EVENT_FOR_STATUS, Event, EventType, Job
+from conveyor.schemas import EVENT_FOR_STATUS, EVENT_VERSION, Event, EventType, Job
 
 FIELD = b"e"
 #: The largest sequence part of a stream id.
@@ -41,6 +41,52 @@ def decode(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Event:
     data: dict[str, Any] = orjson.loads(fields[FIELD])
     data["event_id"] = text(entry_id)
     return Event.model_validate(data)
+
+
+_PREFIX = b'{"v":' + str(EVENT_VERSION).encode() + b","
+
+
+class StreamEvent:
+    """An event as the stream holds it, not validated again: the fields that route it (``type``, ``job_id``,
+    ``owner``, ``topic``, and ``event_id``, the entry's id) and the JSON a client receives (``text``, the stored JSON
+    with ``event_id`` added, built without decoding and encoding it again)."""
+
+    __slots__ = ("event_id", "job_id", "owner", "text", "topic", "type")
+
+    def __init__(
+        self, event_id: str, type_: EventType, job_id: str | None, owner: str | None, topic: str | None, text: str
+    ) -> None:
+        self.event_id = event_id
+        self.type = type_
+        self.job_id = job_id
+        self.owner = owner
+        self.topic = topic
+        self.text = text
+
+    @classmethod
+    def read(cls, entry_id: bytes | str, fields: dict[bytes, bytes]) -> StreamEvent:
+        """The event of a stream entry. Raises ``ValueError`` (or ``KeyError``) for an entry that is not an event
+        this version understands (another type, not JSON, no JSON object)."""
+        raw = fields[FIELD]
+        data = orjson.loads(raw)
+        event_id = text(entry_id)
+        if raw.startswith(_PREFIX):
+            message = _PREFIX + b'"event_id":"' + event_id.encode() + b'",' + raw[len(_PREFIX) :]
+        else:  # written by another encoder: add the id the slow way
+            message = orjson.dumps({"v": data.get("v"), "event_id": event_id, **data})
+        return cls(
+            event_id,
+            EventType(data["type"]),
+            data.get("job_id"),
+            data.get("owner"),
+            data.get("topic"),
+            message.decode(),
+        )
+
+    @classmethod
+    def of(cls, event: Event) -> StreamEvent:
+        """The stream's view of an event object (which has its ``event_id``)."""
+        return cls.read(event.event_id, encode(event))
 
 
 def id_key(event_id: str) -> tuple[int, int]:
@@ -161,12 +207,13 @@ class AsyncEventLog:
         complete = added is not None and int(added) == int(info["length"])
         return Retention(text(first[0]) if first else None, text(info["last-generated-id"]), complete)
 
-    async def after(self, last_id: str, count: int = 500) -> list[Event]:
-        """Up to ``count`` events with ids greater than ``last_id``, oldest first."""
+    async def after(self, last_id: str, count: int = 500) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """Up to ``count`` entries with ids greater than ``last_id``, oldest first (read them with
+        :meth:`StreamEvent.read`)."""
         entries: Any = await self.client.xrange(EVENTS_STREAM, min=f"({last_id}", count=count)
-        return [decode(entry_id, fields) for entry_id, fields in entries]
+        return list(entries)
 
-    async def read(self, last_id: str, block_ms: int, count: int = 1000) -> list[Event]:
-        """Events after ``last_id``, waiting up to ``block_ms`` for the first one."""
+    async def read(self, last_id: str, block_ms: int, count: int = 1000) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """Entries after ``last_id``, waiting up to ``block_ms`` for the first one."""
         reply: Any = await self.client.xread({EVENTS_STREAM: last_id}, block=block_ms, count=count)
-        return [decode(entry_id, fields) for _stream, entries in reply for entry_id, fields in entries]
+        return [entry for _stream, entries in reply for entry in entries]

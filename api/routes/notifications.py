@@ -65,14 +65,11 @@ _REFUSALS: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post("/notifications", status_code=202, responses=_REFUSALS)
-async def create_notification(
-    state: StateDep, principal: PrincipalDep, body: NotificationRequest, response: Response, key: IdempotencyKey = None
+async def accept_one(
+    state: AppState, principal: Principal, body: NotificationRequest, key: str | None, response: Response
 ) -> Accepted:
-    """Accept a notification for delivery. 202 means it is recorded and will be delivered (or fail visibly).
-
-    The same ``Idempotency-Key`` with the same body returns the first job (``Idempotent-Replayed: true``);
-    with a different body it is refused (422)."""
+    """Record one notification and enqueue it (what ``POST /notifications`` does, also for :mod:`api.lane`).
+    Raises ``HTTPException`` for a refusal; sets ``Idempotent-Replayed`` on ``response`` for a replay."""
     refusal = _refusal(state, principal, body)
     if refusal is not None:
         raise refusal
@@ -87,12 +84,11 @@ async def create_notification(
     return result
 
 
-@router.post("/notifications:batch", status_code=202, responses=_REFUSALS)
-async def create_notifications(
-    state: StateDep, principal: PrincipalDep, body: NotificationBatch, response: Response, key: IdempotencyKey = None
+async def accept_batch(
+    state: AppState, principal: Principal, body: NotificationBatch, key: str | None, response: Response
 ) -> BatchAccepted:
-    """Accept up to 100 notifications at once: all are recorded in one transaction and announced in one
-    round trip, or none is (the first refusal names its index). One ``Idempotency-Key`` covers the batch."""
+    """Record a batch of notifications, all or none (what ``POST /notifications:batch`` does, also for
+    :mod:`api.lane`)."""
     for index, notification in enumerate(body.notifications):
         refusal = _refusal(state, principal, notification)
         if refusal is not None:
@@ -106,3 +102,23 @@ async def create_notifications(
         idempotency_key=key,
     )
     return BatchAccepted(jobs=jobs)
+
+
+@router.post("/notifications", status_code=202, responses=_REFUSALS)
+async def create_notification(
+    state: StateDep, principal: PrincipalDep, body: NotificationRequest, response: Response, key: IdempotencyKey = None
+) -> Accepted:
+    """Accept a notification for delivery. 202 means it is recorded and will be delivered (or fail visibly).
+
+    The same ``Idempotency-Key`` with the same body returns the first job (``Idempotent-Replayed: true``);
+    with a different body it is refused (422)."""
+    return await accept_one(state, principal, body, key, response)
+
+
+@router.post("/notifications:batch", status_code=202, responses=_REFUSALS)
+async def create_notifications(
+    state: StateDep, principal: PrincipalDep, body: NotificationBatch, response: Response, key: IdempotencyKey = None
+) -> BatchAccepted:
+    """Accept up to 100 notifications at once: all are recorded in one transaction and announced in one
+    round trip, or none is (the first refusal names its index). One ``Idempotency-Key`` covers the batch."""
+    return await accept_batch(state, principal, body, key, response)

@@ -18,8 +18,9 @@ import redis.exceptions
 
 from api.streams.wire import Outgoing
 from conveyor import logs
-from conveyor.events import AsyncEventLog, id_key
-from conveyor.schemas import Event, EventType, Resync
+from conveyor.events import AsyncEventLog, StreamEvent, id_key
+from conveyor.redis_client import text
+from conveyor.schemas import EventType, Resync
 from conveyor.topics import TopicPolicy
 
 log = logs.get("conveyor.hub")
@@ -50,7 +51,7 @@ class Selection:
         self.all_jobs = not self.jobs and not self.topics
         self.topic_key = topic_key
 
-    def matches(self, event: Event) -> bool:
+    def matches(self, event: StreamEvent) -> bool:
         """``topic.message`` events go to their topic's listeners only; job events to listeners of the job or
         of all jobs — and never to another owner's."""
         if event.type is EventType.TOPIC_MESSAGE:
@@ -273,7 +274,7 @@ class Hub:
             subscription.selection.topics.discard(topic)
             _discard(self._by_topic, topic, subscription)
 
-    def publish_local(self, event: Event) -> None:
+    def publish_local(self, event: StreamEvent) -> None:
         """Hand ``event`` to every subscription that listens to it, each once."""
         item = Outgoing.of(event)
         if event.type is EventType.TOPIC_MESSAGE:
@@ -305,8 +306,15 @@ class Hub:
                 if failed:
                     await self._check_continuity()
                     failed = False
-                for event in await self.events.read(self.last_id, self.block_ms, count=min(1000, self.queue_size)):
-                    self.last_id = event.event_id
+                for entry_id, fields in await self.events.read(
+                    self.last_id, self.block_ms, count=min(1000, self.queue_size)
+                ):
+                    self.last_id = text(entry_id)
+                    try:
+                        event = StreamEvent.read(entry_id, fields)
+                    except (ValueError, KeyError, TypeError) as exc:
+                        log.warning("stream entry skipped: not an event", event_id=self.last_id, error=repr(exc))
+                        continue
                     self.publish_local(event)
                 delay = 0.1
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:

@@ -31,7 +31,8 @@ from api.streams.hub import Full, Selection, Subscription
 from api.streams.request import MAX_FOLLOWED, StreamRequest, check_subscribe
 from api.streams.wire import INTERNAL_ERROR, TOO_FAR_BEHIND, Outgoing, Refused, StreamState, full, parse_command
 from conveyor import logs
-from conveyor.events import id_key, predecessor
+from conveyor.events import StreamEvent, id_key, predecessor
+from conveyor.redis_client import text
 from conveyor.schemas import Job, Resync, Snapshot, StreamCommand, SubscriptionNotice
 
 if TYPE_CHECKING:
@@ -238,7 +239,7 @@ class EventStream:
         cursor = start
         resynced = False
         while True:
-            page = await events.after(cursor, BACKLOG_PAGE)
+            entries = await events.after(cursor, BACKLOG_PAGE)
             if not resynced:
                 retention = await events.retention()
                 if not retention.covers(cursor):
@@ -249,12 +250,16 @@ class EventStream:
                         detail="events after this point may have been trimmed; read the state of your jobs over HTTP",
                     )
                     await sender.send(Outgoing.notice(resync.model_dump_json()))
-            for event in page:
+            for entry_id, fields in entries:
+                try:
+                    event = StreamEvent.read(entry_id, fields)
+                except (ValueError, KeyError, TypeError):
+                    continue  # not an event of this version (the hub logs each such entry once)
                 if matches(event):
                     await sender.send(Outgoing.of(event))
-            if page:
-                cursor = page[-1].event_id
-            if len(page) < BACKLOG_PAGE:
+            if entries:
+                cursor = text(entries[-1][0])
+            if len(entries) < BACKLOG_PAGE:
                 return id_key(cursor)
 
     async def _apply(self, sender: Sender, pending: _Command) -> None:

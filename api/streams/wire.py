@@ -13,11 +13,10 @@ from __future__ import annotations
 import struct
 from enum import StrEnum
 
-import orjson
 from pydantic import ValidationError
 
-from conveyor.events import id_key
-from conveyor.schemas import Event, StreamCommand, StreamError
+from conveyor.events import StreamEvent, id_key
+from conveyor.schemas import StreamCommand, StreamError
 
 CLOSE_UNSUPPORTED = 1003
 CLOSE_POLICY = 1008
@@ -95,16 +94,16 @@ class Outgoing:
 
     __slots__ = ("_frame", "event", "key", "text")
 
-    def __init__(self, event: Event | None, text: str) -> None:
+    def __init__(self, event: StreamEvent | None, text: str) -> None:
         self.event = event
         self.key = id_key(event.event_id) if event is not None else None
         self.text = text
         self._frame: bytes | None = None
 
     @classmethod
-    def of(cls, event: Event) -> Outgoing:
-        """The message a client receives for ``event``."""
-        return cls(event, orjson.dumps(event.model_dump(mode="json", exclude_none=True)).decode())
+    def of(cls, event: StreamEvent) -> Outgoing:
+        """The message a client receives for ``event``: the stored JSON with its ``event_id``."""
+        return cls(event, event.text)
 
     @classmethod
     def notice(cls, message: str) -> Outgoing:

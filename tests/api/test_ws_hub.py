@@ -11,16 +11,17 @@ import pytest
 from api.streams.hub import Full, Hub, Selection, Subscription
 from api.streams.request import parse_request
 from api.streams.wire import Outgoing, Refused, text_frame
-from conveyor.events import Retention, predecessor
+from conveyor.events import Retention, StreamEvent, predecessor
 from conveyor.schemas import Event, EventType, JobStatus
 from conveyor.topics import TopicPolicy
 
 OWNER = "o"
 
 
-def event(event_id: str, type_: EventType = EventType.PROGRESS, job_id: str = "j1", **extra: object) -> Event:
+def event(event_id: str, type_: EventType = EventType.PROGRESS, job_id: str = "j1", **extra: object) -> StreamEvent:
     extra.setdefault("owner", OWNER)
-    return Event(event_id=event_id, type=type_, job_id=job_id, status=JobStatus.STARTED, ts=time.time(), **extra)  # type: ignore[arg-type]
+    made = Event(event_id=event_id, type=type_, job_id=job_id, status=JobStatus.STARTED, ts=time.time(), **extra)  # type: ignore[arg-type]
+    return StreamEvent.of(made)
 
 
 def drain(subscription: Subscription) -> list[str]:

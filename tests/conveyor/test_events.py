@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import redis
 import redis.asyncio as aioredis
 
-from conveyor.events import AsyncEventLog, EventLog, decode, encode, id_key
+from conveyor.events import AsyncEventLog, EventLog, StreamEvent, decode, encode, id_key
 from conveyor.ids import new_id
 from conveyor.schemas import Event, EventType, JobStatus
 
@@ -24,6 +25,14 @@ def test_encode_decode_round_trip() -> None:
     assert id_key("5-1") < id_key("5-2") < id_key("6-0")
 
 
+def test_a_stored_event_reaches_clients_as_the_model_would_write_it() -> None:
+    original = event(new_id()).model_copy(update={"owner": "ann", "result": {"a": [1, 2]}})
+    read = StreamEvent.read(b"7-3", encode(original))
+    as_model = original.model_copy(update={"event_id": "7-3"}).model_dump(mode="json", exclude_none=True)
+    assert json.loads(read.text) == as_model and list(json.loads(read.text)) == list(as_model)
+    assert (read.event_id, read.type, read.job_id, read.owner, read.topic) == ("7-3", original.type, original.job_id, "ann", None)
+
+
 def test_publish_then_read_after_any_id(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     log = EventLog(client, max_len=10_000)
@@ -34,7 +43,7 @@ def test_publish_then_read_after_any_id(redis_url: str) -> None:
     async def read() -> None:
         async_client = aioredis.Redis.from_url(redis_url)
         reader = AsyncEventLog(async_client, 10_000)
-        after = await reader.after(ids[1])
+        after = [decode(entry_id, fields) for entry_id, fields in await reader.after(ids[1])]
         mine = [e for e in after if e.job_id == job_id]
         assert [e.event_id for e in mine] == ids[2:]
         assert [e.progress for e in mine] == [2.0, 3.0, 4.0]
