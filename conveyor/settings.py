@@ -118,6 +118,10 @@ class Settings(BaseSettings):
     dispatch_interval_seconds: float = Field(default=5.0, gt=0)
     spool_max_age_seconds: int = Field(default=86400, ge=60)
 
+    stats_file: Path | None = Field(
+        default=None, description="Each conveyor process appends its job-store counts here at exit (benchmarks)"
+    )
+
     log_level: str = "INFO"
     log_format: Literal["kv", "json"] = "kv"
 

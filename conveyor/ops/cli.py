@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
 import sys
@@ -283,4 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.disable(logging.INFO)
     os.environ.setdefault("CONVEYOR_PROCESS_NAME", process_name)
     logs.configure(os.environ["CONVEYOR_PROCESS_NAME"], settings.log_level, settings.log_format)
+    if settings.stats_file is not None:
+        from conveyor.store.db import write_stats
+
+        atexit.register(write_stats, settings.stats_file, os.environ["CONVEYOR_PROCESS_NAME"])
     return COMMANDS[args.command](settings, args)

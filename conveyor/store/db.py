@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +156,7 @@ class _WriteLock:
         self.thread_lock = threading.Lock()
         self.pid = -1
         self.fd = -1
+        self.since = 0.0
 
     def __enter__(self) -> None:
         self.thread_lock.acquire()
@@ -164,8 +168,11 @@ class _WriteLock:
         except BaseException:
             self.thread_lock.release()
             raise
+        self.since = time.perf_counter()
 
     def __exit__(self, *_exc: object) -> None:
+        STATS.write_lock_held_s += time.perf_counter() - self.since
+        STATS.write_lock_acquired += 1
         try:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
         finally:
@@ -190,12 +197,34 @@ def _write_lock(engine: Engine) -> contextlib.AbstractContextManager[Any]:
     return lock
 
 
+@dataclass
+class Stats:
+    """What this process asked of the job store: write transactions committed, and (SQLite) how long and how often
+    it held the write lock. Read by the benchmarks (``CONVEYOR_STATS_FILE``)."""
+
+    transactions: int = 0
+    write_lock_held_s: float = 0.0
+    write_lock_acquired: int = 0
+
+
+STATS = Stats()
+
+
+def write_stats(path: Path, name: str) -> None:
+    """Append this process's :class:`Stats` to ``path`` as one JSON line (``pid``, ``name`` and the counts)."""
+    line = json.dumps({"pid": os.getpid(), "name": name, **asdict(STATS)})
+    with path.open("a") as out:
+        out.write(line + "\n")
+
+
 @contextlib.contextmanager
 def writing(engine: Engine) -> Iterator[sa.Connection]:
     """A write transaction (``engine.begin()``), taken in turn with every other writer of the same SQLite file on
     this host; for PostgreSQL just the transaction. Never nest two on one thread."""
-    with _write_lock(engine), engine.begin() as connection:
-        yield connection
+    with _write_lock(engine):
+        with engine.begin() as connection:
+            yield connection
+        STATS.transactions += 1
 
 
 @contextlib.contextmanager
