@@ -180,6 +180,45 @@ class EventLog:
         return int(self.client.xtrim(EVENTS_STREAM, minid=min_id, approximate=False))
 
 
+class Tail:
+    """Reads the stream as it grows, on a Redis connection of its own: the hub's one reader. Sends ``XREAD`` on the
+    connection directly (no per-command client machinery: pool, retries, response callbacks) and reopens the
+    connection after any error (which it raises: the caller decides when to try again)."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.pool = client.connection_pool
+        self.connection: Any = None
+
+    async def read(self, last_id: str, block_ms: int, count: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """Entries after ``last_id``, waiting up to ``block_ms`` for the first one."""
+        if self.connection is None:
+            self.connection = await self.pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await self.connection.send_command(
+                "XREAD", "COUNT", count, "BLOCK", block_ms, "STREAMS", EVENTS_STREAM, last_id
+            )
+            reply: Any = await self.connection.read_response()
+        except BaseException:
+            await self.close()
+            raise
+        if not reply:
+            return []
+        streams = reply.values() if isinstance(reply, dict) else (entries for _name, entries in reply)
+        return [(entry_id, _fields(fields)) for entries in streams for entry_id, fields in entries]
+
+    async def close(self) -> None:
+        """Drop the connection (a new one is opened by the next read)."""
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            await connection.disconnect()
+            await self.pool.release(connection)
+
+
+def _fields(fields: Any) -> dict[bytes, bytes]:
+    """An entry's fields as a dict (a raw reply lists them flat: name, value, name, value…)."""
+    return fields if isinstance(fields, dict) else dict(zip(fields[::2], fields[1::2], strict=True))
+
+
 class AsyncEventLog:
     """Asynchronous access to the stream, for the api."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import resource
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -18,7 +19,7 @@ import redis.exceptions
 
 from api.streams.wire import Outgoing
 from conveyor import logs
-from conveyor.events import AsyncEventLog, StreamEvent, id_key
+from conveyor.events import AsyncEventLog, StreamEvent, Tail, id_key
 from conveyor.redis_client import text
 from conveyor.schemas import EventType, Resync
 from conveyor.topics import TopicPolicy
@@ -200,6 +201,9 @@ class Hub:
         self._by_topic: dict[str, set[Subscription]] = {}
         self.last_id: str | None = None
         self.ready = asyncio.Event()
+        #: When the last read of the stream returned (monotonic), and how many unexpected errors the reader met.
+        self.read_at = 0.0
+        self.failures = 0
 
     @contextlib.contextmanager
     def subscribe(self, selection: Selection, holder: str | None = None) -> Iterator[Subscription]:
@@ -296,32 +300,48 @@ class Hub:
             subscription.notice(item)
 
     async def run(self) -> None:
+        """Read the stream and fan its events out until cancelled. Redis errors are waited out (backoff up to 5 s,
+        then a check that no event was lost meanwhile: a ``resync`` to everyone if some may have been); an entry
+        that is not an event is logged and skipped; any other error is logged with its traceback and reading goes
+        on. ``read_at`` is when the last read returned (``/health`` looks at it)."""
+        tail = Tail(self.events.client)
         delay = 0.1
         failed = False
-        while True:
-            try:
-                if self.last_id is None:
-                    self.last_id = await self.events.last_id()
-                    self.ready.set()
-                if failed:
-                    await self._check_continuity()
-                    failed = False
-                for entry_id, fields in await self.events.read(
-                    self.last_id, self.block_ms, count=min(1000, self.queue_size)
-                ):
-                    self.last_id = text(entry_id)
-                    try:
-                        event = StreamEvent.read(entry_id, fields)
-                    except (ValueError, KeyError, TypeError) as exc:
-                        log.warning("stream entry skipped: not an event", event_id=self.last_id, error=repr(exc))
-                        continue
-                    self.publish_local(event)
-                delay = 0.1
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-                failed = True
-                log.warning("event stream unreachable; retrying", in_seconds=round(delay, 1), error=repr(exc))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        try:
+            while True:
+                try:
+                    if self.last_id is None:
+                        self.last_id = await self.events.last_id()
+                        self.ready.set()
+                    if failed:
+                        await self._check_continuity()
+                        failed = False
+                    entries = await tail.read(self.last_id, self.block_ms, min(1000, self.queue_size))
+                    self.read_at = time.monotonic()
+                    for entry_id, fields in entries:
+                        self._deliver(entry_id, fields)
+                    delay = 0.1
+                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+                    failed = True
+                    log.warning("event stream unreachable; retrying", in_seconds=round(delay, 1), error=repr(exc))
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                except Exception as exc:
+                    self.failures += 1
+                    log.error("event hub failed; reading on", error=repr(exc), exc_info=exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+        finally:
+            await tail.close()
+
+    def _deliver(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        self.last_id = text(entry_id)
+        try:
+            event = StreamEvent.read(entry_id, fields)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("stream entry skipped: not an event", event_id=self.last_id, error=repr(exc))
+            return
+        self.publish_local(event)
 
     async def _check_continuity(self) -> None:
         """After an outage: if events after the last one read may be gone, tell every subscriber (resync)."""

@@ -30,7 +30,8 @@ def test_a_stored_event_reaches_clients_as_the_model_would_write_it() -> None:
     read = StreamEvent.read(b"7-3", encode(original))
     as_model = original.model_copy(update={"event_id": "7-3"}).model_dump(mode="json", exclude_none=True)
     assert json.loads(read.text) == as_model and list(json.loads(read.text)) == list(as_model)
-    assert (read.event_id, read.type, read.job_id, read.owner, read.topic) == ("7-3", original.type, original.job_id, "ann", None)
+    routing = (read.event_id, read.type, read.job_id, read.owner, read.topic)
+    assert routing == ("7-3", original.type, original.job_id, "ann", None)
 
 
 def test_publish_then_read_after_any_id(redis_url: str) -> None:
