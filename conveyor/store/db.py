@@ -141,7 +141,8 @@ def create_engine(url: str, **kwargs: Any) -> Engine:
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 10}, **kwargs)
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
+    # No ping before each checkout (a round trip per transaction): a connection found dead on first use is
+    # invalidated by SQLAlchemy, and the group writer runs the transaction again once on a fresh one.
     return sa.create_engine(url, **kwargs)
 
 

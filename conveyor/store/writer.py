@@ -126,6 +126,15 @@ class GroupWriter:
             future.set_result(value)
 
     def _transaction(self, units: list[Unit[Any]]) -> list[Any]:
+        try:
+            return self._once(units)
+        except sa.exc.DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            log.warning("job store connection was dead; transaction run again on a new one", error=repr(exc))
+            return self._once(units)
+
+    def _once(self, units: list[Unit[Any]]) -> list[Any]:
         with db.writing(self.engine) as connection:
             values = [unit(connection) for unit in units]
         self.transactions += 1
