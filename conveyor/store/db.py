@@ -132,8 +132,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _committed(_connection: sa.Connection) -> None:
+    STATS.transactions += 1
+
+
 def create_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for the job store. SQLite gets WAL, a busy timeout and its directory created."""
+    """An engine for the job store. SQLite gets WAL, a busy timeout and its directory created. Every commit on it
+    is counted in :data:`STATS`."""
+    engine = _engine(url, **kwargs)
+    sa.event.listen(engine, "commit", _committed)
+    return engine
+
+
+def _engine(url: str, **kwargs: Any) -> Engine:
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -200,8 +211,8 @@ def _write_lock(engine: Engine) -> contextlib.AbstractContextManager[Any]:
 
 @dataclass
 class Stats:
-    """What this process asked of the job store: write transactions committed, and (SQLite) how long and how often
-    it held the write lock. Read by the benchmarks (``CONVEYOR_STATS_FILE``)."""
+    """What this process asked of the job store: transactions committed (every engine's commit events), and (SQLite)
+    how long and how often it held the write lock. Read by the benchmarks and tests (``CONVEYOR_STATS_FILE``)."""
 
     transactions: int = 0
     write_lock_held_s: float = 0.0
@@ -222,10 +233,8 @@ def write_stats(path: Path, name: str) -> None:
 def writing(engine: Engine) -> Iterator[sa.Connection]:
     """A write transaction (``engine.begin()``), taken in turn with every other writer of the same SQLite file on
     this host; for PostgreSQL just the transaction. Never nest two on one thread."""
-    with _write_lock(engine):
-        with engine.begin() as connection:
-            yield connection
-        STATS.transactions += 1
+    with _write_lock(engine), engine.begin() as connection:
+        yield connection
 
 
 @contextlib.contextmanager
