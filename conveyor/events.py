@@ -81,23 +81,6 @@ class Retention:
         return key >= id_key(predecessor(self.first_id))
 
 
-def flower_progress(job_id: str, percent: float) -> None:
-    """Also announce a job's progress as a Celery ``task-progress`` event, so Flower's event stream carries it.
-
-    Only inside a running Celery task (elsewhere it does nothing); a failure to send is logged, never raised:
-    the event stream, not Flower, is where progress is guaranteed.
-    """
-    from celery import current_task
-
-    try:
-        task = current_task._get_current_object()  # the proxy itself is never None
-        if task is None or not task.request.id:
-            return
-        task.send_event("task-progress", job_id=job_id, progress=round(percent, 2), retry=False)
-    except Exception as exc:  # noqa: BLE001 - Flower's copy is best effort; the stream has the event
-        log.warning("celery progress event not sent", job_id=job_id, error=repr(exc))
-
-
 def job_event(job: Job, type_: EventType | None = None, **extra: Any) -> Event:
     """The event announcing a job's current state (by default, the event of its status)."""
     return Event(

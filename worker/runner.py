@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import redis
 
 from conveyor import logs
-from conveyor.events import flower_progress, job_event
+from conveyor.events import job_event
 from conveyor.schemas import Event, EventType, Job, JobStatus
 from conveyor.settings import Settings
 from conveyor.store.jobstore import UNAVAILABLE, utcnow
@@ -85,7 +85,6 @@ class Progress:
         if self.rt.store.set_progress(self.job.job_id, percent):
             event = job_event(self.job, EventType.PROGRESS).model_copy(update={"progress": round(percent, 2)})
             self.rt.events.publish(event)
-            flower_progress(self.job.job_id, percent)
 
 
 Handler = Callable[[Runtime, Job, Progress], dict[str, Any]]
