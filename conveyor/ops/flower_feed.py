@@ -57,6 +57,8 @@ RESULT_MAX_CHARS: Final = 1024
 #: Seconds the feed waits before its first read, so that Flower has heard every live worker's heartbeat (every
 #: 2 s) and the replay can credit jobs to the worker that serves their queue.
 SETTLE_SECONDS: Final = 3.0
+#: Seconds between two reads of a live stream: Flower is at most this late, and reads at most 20 times a second.
+GATHER_SECONDS: Final = 0.05
 #: Task states in which a started job may still report progress.
 _BEFORE_START: Final = frozenset({states.PENDING, states.RECEIVED, states.RETRY})
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
@@ -197,12 +199,14 @@ class FlowerFeed:
         settle_seconds: float = SETTLE_SECONDS,
         block_ms: int = 5000,
         count: int = 500,
+        gather_seconds: float = GATHER_SECONDS,
     ) -> None:
         self.state = state
         self.client = client
         self.settle_seconds = settle_seconds
         self.block_ms = block_ms
         self.count = count
+        self.gather_seconds = gather_seconds
         #: The id of the last stream entry folded (or skipped); ``0-0`` reads the stream from its start.
         self.last_id = "0-0"
         self.folded = 0
@@ -269,8 +273,9 @@ class FlowerFeed:
         for entry_id, fields in entries:
             self.last_id = text(entry_id)
             self.fold_entry(self.last_id, fields)
-        if len(entries) >= self.count:
-            await asyncio.sleep(0)  # a replay in pages: Flower answers requests between them
+        # Live, let events gather for a moment before the next read: a read per event would cost Flower more than
+        # folding it. In a replay, just let Flower answer requests between pages.
+        await asyncio.sleep(0 if len(entries) >= self.count else self.gather_seconds)
 
     async def _check_continuity(self) -> None:
         """After an outage: say so if events after the last one read were trimmed meanwhile, and start again from
