@@ -27,6 +27,7 @@ from conveyor.settings import Settings
 from tests.events_support import wait_finished
 from tests.receivers import HttpReceiver, Reply, http_receiver
 from tests.support import Process, base_env, bearer, conveyor, create_key, redis_server, wait_until_healthy
+from tests.system.faults import FaultStack
 
 pytestmark = pytest.mark.system
 
@@ -366,3 +367,27 @@ def test_a_bad_stream_entry_is_skipped_and_the_feed_goes_on(tmp_path: Path) -> N
         finally:
             flower.stop()
     assert flower.output().count('event="bad stream entry skipped"') == 3, flower.output()[-3000:]
+
+
+def test_the_feed_rides_out_a_redis_restart(tmp_path: Path) -> None:
+    """Redis killed and started again from its append-only file: the feed reconnects and goes on from where it was."""
+    port = free_port()
+    stack = FaultStack(tmp_path, env={"CONVEYOR_FLOWER_PORT": str(port), "CONVEYOR_FLOWER_PASSWORD": PASSWORD})
+    try:
+        stack.start_redis()
+        flower = stack.start("flower", ["flower"])
+        wait_for_port(port, 30, flower.popen)
+        view = FlowerOn(f"http://127.0.0.1:{port}", stack.redis_url, stack.processes)
+        before, after = f"feed-before-{uuid.uuid4().hex}", f"feed-after-{uuid.uuid4().hex}"
+        publish(view, before, EventType.QUEUED, JobStatus.QUEUED, progress=0)
+        wait_task(view, before, lambda info: info["state"] == "RECEIVED")
+        stack.kill("redis")
+        time.sleep(2)
+        stack.start_redis()
+        publish(view, after, EventType.QUEUED, JobStatus.QUEUED, progress=0)
+        publish(view, before, EventType.CANCELLED, JobStatus.CANCELLED, progress=0)
+        wait_task(view, after, lambda info: info["state"] == "RECEIVED")
+        assert wait_task(view, before, lambda info: info["state"] == "REVOKED")
+        assert flower.alive()
+    finally:
+        stack.stop_all()
