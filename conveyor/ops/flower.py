@@ -5,6 +5,10 @@ Flower's own ``--basic-auth`` guards only the handlers it marks as authenticated
 Flower's routing directly: it talks to :class:`Gate`, which answers 401 to any request without the right
 credentials before Flower picks a handler, so a path Flower adds later is covered too. ``/healthcheck``
 (``OK``, nothing else) is the one public path, for container health checks.
+
+Flower learns about tasks from the job event stream, not from Celery task events (workers send none):
+:mod:`conveyor.ops.flower_feed` folds the stream into Flower's state in this process. Flower still hears the
+workers' own heartbeats (``worker-*`` events), so it lists them.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from tornado.routing import Router
 from tornado.web import Application, RequestHandler
 
 from conveyor import logs
+from conveyor.ops.flower_feed import FlowerFeed, install
 from conveyor.settings import Settings
 
 log = logs.get("conveyor.ops.flower")
@@ -34,6 +39,8 @@ REALM = "flower"
 PUBLIC_PATHS = frozenset({"/healthcheck"})
 #: Seconds after which Flower forgets the metrics of a worker that went offline.
 PURGE_OFFLINE_WORKERS = 60
+#: The columns of Flower's Tasks page: the result column shows a running job's progress, then its result.
+TASKS_COLUMNS = "name,uuid,state,result,received,started,runtime,retries,exception,worker"
 #: Largest request body read (Flower's own are small JSON; tornado's default is 100 MiB, before any check).
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -117,9 +124,10 @@ class Gate(Router):
         return self._denied.get_handler_delegate(request, _Unauthorized)
 
 
-def locked_flower(settings: Settings, auth: BasicAuth, io_loop: IOLoop) -> tuple[Any, Gate]:
-    """Flower's application for Conveyor's Celery app, and the gate that must be served in its place.
-    Flower's options come from here only (no ``flowerconfig.py``, no ``FLOWER_*`` variables, no argv)."""
+def locked_flower(settings: Settings, auth: BasicAuth, io_loop: IOLoop) -> tuple[Any, Gate, FlowerFeed]:
+    """Flower's application for Conveyor's Celery app, the gate that must be served in its place, and the feed
+    that fills Flower's state from the job event stream (to be run on ``io_loop``). Flower's options come from here
+    only (no ``flowerconfig.py``, no ``FLOWER_*`` variables, no argv)."""
     from flower.app import Flower
     from flower.urls import settings as flower_settings
     from tornado.options import options
@@ -128,13 +136,16 @@ def locked_flower(settings: Settings, auth: BasicAuth, io_loop: IOLoop) -> tuple
 
     options.basic_auth = auth.flower_option()
     options.purge_offline_workers = PURGE_OFFLINE_WORKERS
+    # Flower would broadcast ``enable_events`` every 5 s, turning task events on in every worker.
+    options.enable_events = False
+    options.tasks_columns = TASKS_COLUMNS
     app = Flower(
         capp=create_celery(settings),
         options=options,
         io_loop=io_loop,
         **{**flower_settings, "cookie_secret": secrets.token_urlsafe(32), "log_function": _no_access_log},
     )
-    return app, Gate(app, auth)
+    return app, Gate(app, auth), install(app, settings)
 
 
 def serve(settings: Settings) -> int:
@@ -148,7 +159,8 @@ def serve(settings: Settings) -> int:
         return 2
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    app, gate = locked_flower(settings, auth, IOLoop.current())
+    app, gate, feed = locked_flower(settings, auth, IOLoop.current())
+    feeding = loop.create_task(feed.run())
     server = HTTPServer(gate, max_body_size=MAX_BODY_BYTES)
     sockets = bind_sockets(settings.flower_port, address=settings.flower_host)
     server.add_sockets(sockets)
@@ -161,6 +173,9 @@ def serve(settings: Settings) -> int:
     finally:
         server.stop()
         app.stop()
+        feeding.cancel()
+        loop.run_until_complete(asyncio.gather(feeding, return_exceptions=True))
+        loop.run_until_complete(feed.client.aclose())
         loop.close()
     log.info("flower stopped")
     return 0

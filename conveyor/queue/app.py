@@ -55,10 +55,13 @@ def create_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         task_soft_time_limit=settings.task_soft_time_limit,
         task_time_limit=settings.task_time_limit,
-        # Task events for Flower, from the workers (received, started, succeeded…). Not ``task-sent`` from the api:
-        # it would cost every submission a publish, and the job store already says what was sent.
+        # No Celery task events, from workers or the api: Flower learns every job's life from the job event stream
+        # (conveyor/ops/flower_feed.py), at no cost per task. Workers still send their heartbeats (``worker-*``
+        # events), so Flower lists them; and no task sends an event even if told to (``celery control
+        # enable_events``, or another Flower).
         worker_send_task_events=False,
         task_send_sent_event=False,
+        task_annotations={"*": {"send_events": False}},
         # Explicit queues and routes; anything unrouted goes to housekeeping.
         task_queues=[
             Queue(queue, Exchange(queue, type="direct"), routing_key=queue)  # type: ignore[no-untyped-call]

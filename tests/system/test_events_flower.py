@@ -1,61 +1,101 @@
-"""Workers also announce job progress as Celery ``task-progress`` events, so Flower's event stream carries them."""
+"""An upload's progress reaches Flower from the job event stream (workers send no Celery task events): a 50 MB
+upload watched through Flower's API shows only percentages the worker reported while it runs, Flower folds every
+one of them, and the task ends SUCCESS with the job's result.
+
+How many values a run reports is the worker's business (at most 4 a second and whole percents): on a machine that
+hashes 50 MB in a tenth of a second that is one. tests/system/test_flower_feed.py shows two values one after the
+other through events published straight to the stream."""
 
 from __future__ import annotations
 
-import threading
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+import redis
 
-from conveyor.queue.app import create_celery
-from conveyor.settings import Settings
+from conveyor.names import EVENTS_STREAM
+from conveyor.ops.redis_server import free_port, wait_for_port
 from tests.conftest import Stack
-from tests.events_support import wait_finished
+from tests.support import base_env, conveyor
 
 pytestmark = pytest.mark.system
 
+AUTH = ("conveyor", "flower-" + uuid.uuid4().hex[:12])
 
-def test_upload_progress_reaches_the_celery_event_stream(stack: Stack) -> None:
-    app = create_celery(Settings(_env_file=None, redis_url=stack.redis_url))  # type: ignore[call-arg]
-    seen: list[dict[str, Any]] = []
-    ready = threading.Event()
-    done = threading.Event()
 
-    def capture() -> None:
-        with app.connection() as connection:
-            receiver = app.events.Receiver(connection, handlers={"task-progress": seen.append})
-            consume_ready = receiver.on_consume_ready
-
-            def on_ready(*args: Any, **kwargs: Any) -> None:
-                consume_ready(*args, **kwargs)
-                ready.set()
-
-            receiver.on_consume_ready = on_ready
-            receiver.should_stop = False
-            stopper = threading.Thread(target=lambda: (done.wait(), setattr(receiver, "should_stop", True)))
-            stopper.start()
-            receiver.capture(limit=None, timeout=None, wakeup=False)
-            stopper.join()
-
-    thread = threading.Thread(target=capture, daemon=True)
-    thread.start()
+@pytest.fixture(scope="module")
+def flower(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``conveyor flower`` on the session stack's Redis; yields its URL."""
+    data_dir = tmp_path_factory.mktemp("events-flower")
+    port = free_port()
+    env = base_env(
+        data_dir, CONVEYOR_REDIS_URL=stack.redis_url, CONVEYOR_FLOWER_PORT=str(port), CONVEYOR_FLOWER_PASSWORD=AUTH[1]
+    )
+    process = conveyor("flower", ["flower"], env, data_dir / "logs")
     try:
-        assert ready.wait(10)
-        response = httpx.post(
-            f"{stack.base_url}/uploads", files={"file": ("p.bin", b"p" * 300_000)}, headers=stack.headers, timeout=30
-        )
-        assert response.status_code == 202, response.text
-        job_id = response.json()["job_id"]
-        wait_finished(stack.base_url, [job_id], headers=stack.headers)
-        for _ in range(50):
-            if any(event.get("job_id") == job_id for event in seen):
-                break
-            done.wait(0.1)
+        wait_for_port(port, 30, process.popen)
+        yield f"http://127.0.0.1:{port}"
     finally:
-        done.set()
-        thread.join(5)
-        app.close()
-    mine = [event for event in seen if event.get("job_id") == job_id]
-    assert mine, f"no task-progress event for {job_id} (saw {len(seen)})"
-    assert mine[0]["uuid"] == job_id and 0 <= mine[0]["progress"] <= 100
+        process.stop()
+
+
+def progress_events(redis_url: str, job_id: str) -> list[float]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        entries: Any = client.xrange(EVENTS_STREAM)
+        events = [json.loads(fields[b"e"]) for _id, fields in entries]
+    finally:
+        client.close()
+    return [e["progress"] for e in events if e.get("job_id") == job_id and e["type"] == "job.progress"]
+
+
+def folded_progress(flower: str) -> float:
+    """How many ``task-progress`` events of uploads Flower has folded (its own Prometheus counter)."""
+    metrics = httpx.get(f"{flower}/metrics", auth=AUTH, timeout=5).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("flower_events_total{") and 'type="task-progress"' in line and "uploads.ingest" in line
+    )
+
+
+def test_a_50mb_upload_shows_its_progress_in_flower_before_success(stack: Stack, flower: str) -> None:
+    time.sleep(3.5)  # the feed's first read waits for the workers' heartbeats
+    before = folded_progress(flower)
+    body = os.urandom(50 << 20)
+    response = httpx.post(
+        f"{stack.base_url}/uploads", files={"file": ("50MB.bin", body)}, headers=stack.headers, timeout=120
+    )
+    assert response.status_code == 202, response.text
+    job_id = response.json()["job_id"]
+
+    shown: list[float] = []
+    final = None
+    deadline = time.monotonic() + 60
+    with httpx.Client(base_url=flower, auth=AUTH, timeout=5) as client:
+        while time.monotonic() < deadline:
+            reply = client.get(f"/api/task/info/{job_id}")
+            if reply.status_code == 200:
+                info = reply.json()
+                if info["state"] == "STARTED" and info["progress"] not in (None, *shown[-1:]):
+                    shown.append(info["progress"])
+                    assert json.loads(info["result"]) == {"progress": info["progress"]}
+                if info["state"] in ("SUCCESS", "FAILURE"):
+                    final = info
+                    break
+            time.sleep(0.01)
+    assert final is not None and final["state"] == "SUCCESS", final
+    job = httpx.get(f"{stack.base_url}/jobs/{job_id}", headers=stack.headers).json()
+    assert json.loads(final["result"]) == job["result"]
+    assert final["name"] == "uploads.ingest" and final["worker"].split("@")[0] == "uploads"
+    reported = progress_events(stack.redis_url, job_id)
+    assert reported, "the worker reported no progress"
+    assert set(shown) <= {0.0, *reported}, f"Flower showed {shown}, the worker reported {reported}"
+    assert folded_progress(flower) - before == len(reported)
+    print(f"Flower showed {shown}; the worker reported {reported}")
