@@ -120,6 +120,7 @@ class Event(BaseModel):
     message: Any = None
     next_attempt_at: float | None = Field(default=None, description="On job.retrying: epoch seconds of the next try")
     reason: str | None = Field(default=None, description="On job.failed: why, as a word (e.g. poisoned)")
+    worker: str | None = Field(default=None, description="On job.started: the Celery worker (node name) running it")
 
 
 class StreamCommand(BaseModel):

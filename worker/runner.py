@@ -92,8 +92,14 @@ class JobBusy(Exception):
     dies, its heartbeat goes stale and beat's ``reap_stale`` sends the job again."""
 
 
+#: Progress is reported at least at every ``STEP`` percent, however fast the job goes.
+STEP = 10.0
+
+
 class Progress:
-    """Reports a job's progress; throttled so that a fast loop cannot flood the store or the stream."""
+    """Reports a job's progress: at most every ``min_interval`` seconds, except that each :data:`STEP` percent is
+    reported however fast the job goes (so a short job still shows its steps); never twice the same whole
+    percent."""
 
     def __init__(self, rt: Runtime, job: Job, min_interval: float = 0.25) -> None:
         self.rt = rt
@@ -104,7 +110,9 @@ class Progress:
 
     def __call__(self, percent: float) -> None:
         now = time.monotonic()
-        if now - self._last_sent < self.min_interval or int(percent) == int(self._last_value):
+        if int(percent) == int(self._last_value):
+            return
+        if now - self._last_sent < self.min_interval and percent - self._last_value < STEP:
             return
         self._last_sent, self._last_value = now, percent
         if self.rt.store.set_progress(self.job.job_id, percent):
@@ -149,14 +157,21 @@ def _claim(connection: sa.Connection, job_id: str, settings: Settings, in_transa
     return _Claim(job)
 
 
-def run_job(rt: Runtime, job_id: str, handler: Handler, in_transaction: InTransaction | None = None) -> Job | None:
+def run_job(
+    rt: Runtime,
+    job_id: str,
+    handler: Handler,
+    in_transaction: InTransaction | None = None,
+    worker: str | None = None,
+) -> Job | None:
     """Run the job once this delivery may run it; record and announce the outcome.
 
     A finished or cancelled job, or a retrying one whose next attempt is not due, is left alone (a duplicate
     delivery is harmless). A job held by a live run raises :class:`JobBusy`. A job whose run died (its heartbeat is
     older than ``dead_after_seconds``) is taken over, and one whose runs died ``max_crashes`` times is failed as
     :data:`POISONED` without running again. With ``in_transaction``, a job whose work is a job-store write is
-    done in the claim's transaction; otherwise ``handler`` runs, with a heartbeat keeping the claim alive.
+    done in the claim's transaction; otherwise ``handler`` runs, with a heartbeat keeping the claim alive. The
+    ``job.started`` event names ``worker`` (the Celery node running it) when given.
 
     ``Retryable`` puts the job in ``retrying`` and is re-raised with ``countdown`` (its own, at most
     ``retry_backoff_cap``, else exponential backoff with jitter) and ``held`` set; the ``job.retrying`` event
@@ -184,7 +199,7 @@ def run_job(rt: Runtime, job_id: str, handler: Handler, in_transaction: InTransa
         return current
     if job.crashes:
         log.warning("job taken over from a dead run", job_id=job_id, attempt=job.attempts, crashes=job.crashes)
-    started = job_event(job, attempt=job.attempts)
+    started = job_event(job, attempt=job.attempts, worker=worker)
     if claim.done is not None or claim.reason is not None:
         return _ended(rt, job, claim.done, started, claim.reason)
     _announce(rt, started)

@@ -55,7 +55,7 @@ def run(job_id: str, handler: Handler, in_transaction: InTransaction | None = No
     waited, pause = 0.0, 0.5
     while True:
         try:
-            run_job(rt, job_id, handler, in_transaction)
+            run_job(rt, job_id, handler, in_transaction, worker=_worker_name())
             return
         except JobBusy:
             log.info("duplicate delivery dropped: a live run holds the job", job_id=job_id)
@@ -73,6 +73,15 @@ def run(job_id: str, handler: Handler, in_transaction: InTransaction | None = No
             )
             time.sleep(pause)
             waited, pause = waited + pause, min(pause * 2, 5.0)
+
+
+def _worker_name() -> str | None:
+    """The node name of the Celery worker running the current task (``None`` outside a task)."""
+    from celery import current_task
+
+    task = current_task._get_current_object()
+    hostname = None if task is None else task.request.hostname
+    return str(hostname) if hostname else None
 
 
 @app.task(name=names.TASK_SEND_NOTIFICATION)

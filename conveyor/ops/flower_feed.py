@@ -213,9 +213,9 @@ class FlowerFeed:
         self._clock = 0
 
     def hostname(self, queue: str, task: Any | None, fresh: bool) -> str:
-        """Who ran (or will run) a job: the task's worker so far, unless ``fresh`` (received, started); else the
-        one live worker serving ``queue``. With none or several, the queue's name: job events do not say which
-        of several workers took a job."""
+        """Who ran (or will run) a job when its event does not name the worker (``job.started`` does): the task's
+        worker so far, unless ``fresh`` (received, started); else the one live worker serving ``queue``. With none
+        or several, the queue's name."""
         if not fresh and task is not None and task.worker is not None:
             return str(task.worker.hostname)
         alive = [name for name, worker in self.state.workers.items() if worker.alive and serves(name, queue)]
@@ -227,7 +227,7 @@ class FlowerFeed:
             return 0
         task = self.state.tasks.get(event.job_id)
         fresh = event.type in (EventType.QUEUED, EventType.STARTED)
-        hostname = self.hostname(TASK_FOR_KIND[event.kind][1], task, fresh)
+        hostname = event.worker or self.hostname(TASK_FOR_KIND[event.kind][1], task, fresh)
         self._clock += 1
         celery_events = task_events(event, task, hostname, self._clock)
         for celery_event in celery_events:
