@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, TypedDict
@@ -25,7 +26,7 @@ from conveyor.queue.submitter import Submitter
 from conveyor.redis_client import redis_client
 from conveyor.settings import Settings
 from conveyor.store.apikeys import KeyStore
-from conveyor.store.db import create_engine, migrate
+from conveyor.store.db import create_engine, migrate, write_stats
 from conveyor.store.jobstore import JobStore
 from conveyor.store.ledger import Ledger
 from conveyor.topics import TopicPolicy
@@ -106,6 +107,8 @@ async def open_state(settings: Settings) -> AsyncIterator[AppState]:
         celery.close()
         store.writer.close()
         engine.dispose()
+        if settings.stats_file is not None:  # uvicorn ends the process with the stop signal: no atexit
+            write_stats(settings.stats_file, os.environ.get("CONVEYOR_PROCESS_NAME", "api"))
 
 
 def lifespan_for(settings: Settings) -> Any:

@@ -284,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.disable(logging.INFO)
     os.environ.setdefault("CONVEYOR_PROCESS_NAME", process_name)
     logs.configure(os.environ["CONVEYOR_PROCESS_NAME"], settings.log_level, settings.log_format)
-    if settings.stats_file is not None:
+    if settings.stats_file is not None and args.command != "api":  # the api writes them as its lifespan ends
         from conveyor.store.db import write_stats
 
         atexit.register(write_stats, settings.stats_file, os.environ["CONVEYOR_PROCESS_NAME"])
