@@ -97,10 +97,11 @@ class Stack(Group):
         self.start("redis", redis_command(self.redis_port, self.root / "redis"))
         wait_for_port(self.redis_port, 10, self.processes["redis"])
 
-    def worker(self, name: str, queue: str = "notifications", concurrency: int = 2) -> None:
-        argv = [sys.executable, "-m", "celery", "-A", "conveyor.queue.app", "worker", f"--queues={queue}"]
-        argv += [f"--concurrency={concurrency}", f"--hostname={name}@%h", "--loglevel=INFO"]
-        self.start(name, [*argv, "--without-mingle", "--without-gossip"])
+    def worker(self, name: str, queue: str = "notifications") -> None:
+        """``conveyor worker`` for ``queue`` (its pool and concurrency: notifications on threads sharing group
+        commits, housekeeping solo), named ``name`` so that several run side by side on one host."""
+        argv = [sys.executable, "-m", "conveyor", "worker", "--queues", queue, "--hostname", f"{name}@%h"]
+        self.start(name, argv)
 
     def ready(self, name: str) -> bool:
         return " ready." in (self.root / "logs" / f"{name}.log").read_text(errors="replace")
@@ -161,7 +162,7 @@ def run(options: argparse.Namespace) -> Report:
             headers = auth_headers(api_key(environ))
             stack.start("api", [sys.executable, "-m", "conveyor", "api"])
             stack.start("beat", [sys.executable, "-m", "conveyor", "beat"])
-            stack.worker("housekeeping", "housekeeping", concurrency=1)
+            stack.worker("housekeeping", "housekeeping")
             names = [f"w{n}" for n in range(1, WORKERS + 1)]
             for name in names:
                 stack.worker(name)

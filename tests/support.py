@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -150,7 +151,7 @@ def wait_for_workers(broker_url: str, names: list[str], timeout: float) -> None:
     try:
         while time.monotonic() < deadline:
             replies = app.control.inspect(timeout=0.5).ping() or {}
-            if all(any(node.startswith(name + "@") for node in replies) for name in names):
+            if all(any(re.match(rf"^{re.escape(name)}(-\d+)?@", node) for node in replies) for name in names):
                 return
         raise AssertionError(f"workers {names} did not answer within {timeout}s")
     finally:

@@ -66,6 +66,12 @@ def worker_pool(settings: Settings, queues: list[str]) -> tuple[str, int]:
     return "prefork", settings.worker_concurrency
 
 
+def default_hostname(queues: list[str]) -> str:
+    """A worker's node name: its queues, its process id and the host (``notifications-4242@vm``), so that several
+    workers of one queue on one host are told apart (Flower lists each, with its own counts)."""
+    return f"{'+'.join(queues)}-{os.getpid()}@%h"
+
+
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     """Run a Celery worker for the given queues (tasks are imported by the worker only)."""
     from conveyor.queue.app import app
@@ -83,7 +89,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
             f"--queues={','.join(queues)}",
             f"--pool={args.pool or pool}",
             f"--concurrency={args.concurrency or concurrency}",
-            f"--hostname={'+'.join(queues)}@%h",
+            f"--hostname={args.hostname or default_hostname(queues)}",
             f"--loglevel={settings.log_level}",
             "--without-mingle",
             "--without-gossip",
@@ -262,6 +268,7 @@ def parser() -> argparse.ArgumentParser:
             command.add_argument("--queues", required=True, help=f"comma-separated, of {','.join(names.QUEUES)}")
             command.add_argument("--concurrency", type=int, help="processes (prefork) or threads of the pool")
             command.add_argument("--pool", choices=("prefork", "threads", "solo"), help="default: suited to the queue")
+            command.add_argument("--hostname", help="the node name (default: <queues>-<pid>@<host>); %%h is the host")
         if name == "keys":
             actions = command.add_subparsers(dest="action", required=True)
             create = actions.add_parser("create", help="make a key for an owner; prints it once, on the last line")

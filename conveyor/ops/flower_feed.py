@@ -32,6 +32,7 @@ anywhere else.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any, Final
 
 import orjson
@@ -114,11 +115,15 @@ class JobState(EventsState):  # type: ignore[misc]  # flower ships no type hints
         return folded
 
 
+#: The ``-<pid>`` that ``conveyor worker`` adds to its node name (``notifications-4242@host``).
+_NUMBERED = re.compile(r"-\d+$")
+
+
 def serves(hostname: str, queue: str) -> bool:
-    """True when a worker named ``hostname`` consumes ``queue``: Conveyor names workers ``<queue>[+<queue>…]@<host>``
+    """True when a worker named ``hostname`` consumes ``queue``: Conveyor names workers ``<queue>[+<queue>…]-<pid>@<host>``
     (``conveyor worker``)."""
     node, at, _host = hostname.partition("@")
-    return bool(at) and queue in node.split("+")
+    return bool(at) and queue in _NUMBERED.sub("", node).split("+")
 
 
 def _json(value: Any) -> str:
