@@ -49,7 +49,7 @@ METRICS = [
 WORKERS = 3
 KILL_EVERY = 3.0
 DEADLINE = 180.0
-RECEIVER_DELAY = 0.05
+RECEIVER_DELAY = 0.2
 
 
 class Receiver:
@@ -149,6 +149,7 @@ def run(options: argparse.Namespace) -> Report:
             CONVEYOR_API_PORT=str(api_port),
             CONVEYOR_LOG_LEVEL="INFO",
             CONVEYOR_HEARTBEAT_SECONDS="1",
+            CONVEYOR_NOTIFICATION_THREADS="4",
             CONVEYOR_DISPATCH_INTERVAL_SECONDS="1",
             CONVEYOR_DISPATCH_GRACE_SECONDS="1",
             CONVEYOR_WEBHOOK_ALLOW_PRIVATE="true",
