@@ -68,7 +68,7 @@ class LiveFlower:
         loop = self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         try:
-            self.app, gate = locked_flower(self.settings, BasicAuth(*AUTH), IOLoop.current())
+            self.app, gate, _feed = locked_flower(self.settings, BasicAuth(*AUTH), IOLoop.current())
             assert isinstance(gate, Gate)
             server = HTTPServer(gate)
             sockets = bind_sockets(0, address="127.0.0.1")

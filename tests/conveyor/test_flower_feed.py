@@ -125,7 +125,8 @@ def test_task_events_from_workers_and_other_kinds_are_ignored(feed: FlowerFeed) 
 def test_serves_reads_conveyors_worker_names() -> None:
     assert serves("uploads@vm", "uploads") and serves("uploads+notifications@vm", "notifications")
     assert not serves("uploads@vm", "notifications") and not serves("uploads", "uploads")
-    assert not serves("uploads-2@vm", "uploads")
+    assert serves("uploads-4242@vm", "uploads") and serves("uploads+notifications-7@vm", "notifications")
+    assert not serves("uploads-x@vm", "uploads") and not serves("uploadsx-1@vm", "uploads")
 
 
 def test_the_flower_internals_the_feed_relies_on() -> None:
