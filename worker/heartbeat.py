@@ -56,6 +56,7 @@ class Heartbeat:
         if threading.current_thread() is not _beater().thread:
             self._idle.wait(timeout=5)
 
+
 class _Beater:
     """The process's heartbeat thread: sleeps until the next run is due, beats every due run, again."""
 

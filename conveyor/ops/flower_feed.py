@@ -120,8 +120,8 @@ _NUMBERED = re.compile(r"-\d+$")
 
 
 def serves(hostname: str, queue: str) -> bool:
-    """True when a worker named ``hostname`` consumes ``queue``: Conveyor names workers ``<queue>[+<queue>…]-<pid>@<host>``
-    (``conveyor worker``)."""
+    """True when a worker named ``hostname`` consumes ``queue``: Conveyor names workers
+    ``<queue>[+<queue>…]-<pid>@<host>`` (``conveyor worker``)."""
     node, at, _host = hostname.partition("@")
     return bool(at) and queue in _NUMBERED.sub("", node).split("+")
 
