@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 from conveyor.schemas import JobStatus
 from conveyor.store import db
 from conveyor.store.jobstore import JobStore, utcnow
-from tests.conveyor.test_jobstore import new_job
+from tests.conveyor.store.test_jobstore import new_job
 
 PAST = timedelta(hours=1)
 
