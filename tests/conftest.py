@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from conveyor.ops.redis_server import free_port
 from conveyor.settings import Settings
@@ -28,6 +29,25 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real redis-server for this test session, on a free port."""
     with redis_server(tmp_path_factory.mktemp("redis")) as url:
         yield url
+
+
+#: The session server's database that :func:`private_redis_url` empties for each test. The others: 0 is the session
+#: stack's (its workers consume from it, and most tests share it), 1 and 5 belong to tests that start an api of
+#: their own (test_schemathesis.py, test_messages.py).
+PRIVATE_DB = 3
+
+
+@pytest.fixture
+def private_redis_url(redis_url: str) -> str:
+    """A database of the session's redis-server that no worker consumes from, empty when the test starts: queues,
+    the event stream and rate-limit buckets hold only what this test put there."""
+    url = f"{redis_url.rsplit('/', 1)[0]}/{PRIVATE_DB}"
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return url
 
 
 @pytest.fixture
