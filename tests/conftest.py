@@ -1,8 +1,10 @@
-"""Shared fixtures: a real redis-server per session, and settings pointing at temporary directories."""
+"""Shared fixtures: a real redis-server per session and settings pointing at temporary directories; the in-process
+api (``api``, ``burst_worker``: tests/inprocess.py, tests/burst.py); the session stack of real processes (``stack``,
+for system tests)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,8 @@ import redis
 
 from conveyor.ops.redis_server import free_port
 from conveyor.settings import Settings
+from tests.burst import BurstWorker
+from tests.inprocess import Api, serve
 from tests.support import (
     Process,
     base_env,
@@ -54,6 +58,35 @@ def private_redis_url(redis_url: str) -> str:
 def settings(tmp_path: Path, redis_url: str) -> Settings:
     """Settings for one test: its own data directory and SQLite job store, the session's Redis."""
     return Settings(_env_file=None, data_dir=tmp_path / "var", redis_url=redis_url)  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """Async tests (``pytest.mark.anyio``) run on asyncio, as uvicorn runs the api."""
+    return "asyncio"
+
+
+@pytest.fixture
+def api_settings(tmp_path: Path, private_redis_url: str) -> Settings:
+    """Settings for an in-process api: this test's data directory and SQLite job store, a private Redis database."""
+    return Settings(_env_file=None, data_dir=tmp_path / "var", redis_url=private_redis_url)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+async def api(api_settings: Settings) -> AsyncIterator[Api]:
+    """The real app on ``api_settings``, its lifespan run, served in-process with an API key (tests/inprocess.py)."""
+    async with serve(api_settings) as running:
+        yield running
+
+
+@pytest.fixture
+def burst_worker(api: Api) -> Iterator[BurstWorker]:
+    """Runs the in-process api's queued jobs in this process, on demand (tests/burst.py)."""
+    worker = BurstWorker(api.settings)
+    try:
+        yield worker
+    finally:
+        worker.close()
 
 
 class Stack:

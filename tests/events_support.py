@@ -98,28 +98,46 @@ def publish(
         client.close()
 
 
+SseMessage = tuple[str | None, dict[str, Any] | None, str | None]
+
+
+class SseParser:
+    """Server-Sent Events, line by line: :meth:`feed` returns a message (id, data, comment) at each blank line that
+    ends one."""
+
+    def __init__(self) -> None:
+        self.event_id: str | None = None
+        self.data: str | None = None
+        self.comment: str | None = None
+
+    def feed(self, line: str) -> SseMessage | None:
+        if line == "":
+            message = (self.event_id, json.loads(self.data) if self.data else None, self.comment)
+            self.event_id = self.data = self.comment = None
+            return message if any(message) else None
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "id":
+            self.event_id = value
+        elif field == "data":
+            self.data = value
+        elif field == "":
+            self.comment = value
+        return None
+
+
 class SseReader:
     """A Server-Sent Events client over httpx: ``next()`` returns the next message as (id, data, comment)."""
 
     def __init__(self, response: httpx.Response) -> None:
         self.response = response
         self.lines = response.iter_lines()
+        self.parser = SseParser()
 
-    def next(self) -> tuple[str | None, dict[str, Any] | None, str | None]:
-        event_id = data = comment = None
+    def next(self) -> SseMessage:
         for line in self.lines:
-            if line == "":
-                if event_id or data or comment:
-                    return event_id, json.loads(data) if data else None, comment
-                continue
-            field, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if field == "id":
-                event_id = value
-            elif field == "data":
-                data = value
-            elif field == "":
-                comment = value
+            if (message := self.parser.feed(line)) is not None:
+                return message
         raise EOFError("stream ended")
 
     def next_data(self) -> tuple[str | None, dict[str, Any]]:
