@@ -7,13 +7,13 @@ import json
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import redis
 from websockets.sync.client import ClientConnection
 
-from conveyor.events import EventLog
+from conveyor.events import EventLog, decode
 from conveyor.names import EVENTS_STREAM
 from conveyor.ops.redis_server import free_port
 from conveyor.schemas import Event, EventType, JobStatus
@@ -59,11 +59,24 @@ def wait_finished(base_url: str, job_ids: list[str], timeout: float = 60, *, hea
     assert not pending, f"{len(pending)} jobs did not finish"
 
 
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+def stream_entries(reply: Any) -> list[Entry]:
+    """An ``XRANGE``/``XREVRANGE`` reply of a client without ``decode_responses``, typed as what it is."""
+    return cast(list[Entry], reply or [])
+
+
+def stream_events(client: redis.Redis) -> list[Event]:
+    """Every event the stream holds, oldest first."""
+    return [decode(entry_id, fields) for entry_id, fields in stream_entries(client.xrange(EVENTS_STREAM))]
+
+
 def job_events_after(redis_url: str, after: str, owner: str = OWNER) -> list[str]:
     """Ids of ``owner``'s job events (not topic messages) the stream holds after ``after``, oldest first."""
     client = redis.Redis.from_url(redis_url)
     try:
-        entries = client.xrange(EVENTS_STREAM, min=f"({after}")
+        entries = stream_entries(client.xrange(EVENTS_STREAM, min=f"({after}"))
         events = [(entry_id.decode(), json.loads(fields[b"e"])) for entry_id, fields in entries]
         return [
             entry_id

@@ -53,7 +53,11 @@ async def lifespan(app: ASGIApp) -> AsyncIterator[dict[str, Any]]:
     to_app, app_inbox = anyio.create_memory_object_stream[Message](1)
     app_outbox, from_app = anyio.create_memory_object_stream[Message](1)
     with to_app, app_inbox, app_outbox, from_app:
-        task = _start(app(scope, app_inbox.receive, app_outbox.send), "lifespan")
+
+        async def run() -> None:
+            await app(scope, app_inbox.receive, app_outbox.send)
+
+        task = _start(run(), "lifespan")
         try:
             await to_app.send({"type": "lifespan.startup"})
             with anyio.fail_after(WAIT):

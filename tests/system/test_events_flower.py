@@ -33,7 +33,12 @@ def test_upload_progress_reaches_the_celery_event_stream(stack: Stack) -> None:
 
             receiver.on_consume_ready = on_ready
             receiver.should_stop = False
-            stopper = threading.Thread(target=lambda: (done.wait(), setattr(receiver, "should_stop", True)))
+
+            def stop_when_done() -> None:
+                done.wait()
+                receiver.should_stop = True
+
+            stopper = threading.Thread(target=stop_when_done)
             stopper.start()
             receiver.capture(limit=None, timeout=None, wakeup=False)
             stopper.join()

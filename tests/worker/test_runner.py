@@ -14,11 +14,10 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from conveyor.events import decode
-from conveyor.names import EVENTS_STREAM
 from conveyor.schemas import Event, Job, JobStatus
 from conveyor.store import db
 from conveyor.store.jobstore import utcnow
+from tests.events_support import stream_events
 from tests.worker.conftest import make_job
 from worker.notify import deliver
 from worker.runner import POISONED, JobBusy, Progress, Retryable, run_job
@@ -28,12 +27,11 @@ LONG_AGO = timedelta(hours=1)
 
 
 def events(rt: Runtime, job_id: str) -> list[Event]:
-    return [e for e in (decode(i, f) for i, f in rt.redis.xrange(EVENTS_STREAM)) if e.job_id == job_id]  # type: ignore[arg-type]
+    return [e for e in stream_events(rt.redis) if e.job_id == job_id]
 
 
 def events_of(rt: Runtime, job_id: str) -> list[str]:
-    entries = rt.redis.xrange(EVENTS_STREAM)
-    return [e.type.value for e in (decode(i, f) for i, f in entries) if e.job_id == job_id]  # type: ignore[union-attr]
+    return [e.type.value for e in events(rt, job_id)]
 
 
 def test_success_records_result_and_announces_each_step(rt: Runtime) -> None:

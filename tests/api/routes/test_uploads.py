@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.types import Message
 
 from conveyor.settings import Settings
 from tests.burst import BurstWorker
@@ -151,9 +152,9 @@ async def test_not_multipart_is_415(api: Api) -> None:
 async def test_client_that_disconnects_mid_upload_leaves_no_job_and_no_file(api: Api) -> None:
     head = part('form-data; name="file"; filename="cut.bin"', b"")[:-2]
     chunks = [head, os.urandom(1_000_000), os.urandom(1_000_000)]
-    sent: list[dict[str, Any]] = []
+    sent: list[Message] = []
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> Message:
         message = (
             {"type": "http.request", "body": chunks.pop(0), "more_body": True}
             if chunks
@@ -161,7 +162,7 @@ async def test_client_that_disconnects_mid_upload_leaves_no_job_and_no_file(api:
         )
         return message
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Message) -> None:
         sent.append(message)
 
     headers = [(k.lower().encode(), v.encode()) for k, v in {**api.headers, **MULTIPART}.items()]
