@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from conveyor.settings import Settings
+from tests.asgi import WebSocketClosed, WebSocketSession
 from tests.burst import BurstWorker
 from tests.events_support import FINISHED, publish
-from tests.inprocess import Api, WebSocketClosed, WebSocketSession, serve
+from tests.inprocess import Api, serve
 
 pytestmark = pytest.mark.anyio
 
