@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from conveyor.ops.redis_server import free_port, redis_command, wait_for_port
 from conveyor.store import db
 from conveyor.store.db import create_engine
-from conveyor.store.jobstore import _aware
+from conveyor.store.rows import aware as _aware
 from tests.support import (
     Process,
     base_env,

@@ -9,9 +9,8 @@ import time
 import pytest
 
 from api.streams.hub import Full, Hub, Selection, Subscription
-from api.streams.request import parse_request
-from api.streams.wire import Outgoing, Refused, text_frame
-from conveyor.events import Retention, StreamEvent, predecessor
+from api.streams.wire import Outgoing, text_frame
+from conveyor.events import StreamEvent
 from conveyor.schemas import Event, EventType, JobStatus
 from conveyor.topics import TopicPolicy
 

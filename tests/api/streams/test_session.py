@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from starlette.datastructures import QueryParams
 
-from api.streams.session import Refused, parse_request
+from api.streams.request import parse_request
+from api.streams.wire import Refused
 from conveyor.topics import TopicPolicy
 from tests.api.streams.test_hub import OWNER, event
 
