@@ -49,13 +49,15 @@ async def events_socket(websocket: WebSocket, state: StateDep) -> None:
     if not origin_allowed(websocket.headers, state.settings.origins):
         await websocket.close(CLOSE_POLICY, "origin not allowed")  # before accepting: the handshake gets 403
         return
-    await websocket.accept()
     stream = EventStream(state)
     outcome: Refused | None
     try:
+        # Subscribed before the handshake completes: an event published once the client sees it open is never
+        # missed, even without a resume point. A refusal is still sent as a message after the handshake.
         principal = await admit(state, websocket.headers, websocket.query_params.get("ticket"))
         request = parse_request(websocket.query_params)
         stream.open(request.selection(principal.owner, state.topics), principal.key_id)
+        await websocket.accept()
         start = await stream.start_point(request)
         outcome = await stream.serve(_WebSocketSender(websocket), start, lambda: _receive(websocket, stream))
     except Refused as exc:
@@ -63,6 +65,8 @@ async def events_socket(websocket: WebSocket, state: StateDep) -> None:
     finally:
         stream.close()
     if outcome is not None:
+        if websocket.client_state == WebSocketState.CONNECTING:
+            await websocket.accept()
         await _close(websocket, outcome)
 
 

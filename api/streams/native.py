@@ -26,7 +26,7 @@ from starlette.datastructures import QueryParams
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
 from websockets.frames import Frame, Opcode
-from websockets.http11 import Request
+from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
 from api.auth import origin_allowed
@@ -91,6 +91,7 @@ class WebSocketProtocol(asyncio.Protocol):
         "conn",
         "delegate",
         "early",
+        "handshake",
         "paused",
         "ping_at",
         "pong_due",
@@ -122,6 +123,8 @@ class WebSocketProtocol(asyncio.Protocol):
         self.close_timer: asyncio.TimerHandle | None = None
         #: Frames that arrived while the connection was ``ADMITTING``, applied once it is admitted.
         self.early: list[Frame] = []
+        #: The handshake's 101 answer, held until the connection is admitted and subscribed.
+        self.handshake: Response | None = None
 
     @property
     def ending(self) -> bool:
@@ -210,9 +213,12 @@ class WebSocketProtocol(asyncio.Protocol):
             response = self.conn.reject(403, "origin not allowed\n")
         else:
             response = self.conn.accept(request)
-        self.conn.send_response(response)
         if response.status_code != 101:
+            self.conn.send_response(response)
             return
+        # The 101 goes out once the connection is admitted and subscribed (_opened): an event published once the
+        # client sees the socket open is never missed, even without a resume point.
+        self.handshake = response
         self.server_state.connections.add(self)
         self.stream = EventStream(state)
         _, _, query = request.path.partition("?")
@@ -228,8 +234,10 @@ class WebSocketProtocol(asyncio.Protocol):
             stream_request = parse_request(query)
             stream.open(stream_request.selection(principal.owner, state.topics), principal.key_id)
         except Exception as exc:  # noqa: BLE001 - see _failed
+            self._opened()
             self._failed(exc)
             return
+        self._opened()
         self.pump = None
         if self.ending:
             self._release()
@@ -249,6 +257,13 @@ class WebSocketProtocol(asyncio.Protocol):
         for frame in early:
             self._frame(frame)
         self._flush()
+
+    def _opened(self) -> None:
+        """Complete the handshake (send the 101 held back while the connection was admitted)."""
+        handshake, self.handshake = self.handshake, None
+        if handshake is not None and self.conn is not None and not self.ending:
+            self.conn.send_response(handshake)
+            self._flush()
 
     def _frame(self, frame: Frame) -> None:
         stream = self.stream
