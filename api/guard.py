@@ -25,6 +25,7 @@ from starlette.datastructures import Headers, QueryParams
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import Unauthenticated, bearer, origin_allowed
+from api.bodies import BodyRefused, NotJson, check_json, read_body, replay
 from api.errors import STORE_DOWN, error, unavailable
 from api.ratelimit import retry_after
 from conveyor import logs
@@ -87,6 +88,9 @@ class Guard:
             await error(429, detail, {"retry-after": retry_after(wait)})(scope, receive, send)
             return
         scope["state"]["principal"] = principal
+        if "\x00" in path or b"%00" in scope.get("query_string", b""):
+            await error(400, "the request's path or query contains a NUL character")(scope, receive, send)
+            return
 
         upload = path == _UPLOAD and scope["method"] == "POST"
         stream = upload or path == _EVENTS or _DOWNLOAD.match(path) is not None
@@ -133,7 +137,11 @@ class Guard:
                 await self.app(scope, guarded_receive, guarded_send)
             else:
                 async with asyncio.timeout(timeout):
-                    await self.app(scope, guarded_receive, guarded_send)
+                    app_receive: Receive | None = guarded_receive
+                    if _json(headers) and scope["method"] in _WITH_BODY:
+                        app_receive = await _checked(scope, guarded_receive, send)
+                    if app_receive is not None:
+                        await self.app(scope, app_receive, guarded_send)
         except _BodyTooLarge:
             if not started:
                 await error(413, f"a request body is at most {limit} bytes")(scope, receive, send)
@@ -148,3 +156,27 @@ class Guard:
             else:
                 log.warning("request timed out", path=path, after_seconds=timeout)
                 await unavailable(f"the request took longer than {timeout:g} s")(scope, receive, send)
+
+
+_WITH_BODY = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _json(headers: Headers) -> bool:
+    kind = (headers.get("content-type") or "").partition(";")[0].strip().lower()
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
+
+
+async def _checked(scope: Scope, receive: Receive, send: Send) -> Receive | None:
+    """Read a JSON body whole and refuse what Conveyor does not take (:mod:`api.bodies`); the route then gets the
+    body again, and its parsed value in ``scope["state"]["json"]``. ``None`` when answered here (or the client left)."""
+    body = await read_body(receive)
+    if body is None:
+        return None
+    try:
+        scope["state"]["json"] = check_json(body) if body else None
+    except BodyRefused as exc:
+        await error(exc.status, exc.detail)(scope, receive, send)
+        return None
+    except NotJson:
+        pass  # the route's framework names the problem
+    return replay(body, receive)

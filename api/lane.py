@@ -18,15 +18,16 @@ document, and they answer every request the lane does not take — and the lane,
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 from fastapi import HTTPException
 from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import Headers
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.bodies import read_body, replay
 from api.errors import STORE_DOWN, error, unavailable
 from api.routes.notifications import accept_batch, accept_one
 from conveyor.schemas import Accepted, BatchAccepted, NotificationBatch, NotificationRequest
@@ -57,15 +58,15 @@ class SubmissionLane:
         if (headers.get("content-type") or "").lower() not in _JSON:
             await self.app(scope, receive, send)
             return
-        body = await _body(receive)
+        body = await read_body(receive)
         if body is None:  # the client left
             return
         batch = scope["path"] == "/notifications:batch"
         try:
-            data = orjson.loads(body)
+            data = scope["state"]["json"] if "json" in scope["state"] else orjson.loads(body)
             model: NotificationRequest | NotificationBatch = (_BATCH if batch else _ONE).validate_python(data)
         except (orjson.JSONDecodeError, ValidationError):
-            await self.app(scope, _replay(body, receive), send)
+            await self.app(scope, replay(body, receive), send)
             return
         state: AppState = scope["state"]["conveyor"]
         principal = scope["state"]["principal"]
@@ -86,30 +87,3 @@ class SubmissionLane:
         raw = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode()), *extra]
         await send({"type": "http.response.start", "status": 202, "headers": raw})
         await send({"type": "http.response.body", "body": answer})
-
-
-async def _body(receive: Receive) -> bytes | None:
-    """The whole request body (within the guard's limit), or ``None`` when the client disconnected."""
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A ``receive`` that gives the body already read, then whatever the client sends next (its disconnect)."""
-    sent = False
-
-    async def again() -> Message:
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        message: dict[str, Any] = {"type": "http.request", "body": body, "more_body": False}
-        return message
-
-    return again

@@ -131,11 +131,6 @@ async def test_a_batch_needs_a_key(api: Api) -> None:
     assert response.status_code == 401
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="production bug: the message-size check (conveyor/schemas.py, _json_size) lets orjson's TypeError for an "
-    "integer beyond 64 bits escape, so the api answers 500 instead of 422 (found by test_schemathesis.py)",
-)
 async def test_an_integer_beyond_64_bits_in_a_message_is_422(api: Api) -> None:
     body = {"channel": "websocket", "topic": "t", "message": {"n": 2**64}}
     response = await api.client.post("/notifications", json=body)
