@@ -36,6 +36,7 @@ WRITEBACK_BYTES = 32 * 1024 * 1024
 #: Room for boundaries and part headers on top of the file itself, when judging Content-Length.
 MULTIPART_OVERHEAD = 64 * 1024
 FILE_FIELD = "file"
+MAX_BOUNDARY = 70
 
 
 class UploadError(Exception):
@@ -269,6 +270,8 @@ async def spool_upload(
     boundary = params.get(b"boundary")
     if not boundary:
         raise UploadError(400, "multipart/form-data needs a boundary")
+    if len(boundary) > MAX_BOUNDARY:
+        raise UploadError(400, f"a multipart boundary is at most {MAX_BOUNDARY} characters (RFC 2046)")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes + MULTIPART_OVERHEAD:
         raise UploadError(413, f"body of {declared} bytes exceeds the upload limit of {max_bytes} bytes")

@@ -147,6 +147,11 @@ async def test_not_multipart_is_415(api: Api) -> None:
     assert response.status_code == 415 and "multipart" in response.json()["detail"]
     response = await api.client.post("/uploads", content=b"raw", headers={"content-type": "multipart/form-data"})
     assert response.status_code == 400 and "boundary" in response.json()["detail"]
+    long = "b" * 300
+    response = await api.client.post(
+        "/uploads", content=f"--{long}\r\n".encode(), headers={"content-type": f"multipart/form-data; boundary={long}"}
+    )
+    assert response.status_code == 400 and "boundary" in response.json()["detail"]
 
 
 async def test_client_that_disconnects_mid_upload_leaves_no_job_and_no_file(api: Api) -> None:
