@@ -30,7 +30,7 @@ from conveyor.schemas import (
 from conveyor.store import attempts, ledger
 from conveyor.store.attempts import Outcome
 from worker.channels import DeliveryError, Sent, email, webhook, websocket
-from worker.runner import Failed, Progress, Recorded, Retryable
+from worker.runner import Failed, Progress, Recorded, Retryable, describe
 from worker.runtime import Runtime
 
 logger = logs.get("conveyor.notify")
@@ -107,7 +107,7 @@ def deliver(rt: Runtime, job: Job, progress: Progress) -> dict[str, Any] | Recor
         raise Failed(str(exc), also=also) from exc
     except Exception as exc:
         logger.exception("delivery raised", job_id=job.job_id, channel=channel, attempt=job.attempts)
-        raise Failed(f"{type(exc).__name__}: {exc}", also=attempt(Outcome.PERMANENT, error=f"{exc!r}")) from exc
+        raise Failed(describe(exc), also=attempt(Outcome.PERMANENT, error=describe(exc))) from exc
     result = {"channel": channel, **sent.detail}
     delivered = attempt(Outcome.DELIVERED, status_code=sent.status_code, reply=sent.reply)
     logger.info("delivered", job_id=job.job_id, owner=job.owner, channel=channel, attempt=job.attempts)

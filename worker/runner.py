@@ -76,6 +76,15 @@ class Failed(Exception):
         self.also = also
 
 
+def describe(exc: BaseException) -> str:
+    """An error as a job's ``error`` shows it: its type and message, and for a database error the driver's own
+    first line only (never the SQL statement or its parameters, which may hold the request's data)."""
+    if isinstance(exc, sa.exc.StatementError) and exc.orig is not None:
+        exc = exc.orig
+    first = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {first[0] if first else ''}".rstrip(": ")
+
+
 def backoff(retries: int, base: float = 1.0, cap: float = 300.0) -> float:
     """Exponential backoff with full jitter: a random delay up to ``base * 2**retries``, at most ``cap``."""
     return random.uniform(0, min(cap, base * 2**retries))  # noqa: S311 - jitter, not a secret
@@ -239,7 +248,7 @@ def _attempt(rt: Runtime, job: Job, handler: Handler) -> Job | None:
         return _fail(rt, job, str(exc), exc.also)
     except Exception as exc:
         log.exception("job failed", job_id=job_id, owner=job.owner)
-        return _fail(rt, job, f"{type(exc).__name__}: {exc}")
+        return _fail(rt, job, describe(exc))
 
     def succeed(connection: sa.Connection) -> Job | None:
         result = outcome.write(connection) if isinstance(outcome, Recorded) else outcome

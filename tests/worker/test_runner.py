@@ -194,3 +194,20 @@ def test_the_job_store_failing_mid_run_releases_the_job_instead_of_failing_it(rt
     assert current is not None and current.status is JobStatus.RETRYING
     done = run_job(rt, job.job_id, lambda rt, job, progress: {"ok": True})
     assert done is not None and done.status is JobStatus.SUCCEEDED
+
+
+def test_a_database_error_in_a_handler_fails_the_job_without_its_sql_or_parameters(rt: Runtime) -> None:
+    job = make_job(rt)
+    secret = "parameter-value-9f3c"
+
+    def handler(rt: Runtime, job: Job, progress: Progress) -> dict[str, Any]:
+        insert = sa.text("INSERT INTO effects (job_id, effect, created_at) VALUES (:x, 'e', '2026-01-01')")
+        with rt.store.engine.begin() as connection:
+            connection.execute(insert, {"x": secret})
+            connection.execute(insert, {"x": secret})
+        return {}
+
+    failed = run_job(rt, job.job_id, handler)
+    assert failed is not None and failed.status is JobStatus.FAILED and failed.error is not None
+    assert failed.error.startswith("IntegrityError: UNIQUE constraint failed"), failed.error
+    assert "SELECT" not in failed.error and secret not in failed.error
