@@ -96,7 +96,20 @@ class Authenticator:
         if value is None:
             raise Unauthenticated("the ticket is not valid (unknown, expired or already used)", "invalid_token")
         owner, _, key_id = text(value).partition("\n")
+        revoked: set[str] = await anyio.to_thread.run_sync(self.keys.revoked_among, [key_id]) if self.enabled else set()
+        if revoked:
+            raise Unauthenticated("the ticket's API key was revoked", "invalid_token")
         return Principal(owner, key_id)
+
+    def forget(self, key_ids: set[str]) -> None:
+        """Drop what this process remembers of these keys (revoked: refused from the next request on)."""
+        for token, (principal, _until) in tuple(self._cache.items()):
+            if principal is not None and principal.key_id in key_ids:
+                del self._cache[token]
+
+    def cached_key_ids(self) -> set[str]:
+        """The ids of the keys this process remembers as valid."""
+        return {principal.key_id for principal, _until in self._cache.values() if principal is not None}
 
     async def stream(self, headers: Mapping[str, str], ticket: str | None) -> Principal:
         """The principal of an event stream: a ticket (``?ticket=``) or the bearer header."""

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from celery import Celery
 from fastapi import FastAPI
 
+from api import revocation
 from api.auth import Authenticator
 from api.ratelimit import RateLimiter
 from api.streams.hub import Hub, raise_open_file_limit
@@ -95,12 +96,14 @@ async def open_state(settings: Settings) -> AsyncIterator[AppState]:
         topics=topics,
     )
     reader = asyncio.create_task(hub.run(), name="event-hub")
+    revocations = asyncio.create_task(revocation.watch(hub, state.auth), name="revocations")
     try:
         yield state
     finally:
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
+        for task in (reader, revocations):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await async_redis.aclose()
         sync_redis.close()
         state.submitter.close()

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis.exceptions
 
-from api.streams.wire import Outgoing
+from api.streams.wire import TOO_FAR_BEHIND, Outgoing, Refused
 from conveyor import logs
 from conveyor.events import AsyncEventLog, StreamEvent, Tail, id_key
 from conveyor.redis_client import text
@@ -63,9 +63,10 @@ class Selection:
 class Subscription:
     """A subscriber's bounded mailbox of live events, in stream order.
 
-    ``limit`` counts events still to be sent; when it is reached the mailbox empties itself, is marked
-    ``overflowed`` and ``on_overflow`` is called. A ``job.progress`` offered while an older one for the same
-    job still waits supersedes it: the older one is skipped and does not count.
+    ``limit`` counts events still to be sent; when it is reached the mailbox ends (:meth:`end`) as too far behind.
+    A ``job.progress`` offered while an older one for the same job still waits supersedes it: the older one is
+    skipped and does not count. A subscription that has ended takes nothing more; ``ended`` says why, and
+    ``on_end`` (the connection's) is called once, to close it with that reason.
     """
 
     __slots__ = (
@@ -75,17 +76,17 @@ class Subscription:
         "_progress",
         "_waiter",
         "direct",
+        "ended",
         "limit",
-        "on_overflow",
-        "overflowed",
+        "on_end",
         "selection",
     )  # fmt: skip
 
     def __init__(self, selection: Selection, limit: int) -> None:
         self.selection = selection
         self.limit = limit
-        self.overflowed = False
-        self.on_overflow: Callable[[], None] | None = None
+        self.ended: Refused | None = None
+        self.on_end: Callable[[Refused], None] | None = None
         #: When set, items bypass the mailbox and go straight to this callable (a caught-up WebSocket).
         self.direct: Callable[[Outgoing], None] | None = None
         self._items: list[Outgoing] = []
@@ -99,7 +100,7 @@ class Subscription:
         if self.direct is not None:
             self.direct(item)
             return
-        if self.overflowed:
+        if self.ended is not None:
             return
         event = item.event
         if event is not None and event.type is EventType.PROGRESS and event.job_id is not None:
@@ -115,12 +116,12 @@ class Subscription:
         """Queue a message that is not an event (it has no id and is never skipped)."""
         if self.direct is not None:
             self.direct(item)
-        elif not self.overflowed:
+        elif self.ended is None:
             self._push(item)
 
     def _push(self, item: Outgoing) -> None:
         if self._live >= self.limit:
-            self.overflow()
+            self.end(TOO_FAR_BEHIND)
             return
         self._items.append(item)
         self._live += 1
@@ -134,15 +135,24 @@ class Subscription:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def overflow(self) -> None:
-        """Drop everything waiting and tell the connection to close."""
-        self.overflowed = True
+    @property
+    def overflowed(self) -> bool:
+        """True when the mailbox ended because its connection fell too far behind."""
+        return self.ended is TOO_FAR_BEHIND
+
+    def end(self, reason: Refused) -> None:
+        """Drop everything waiting, take nothing more, and tell the connection to close with ``reason`` (the first
+        reason wins)."""
+        if self.ended is not None:
+            return
+        self.ended = reason
+        self.direct = None
         self._items, self._head, self._live, self._progress = [], 0, 0, None
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        if self.on_overflow is not None:
-            self.on_overflow()
+        if self.on_end is not None:
+            self.on_end(reason)
 
     def pop(self) -> Outgoing | None:
         """The next item to send, or ``None`` when nothing waits."""
@@ -162,8 +172,8 @@ class Subscription:
         return None
 
     async def wait(self) -> None:
-        """Return once an item may be waiting (or the mailbox overflowed)."""
-        if self._head < len(self._items) or self.overflowed:
+        """Return once an item may be waiting (or the subscription ended)."""
+        if self._head < len(self._items) or self.ended is not None:
             return
         self._waiter = asyncio.get_running_loop().create_future()
         try:
@@ -253,6 +263,17 @@ class Hub:
             self.unwatch(subscription, job_id=job_id)
         for topic in tuple(subscription.selection.topics):
             self.unwatch(subscription, topic=topic)
+
+    def holders(self) -> set[str]:
+        """The holders (API key ids) with at least one subscription in this process."""
+        return set(self._held)
+
+    def end_holder(self, holder: str, reason: Refused) -> int:
+        """End every subscription held by ``holder`` with ``reason`` (their connections close); returns how many."""
+        ended = [subscription for subscription, held in tuple(self._holders.items()) if held == holder]
+        for subscription in ended:
+            subscription.end(reason)
+        return len(ended)
 
     def _check_topic(self, topic: str) -> None:
         if len(self._by_topic.get(topic, ())) >= self.max_per_topic:

@@ -38,7 +38,6 @@ from api.streams.wire import (
     CLOSE_TIMEOUT,
     INTERNAL_ERROR,
     MAX_COMMAND_BYTES,
-    TOO_FAR_BEHIND,
     Outgoing,
     Refused,
     StreamState,
@@ -248,7 +247,7 @@ class WebSocketProtocol(asyncio.Protocol):
                 state.settings.ws_ping_interval, state.settings.ws_ping_timeout
             )
         keepalive.add(self)
-        stream.subscription.on_overflow = self._overflowed
+        stream.subscription.on_end = self._refuse
         if stream_request.resume is None and not stream_request.jobs:
             self._go_live()
         else:
@@ -353,9 +352,6 @@ class WebSocketProtocol(asyncio.Protocol):
             log.error("event stream failed; closed with 1011", exc_info=exc)
             exc = INTERNAL_ERROR
         self._refuse(exc)
-
-    def _overflowed(self) -> None:
-        self._refuse(TOO_FAR_BEHIND)
 
     # --- closing
 

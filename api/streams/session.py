@@ -29,7 +29,7 @@ import anyio
 
 from api.streams.hub import Full, Selection, Subscription
 from api.streams.request import MAX_FOLLOWED, StreamRequest, check_subscribe
-from api.streams.wire import INTERNAL_ERROR, TOO_FAR_BEHIND, Outgoing, Refused, StreamState, full, parse_command
+from api.streams.wire import INTERNAL_ERROR, Outgoing, Refused, StreamState, full, parse_command
 from conveyor import logs
 from conveyor.events import StreamEvent, id_key, predecessor
 from conveyor.redis_client import text
@@ -159,7 +159,7 @@ class EventStream:
         unexpected error is logged and closes only this stream, as :data:`~api.streams.wire.INTERNAL_ERROR`)."""
         outcome: Refused | None = None
         async with anyio.create_task_group() as group:
-            self.subscription.on_overflow = group.cancel_scope.cancel
+            self.subscription.on_end = lambda _reason: group.cancel_scope.cancel()
 
             async def send() -> None:
                 nonlocal outcome
@@ -182,7 +182,7 @@ class EventStream:
             group.start_soon(send)
             group.start_soon(take)
         self.state = StreamState.CLOSING
-        return TOO_FAR_BEHIND if self.subscription.overflowed else outcome
+        return self.subscription.ended or outcome
 
     async def run(
         self,
@@ -205,8 +205,8 @@ class EventStream:
         subscription = self.subscription
         matches = subscription.selection.matches
         while True:
-            if subscription.overflowed:
-                raise TOO_FAR_BEHIND
+            if subscription.ended is not None:
+                raise subscription.ended
             if self._commands:
                 await self._apply(sender, self._commands.pop(0))
                 continue

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -136,6 +137,16 @@ class KeyStore:
         if row is None or row.revoked_at is not None or not hmac.compare_digest(row.digest, digest(secret)):
             return None
         return Principal(row.owner, key_id)
+
+    def revoked_among(self, key_ids: Iterable[str]) -> set[str]:
+        """Which of these key ids are revoked (or unknown)."""
+        wanted = set(key_ids)
+        if not wanted:
+            return set()
+        query = sa.select(db.api_keys.c.id).where(db.api_keys.c.id.in_(wanted), db.api_keys.c.revoked_at.is_(None))
+        with self.engine.connect() as conn:
+            active = set(conn.execute(query).scalars())
+        return wanted - active
 
     def any_active(self) -> bool:
         """True when at least one key is not revoked."""

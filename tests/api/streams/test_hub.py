@@ -51,7 +51,7 @@ def test_superseded_progress_does_not_count_towards_the_limit() -> None:
 def test_a_full_mailbox_overflows_empties_and_calls_back() -> None:
     calls = []
     box = Subscription(Selection(OWNER), limit=3)
-    box.on_overflow = lambda: calls.append(1)
+    box.on_end = lambda reason: calls.append(1)
     for seq in range(4):
         box.offer(Outgoing.of(event(f"6-{seq}", EventType.STARTED, job_id=f"j{seq}")))
     assert box.overflowed and calls == [1] and box.pop() is None
