@@ -35,6 +35,21 @@ def unavailable(detail: str, /, **fields: object) -> JSONResponse:
     return error(503, detail, {"Retry-After": str(RETRY_AFTER_SECONDS)}, **fields)
 
 
+class ServiceUnavailable(Exception):
+    """Raised by a route that cannot serve now for a reason of the server's (its detail says which): 503."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+async def service_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """503 with the route's own detail."""
+    detail = exc.detail if isinstance(exc, ServiceUnavailable) else str(exc)
+    log.warning("service unavailable", path=request.url.path, detail=detail)
+    return unavailable(detail)
+
+
 async def redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
     """503: Redis (the broker and event stream) did not answer."""
     log.warning("redis unavailable", path=request.url.path, error=repr(exc))
@@ -53,3 +68,4 @@ def install(app: FastAPI) -> None:
         app.add_exception_handler(redis_error, redis_unavailable)
     for store_error in UNAVAILABLE:
         app.add_exception_handler(store_error, store_unavailable)
+    app.add_exception_handler(ServiceUnavailable, service_unavailable)

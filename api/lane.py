@@ -28,7 +28,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.bodies import read_body, replay
-from api.errors import STORE_DOWN, error, unavailable
+from api.errors import STORE_DOWN, ServiceUnavailable, error, unavailable
 from api.routes.notifications import accept_batch, accept_one
 from conveyor.schemas import Accepted, BatchAccepted, NotificationBatch, NotificationRequest
 from conveyor.store.db import UNAVAILABLE
@@ -82,6 +82,9 @@ class SubmissionLane:
             return
         except UNAVAILABLE:
             await unavailable(STORE_DOWN)(scope, receive, send)
+            return
+        except ServiceUnavailable as exc:
+            await unavailable(exc.detail)(scope, receive, send)
             return
         extra = [(name.encode(), value.encode()) for name, value in sink.headers.items() if name != "content-length"]
         raw = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode()), *extra]

@@ -25,6 +25,7 @@ from conveyor.queue.app import create_celery
 from conveyor.queue.dispatch import Dispatcher
 from conveyor.queue.submitter import Submitter
 from conveyor.redis_client import redis_client
+from conveyor.secrets import SecretBox
 from conveyor.settings import Settings
 from conveyor.store.apikeys import KeyStore
 from conveyor.store.db import create_engine, migrate, write_stats
@@ -50,6 +51,7 @@ class AppState:
     auth: Authenticator
     limiter: RateLimiter
     topics: TopicPolicy
+    secrets: SecretBox
 
 
 class State(TypedDict):
@@ -94,6 +96,7 @@ async def open_state(settings: Settings) -> AsyncIterator[AppState]:
         ),
         limiter=RateLimiter(async_redis, settings.rate_limit_per_second, settings.rate_limit_burst),
         topics=topics,
+        secrets=SecretBox(settings),
     )
     reader = asyncio.create_task(hub.run(), name="event-hub")
     revocations = asyncio.create_task(revocation.watch(hub, state.auth), name="revocations")

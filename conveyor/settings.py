@@ -82,6 +82,10 @@ class Settings(BaseSettings):
 
     # Notifications: webhooks (Standard Webhooks signatures) and e-mail (SMTP).
     webhook_secret: SecretStr | None = Field(default=None, description="whsec_<base64>; a request may bring its own")
+    secrets_key: SecretStr | None = Field(
+        default=None,
+        description="Key sealing webhook secrets in the job store (conveyor keys secret-key); made in development",
+    )
     webhook_timeout: float = Field(default=10.0, gt=0, description="Seconds to connect, and to wait for each read")
     webhook_allow_private: bool = Field(default=False, description="Allow loopback/private/link-local targets")
     webhook_max_response_bytes: int = Field(default=65_536, ge=0, description="Most of a response body read")

@@ -27,6 +27,7 @@ from conveyor.schemas import (
     NotificationRequest,
     WebhookNotification,
 )
+from conveyor.secrets import SecretsUnavailable
 from conveyor.store import attempts, ledger
 from conveyor.store.attempts import Outcome
 from worker.channels import DeliveryError, Sent, email, webhook, websocket
@@ -73,7 +74,10 @@ def deliver(rt: Runtime, job: Job, progress: Progress) -> dict[str, Any] | Recor
     :class:`Failed` for a permanent one, each carrying the attempt row to write. Running it again after a success
     sends nothing.
     """
-    request = _REQUEST.validate_python(job.request)
+    try:
+        request = _REQUEST.validate_python(rt.secrets.open_fields(job.request))
+    except SecretsUnavailable as exc:
+        raise Failed(str(exc)) from exc
     channel = request.channel
     effect = f"notification.{channel}"
     done = None if isinstance(request, LogNotification) else rt.ledger.effect(job.job_id, effect)

@@ -13,6 +13,7 @@ from conveyor.files.storage import LocalStorage, Storage
 from conveyor.queue.app import app as celery_app
 from conveyor.queue.dispatch import Dispatcher
 from conveyor.redis_client import redis_client
+from conveyor.secrets import SecretBox
 from conveyor.settings import Settings, get_settings
 from conveyor.store.db import create_engine
 from conveyor.store.jobstore import JobStore
@@ -28,6 +29,7 @@ class Runtime:
     storage: Storage
     dispatcher: Dispatcher
     redis: redis.Redis
+    secrets: SecretBox
     pid: int
 
     def close(self) -> None:
@@ -59,6 +61,7 @@ def open_runtime(settings: Settings, celery: Celery | None = None) -> Runtime:
         storage=LocalStorage(settings.storage_dir),
         dispatcher=Dispatcher(store, events, celery or celery_app),
         redis=client,
+        secrets=SecretBox(settings),
         pid=os.getpid(),
     )
 

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Response
 
 from api.deps import IdempotencyKey, PrincipalDep, StateDep
+from api.errors import ServiceUnavailable
 from api.state import AppState
 from api.submit import submit, submit_many
 from conveyor import webhooks
@@ -20,6 +21,7 @@ from conveyor.schemas import (
     WebhookNotification,
     WebsocketNotification,
 )
+from conveyor.secrets import SecretsUnavailable
 from conveyor.settings import Settings
 from conveyor.store.apikeys import Principal
 
@@ -73,13 +75,15 @@ async def accept_one(
     refusal = _refusal(state, principal, body)
     if refusal is not None:
         raise refusal
+    plain = body.model_dump(mode="json")
     result, _created = await submit(
         state,
         response,
         kind=KIND_NOTIFICATION,
-        request=body.model_dump(mode="json"),
+        request=_stored(state, body, plain),
         owner=principal.owner,
         idempotency_key=key,
+        fingerprint=plain,
     )
     return result
 
@@ -93,15 +97,28 @@ async def accept_batch(
         refusal = _refusal(state, principal, notification)
         if refusal is not None:
             raise HTTPException(refusal.status_code, f"notifications[{index}]: {refusal.detail}")
+    plain = [notification.model_dump(mode="json") for notification in body.notifications]
     jobs, _created = await submit_many(
         state,
         response,
         kind=KIND_NOTIFICATION,
-        requests=[notification.model_dump(mode="json") for notification in body.notifications],
+        requests=[_stored(state, n, request) for n, request in zip(body.notifications, plain, strict=True)],
         owner=principal.owner,
         idempotency_key=key,
+        fingerprint=plain,
     )
     return BatchAccepted(jobs=jobs)
+
+
+def _stored(state: AppState, body: NotificationRequest, plain: dict[str, Any]) -> dict[str, Any]:
+    """What the job store keeps of a request: a webhook's own secret sealed (:mod:`conveyor.secrets`); a 503 when
+    there is no key to seal it with (production without ``CONVEYOR_SECRETS_KEY``)."""
+    if not isinstance(body, WebhookNotification) or body.secret is None:
+        return plain
+    try:
+        return state.secrets.seal_fields(plain)
+    except SecretsUnavailable as exc:
+        raise ServiceUnavailable(str(exc)) from exc
 
 
 @router.post("/notifications", status_code=202, responses=_REFUSALS)

@@ -145,6 +145,11 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
     from conveyor.store.apikeys import InvalidOwner, KeyStore
     from conveyor.store.db import create_engine, migrate
 
+    if args.action == "secret-key":
+        from conveyor.secrets import new_key
+
+        _say(new_key())
+        return 0
     engine = create_engine(settings.effective_database_url)
     try:
         migrate(engine)
@@ -279,6 +284,7 @@ def parser() -> argparse.ArgumentParser:
             listing.add_argument("--json", action="store_true", help="one JSON object per line")
             revoke = actions.add_parser("revoke", help="stop accepting a key (by its id or the whole key)")
             revoke.add_argument("key_id")
+            actions.add_parser("secret-key", help="print a new key for CONVEYOR_SECRETS_KEY (seals webhook secrets)")
     return root
 
 
