@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import secrets
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -206,6 +208,35 @@ class Settings(BaseSettings):
             path.write_text(secrets.token_urlsafe(18))
             path.chmod(0o600)
         return self.flower_user, path.read_text().strip()
+
+
+#: ``CONVEYOR_`` variables that are not settings (read elsewhere: process names, the test suite, compose, clients).
+OTHER_VARIABLES = frozenset(
+    {"CONVEYOR_PROCESS_NAME", "CONVEYOR_TEST_POSTGRES_URL", "CONVEYOR_IMAGE", "CONVEYOR_API_KEY", "CONVEYOR_API_URL"}
+)
+
+
+def unknown_variables(names: Iterable[str]) -> list[tuple[str, str | None]]:
+    """The ``CONVEYOR_`` names among ``names`` that no setting reads, each with the closest setting's name (a
+    misspelling is otherwise silently ignored)."""
+    known = {f"CONVEYOR_{field.upper()}" for field in Settings.model_fields}
+    unknown = sorted(name for name in set(names) if name.startswith("CONVEYOR_") and name.upper() not in known)
+    found = []
+    for name in unknown:
+        if name.upper() in OTHER_VARIABLES:
+            continue
+        close = difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.75)
+        found.append((name, close[0] if close else None))
+    return found
+
+
+def env_file_names(path: Path = Path(".env")) -> list[str]:
+    """The variable names a ``.env`` file sets (none when there is no such file)."""
+    if not path.is_file():
+        return []
+    from dotenv import dotenv_values
+
+    return list(dotenv_values(path))
 
 
 @lru_cache

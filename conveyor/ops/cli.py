@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from conveyor import logs, names
-from conveyor.settings import Settings, get_settings
+from conveyor.settings import Settings, env_file_names, get_settings, unknown_variables
 
 log = logs.get("conveyor.ops.cli")
 
@@ -295,8 +295,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     process_name = args.command if args.command != "worker" else f"worker-{args.queues}"
     if args.command == "keys":
         logging.disable(logging.INFO)
+    started_by_conveyor = "CONVEYOR_PROCESS_NAME" in os.environ
     os.environ.setdefault("CONVEYOR_PROCESS_NAME", process_name)
     logs.configure(os.environ["CONVEYOR_PROCESS_NAME"], settings.log_level, settings.log_format)
+    if not started_by_conveyor:  # warned once, by the process a person started (`conveyor run` passes its env on)
+        for name, close in unknown_variables([*os.environ, *env_file_names()]):
+            log.warning("unknown setting ignored", variable=name, did_you_mean=close)
     if settings.stats_file is not None and args.command != "api":  # the api writes them as its lifespan ends
         from conveyor.store.db import write_stats
 

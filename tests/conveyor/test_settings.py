@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.settings import Settings
+from conveyor.settings import Settings, unknown_variables
 
 
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -28,3 +28,10 @@ def test_flower_password_is_generated_once(tmp_path: Path) -> None:
     assert user == "conveyor" and len(password) >= 20
     assert settings.flower_credentials() == (user, password)
     assert (tmp_path / "flower-password").stat().st_mode & 0o077 == 0
+
+
+def test_misspelled_variables_are_named_with_the_closest_setting() -> None:
+    found = unknown_variables(
+        ["CONVEYOR_API_PROT", "CONVEYOR_API_PORT", "CONVEYOR_PROCESS_NAME", "CONVEYOR_ZZZ", "HOME"]
+    )
+    assert found == [("CONVEYOR_API_PROT", "CONVEYOR_API_PORT"), ("CONVEYOR_ZZZ", None)]
