@@ -56,8 +56,17 @@ def bearer(headers: Mapping[str, str]) -> str | None:
 class Authenticator:
     """Resolves credentials to a :class:`Principal` for one api process."""
 
-    def __init__(self, keys: KeyStore, redis: aioredis.Redis, *, enabled: bool, cache_seconds: float) -> None:
+    def __init__(
+        self,
+        keys: KeyStore,
+        redis: aioredis.Redis,
+        *,
+        enabled: bool,
+        cache_seconds: float,
+        threads: anyio.CapacityLimiter | None = None,
+    ) -> None:
         self.keys = keys
+        self.threads = threads
         self.redis = redis
         self.enabled = enabled
         self.cache_seconds = cache_seconds
@@ -74,7 +83,7 @@ class Authenticator:
         if cached is not None and cached[1] > now:
             principal = cached[0]
         else:
-            principal = await anyio.to_thread.run_sync(self.keys.verify, token)
+            principal = await anyio.to_thread.run_sync(self.keys.verify, token, limiter=self.threads)
             if len(self._cache) >= CACHE_LIMIT:
                 self._cache.clear()
             self._cache[token] = (principal, now + self.cache_seconds)
@@ -96,7 +105,11 @@ class Authenticator:
         if value is None:
             raise Unauthenticated("the ticket is not valid (unknown, expired or already used)", "invalid_token")
         owner, _, key_id = text(value).partition("\n")
-        revoked: set[str] = await anyio.to_thread.run_sync(self.keys.revoked_among, [key_id]) if self.enabled else set()
+        revoked: set[str] = (
+            await anyio.to_thread.run_sync(self.keys.revoked_among, [key_id], limiter=self.threads)
+            if self.enabled
+            else set()
+        )
         if revoked:
             raise Unauthenticated("the ticket's API key was revoked", "invalid_token")
         return Principal(owner, key_id)

@@ -38,7 +38,7 @@ async def check(hub: Hub, auth: Authenticator) -> set[str]:
     key_ids = hub.holders() | auth.cached_key_ids()
     if not key_ids or not auth.enabled:
         return set()
-    revoked = await anyio.to_thread.run_sync(auth.keys.revoked_among, key_ids)
+    revoked = await anyio.to_thread.run_sync(auth.keys.revoked_among, key_ids, limiter=auth.threads)
     if revoked:
         auth.forget(revoked)
         ended = sum(hub.end_holder(key_id, REVOKED) for key_id in revoked)

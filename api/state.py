@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 import anyio
 import redis.asyncio as aioredis
@@ -34,6 +34,9 @@ from conveyor.store.ledger import Ledger
 from conveyor.topics import TopicPolicy
 
 log = logs.get("conveyor.api")
+T = TypeVar("T")
+#: Job-store threads of an api process (and connections in its pool): reads and the writes routes wait for.
+DB_THREADS = 20
 
 
 @dataclass
@@ -52,6 +55,12 @@ class AppState:
     limiter: RateLimiter
     topics: TopicPolicy
     secrets: SecretBox
+    #: Threads for job-store reads and writes, apart from every other thread the api uses (file I/O).
+    db_threads: anyio.CapacityLimiter
+
+    async def db(self, func: Callable[..., T], *args: Any) -> T:
+        """``func(*args)`` (a job-store call) on one of the api's job-store threads."""
+        return await anyio.to_thread.run_sync(func, *args, limiter=self.db_threads)
 
 
 class State(TypedDict):
@@ -61,7 +70,13 @@ class State(TypedDict):
 @contextlib.asynccontextmanager
 async def open_state(settings: Settings) -> AsyncIterator[AppState]:
     """Open the job store, Redis pools and the event hub; close them all on exit."""
-    engine = create_engine(settings.effective_database_url, pool_size=20, max_overflow=20)
+    engine = create_engine(
+        settings.effective_database_url,
+        write_lock_timeout=settings.write_lock_timeout_seconds,
+        pool_size=DB_THREADS,
+        max_overflow=10,
+    )
+    db_threads = anyio.CapacityLimiter(DB_THREADS)
     await anyio.to_thread.run_sync(migrate, engine)  # once per start: `conveyor api` leaves it to the lifespan
     async_redis = redis_client(settings.effective_redis_url, asynchronous=True)
     sync_redis = redis_client(settings.effective_redis_url)
@@ -92,11 +107,16 @@ async def open_state(settings: Settings) -> AsyncIterator[AppState]:
         celery=celery,
         storage=LocalStorage(settings.storage_dir),
         auth=Authenticator(
-            KeyStore(engine), async_redis, enabled=settings.auth == "keys", cache_seconds=settings.auth_cache_seconds
+            KeyStore(engine),
+            async_redis,
+            enabled=settings.auth == "keys",
+            cache_seconds=settings.auth_cache_seconds,
+            threads=db_threads,
         ),
         limiter=RateLimiter(async_redis, settings.rate_limit_per_second, settings.rate_limit_burst),
         topics=topics,
         secrets=SecretBox(settings),
+        db_threads=db_threads,
     )
     reader = asyncio.create_task(hub.run(), name="event-hub")
     revocations = asyncio.create_task(revocation.watch(hub, state.auth), name="revocations")

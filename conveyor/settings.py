@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     ws_ping_timeout: float = Field(default=20.0, gt=0, description="Seconds to wait for a pong before closing")
     ws_native: bool = Field(default=True, description="Serve /ws on Conveyor's own protocol (false: the ASGI route)")
 
+    write_lock_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Longest a writer waits for SQLite's write lock before it answers 503"
+    )
     dispatch_grace_seconds: float = Field(default=5.0, ge=0)
     dispatch_interval_seconds: float = Field(default=5.0, gt=0)
     spool_max_age_seconds: int = Field(default=86400, ge=60)

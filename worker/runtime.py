@@ -46,7 +46,7 @@ def open_runtime(settings: Settings, celery: Celery | None = None) -> Runtime:
 
     Tasks are sent through ``celery`` (default: the worker's own app).
     """
-    engine = create_engine(settings.effective_database_url)
+    engine = create_engine(settings.effective_database_url, write_lock_timeout=settings.write_lock_timeout_seconds)
     # A Redis restart (seconds) is ridden out: each command is tried again with backoff for about 25 s.
     client = redis_client(settings.effective_redis_url, patience="background")
     store = JobStore(engine)  # its group writer commits every write of this process

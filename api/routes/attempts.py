@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import anyio
 from fastapi import APIRouter, HTTPException, Path
 
 from api.deps import PrincipalDep, StateDep
@@ -21,10 +20,10 @@ JobId = Annotated[str, Path(min_length=1, max_length=64)]
 async def list_attempts(state: StateDep, principal: PrincipalDep, job_id: JobId) -> dict[str, Any]:
     """Every delivery attempt of the job, oldest first: when, the channel, the outcome (``delivered``,
     ``transient``, ``permanent``), the peer's status code or SMTP reply code and text, and the error."""
-    job = await anyio.to_thread.run_sync(state.store.get, job_id, principal.owner)
+    job = await state.db(state.store.get, job_id, principal.owner)
     if job is None:
         raise HTTPException(404, f"no job {job_id}")
-    attempts = await anyio.to_thread.run_sync(AttemptLog(state.store.engine).of, job_id)
+    attempts = await state.db(AttemptLog(state.store.engine).of, job_id)
     return {"job_id": job_id, "attempts": [attempt.as_json() for attempt in attempts]}
 
 
@@ -37,14 +36,14 @@ async def retry_job(state: StateDep, principal: PrincipalDep, job_id: JobId) -> 
     """Queue a failed job again: its error is cleared, its attempts start again from one, ``job.queued`` is
     published and its task sent. 202 means it will run (if Redis is down, the dispatcher sends it later).
     Effects that already happened are not repeated; a delivery that never succeeded is sent."""
-    if await anyio.to_thread.run_sync(state.store.get, job_id, principal.owner) is None:
+    if await state.db(state.store.get, job_id, principal.owner) is None:
         raise HTTPException(404, f"no job {job_id}")
-    job = await anyio.to_thread.run_sync(state.store.requeue, job_id)
+    job = await state.db(state.store.requeue, job_id)
     if job is None:
-        current = await anyio.to_thread.run_sync(state.store.get, job_id)
+        current = await state.db(state.store.get, job_id)
         if current is None:
             raise HTTPException(404, f"no job {job_id}")
         raise HTTPException(409, f"job {job_id} is {current.status.value}, not failed")
     task_name, queue = TASK_FOR_KIND[job.kind]
-    await anyio.to_thread.run_sync(state.dispatcher.send, Dispatch(job, task_name, queue))
+    await state.db(state.dispatcher.send, Dispatch(job, task_name, queue))
     return job

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import anyio
 from fastapi import APIRouter, HTTPException, Path, Query
 
 from api.deps import PrincipalDep, StateDep
@@ -19,7 +18,7 @@ JobId = Annotated[str, Path(min_length=1, max_length=64)]
 @router.get("/jobs/{job_id}", responses={404: {"description": "No such job"}})
 async def get_job(state: StateDep, principal: PrincipalDep, job_id: JobId) -> Job:
     """The job's current state, as the job store holds it. Another owner's job is 404, like a missing one."""
-    job = await anyio.to_thread.run_sync(state.store.get, job_id, principal.owner)
+    job = await state.db(state.store.get, job_id, principal.owner)
     if job is None:
         raise HTTPException(404, f"no job {job_id}")
     return job
@@ -36,7 +35,7 @@ async def list_jobs(
 ) -> JobPage:
     """A page of the caller's jobs, newest first. Pass ``next_cursor`` as ``cursor`` for the next page."""
     try:
-        jobs, next_cursor = await anyio.to_thread.run_sync(
+        jobs, next_cursor = await state.db(
             lambda: state.store.page(status=status, kind=kind, owner=principal.owner, limit=limit, cursor=cursor)
         )
     except InvalidCursor as exc:
@@ -51,9 +50,9 @@ async def list_jobs(
 )
 async def cancel_job(state: StateDep, principal: PrincipalDep, job_id: JobId) -> Job:
     """Cancel a job that has not finished. A running task may still complete its work; its result is dropped."""
-    if await anyio.to_thread.run_sync(state.store.get, job_id, principal.owner) is None:
+    if await state.db(state.store.get, job_id, principal.owner) is None:
         raise HTTPException(404, f"no job {job_id}")
-    job = await anyio.to_thread.run_sync(
+    job = await state.db(
         lambda: state.store.transition(
             job_id,
             JobStatus.CANCELLED,
@@ -62,7 +61,7 @@ async def cancel_job(state: StateDep, principal: PrincipalDep, job_id: JobId) ->
         )
     )
     if job is None:
-        current = await anyio.to_thread.run_sync(state.store.get, job_id)
+        current = await state.db(state.store.get, job_id)
         if current is None:
             raise HTTPException(404, f"no job {job_id}")
         raise HTTPException(409, f"job {job_id} already {current.status.value}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import anyio
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response
 from fastapi.responses import FileResponse
 
@@ -104,7 +103,7 @@ async def list_uploads(
 ) -> UploadPage:
     """The caller's stored uploads, newest first. Pass ``next_cursor`` as ``cursor`` for the next page."""
     try:
-        uploads, next_cursor = await anyio.to_thread.run_sync(
+        uploads, next_cursor = await state.db(
             lambda: state.ledger.uploads(owner=principal.owner, limit=limit, cursor=cursor)
         )
     except InvalidCursor as exc:
@@ -113,7 +112,7 @@ async def list_uploads(
 
 
 async def _find(state: AppState, upload_id: str, owner: str) -> Upload:
-    found = await anyio.to_thread.run_sync(state.ledger.upload, upload_id, owner)
+    found = await state.db(state.ledger.upload, upload_id, owner)
     if found is None:
         raise HTTPException(404, f"no upload {upload_id}")
     return Upload.model_validate(found)

@@ -110,7 +110,7 @@ class EventStream:
         firsts = []
         for job_id in request.jobs:
             job = await self._own_job(job_id)
-            first = await anyio.to_thread.run_sync(self.app.store.queued_event_id, job_id)
+            first = await self.app.db(self.app.store.queued_event_id, job_id)
             firsts.append(first or await self._unnoted_start(job))
         return predecessor(min(firsts, key=id_key)) if firsts else None
 
@@ -126,7 +126,7 @@ class EventStream:
     async def _own_job(self, job_id: str) -> Job:
         """The job, if it exists and is the stream owner's; else :class:`Refused` (1008 / 404), the same for
         both cases so that other owners' job ids are not revealed."""
-        job = await anyio.to_thread.run_sync(self.app.store.get, job_id)
+        job = await self.app.db(self.app.store.get, job_id)
         if job is None or job.owner != self.subscription.selection.owner:
             raise Refused(f"no job {job_id}", http_status=404)
         return job

@@ -136,11 +136,15 @@ def _committed(_connection: sa.Connection) -> None:
     STATS.transactions += 1
 
 
-def create_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for the job store. SQLite gets WAL, a busy timeout and its directory created. Every commit on it
-    is counted in :data:`STATS`."""
+def create_engine(url: str, *, write_lock_timeout: float | None = None, **kwargs: Any) -> Engine:
+    """An engine for the job store. SQLite gets WAL, a busy timeout and its directory created, and (with
+    ``write_lock_timeout``) the deadline of its write lock in this process. Every commit on it is counted in
+    :data:`STATS`."""
     engine = _engine(url, **kwargs)
     sa.event.listen(engine, "commit", _committed)
+    lock = _write_lock(engine)
+    if write_lock_timeout is not None and isinstance(lock, _WriteLock):
+        lock.timeout = write_lock_timeout
     return engine
 
 
@@ -157,6 +161,15 @@ def _engine(url: str, **kwargs: Any) -> Engine:
     return sa.create_engine(url, **kwargs)
 
 
+#: Longest a writer waits for the SQLite write lock by default before its transaction fails as the job store being
+#: unavailable (the api answers 503; a worker tries again): a writer that hangs cannot pile up every other one.
+WRITE_LOCK_TIMEOUT = 10.0
+
+
+class WriteLockTimeout(sa.exc.TimeoutError):
+    """The SQLite write lock was held by another writer for longer than :data:`WRITE_LOCK_TIMEOUT`."""
+
+
 class _WriteLock:
     """One writer at a time among the processes of one host (and the threads of each) for a SQLite file: a
     thread lock, then ``flock`` on ``<database>.write.lock``. SQLite allows one writer anyway, but a writer that
@@ -169,18 +182,36 @@ class _WriteLock:
         self.pid = -1
         self.fd = -1
         self.since = 0.0
+        self.timeout = WRITE_LOCK_TIMEOUT
 
     def __enter__(self) -> None:
-        self.thread_lock.acquire()
+        deadline = time.monotonic() + self.timeout
+        if not self.thread_lock.acquire(timeout=self.timeout):
+            raise WriteLockTimeout(f"the job store's write lock was not free within {self.timeout:g} s")
         try:
             if self.pid != os.getpid():  # first use, or a forked process: its own descriptor
                 self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
                 self.pid = os.getpid()
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            self._flock(deadline)
         except BaseException:
             self.thread_lock.release()
             raise
         self.since = time.perf_counter()
+
+    def _flock(self, deadline: float) -> None:
+        """Take the file lock, waiting (in short sleeps, growing to 2 ms) until ``deadline`` at most."""
+        pause = 0.0001
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise WriteLockTimeout(
+                        f"the job store's write lock was not free within {self.timeout:g} s"
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.002)
 
     def __exit__(self, *_exc: object) -> None:
         STATS.write_lock_held_s += time.perf_counter() - self.since

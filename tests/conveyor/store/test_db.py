@@ -5,6 +5,7 @@ The test with a second process is marked ``system`` (it starts one).
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing
 import threading
 import time
@@ -14,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from conveyor.store import db
+from conveyor.store.db import UNAVAILABLE, WriteLockTimeout, create_engine, migrate
 from conveyor.store.jobstore import JobStore, NewJob
 
 
@@ -75,3 +77,24 @@ def test_an_in_memory_database_takes_no_lock() -> None:
     with db.writing(engine) as connection:
         assert connection.execute(sa.text("SELECT 1")).scalar_one() == 1
     engine.dispose()
+
+
+def test_a_writer_gives_up_on_a_held_write_lock_after_its_deadline(tmp_path: Path) -> None:
+    """Another writer holds the SQLite write lock (a ``flock`` on ``<db>.write.lock``) too long: the transaction fails
+    as the job store being unavailable (the api answers 503) instead of waiting forever; free, it goes through."""
+    database = tmp_path / "held.db"
+    engine = create_engine(f"sqlite:///{database}", write_lock_timeout=0.3)
+    migrate(engine)
+    store = JobStore(engine)
+    new = NewJob(kind="notification", request={"channel": "log", "message": "m"}, task_name="t", queue="q")
+    try:
+        with open(f"{database}.write.lock", "a") as holder:
+            fcntl.flock(holder, fcntl.LOCK_EX)
+            with pytest.raises(UNAVAILABLE) as caught:
+                store.create(new)
+            assert isinstance(caught.value, WriteLockTimeout)
+            fcntl.flock(holder, fcntl.LOCK_UN)
+        assert store.create(new)[1]
+    finally:
+        store.writer.close()
+        engine.dispose()
