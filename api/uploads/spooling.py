@@ -222,6 +222,8 @@ class _Receiver:
             self.filename = self.part.filename
             self.content_type = self.part.content_type
             self.writer = _SpoolWriter(self.partial)
+        elif self.part.filename is not None:
+            raise UploadError(422, f"a file must be sent in the part named {FILE_FIELD!r}, not {self.part.name!r}")
         elif self.fields >= MAX_FIELDS:
             raise UploadError(400, f"too many form fields (at most {MAX_FIELDS})")
 

@@ -126,6 +126,7 @@ async def test_list_uploads_newest_first(api: Api, burst_worker: BurstWorker) ->
     ("content", "status", "words"),
     [
         (body(part('form-data; name="other"', b"x")), 422, "file"),
+        (body(part('form-data; name="upload"; filename="big.bin"', b"x" * 2_000_000)), 422, "named 'file'"),
         (body(part('form-data; name="file"', b"1"), part('form-data; name="file"', b"2")), 400, "only one"),
         (body(*[part(f'form-data; name="f{i}"', b"x", None) for i in range(20)]), 400, "too many"),
         (body(part('form-data; name="f"; x="' + "a" * 20_000 + '"', b"x")), 400, "header"),
