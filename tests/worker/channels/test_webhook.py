@@ -16,7 +16,8 @@ from conveyor.schemas import WebhookNotification
 from conveyor.settings import Settings
 from tests.receivers import HttpReceiver, Reply, http_receiver
 from worker.channels import DeliveryError
-from worker.channels.webhook import parse_retry_after, resolve, send
+from worker.channels.outbound import parse_retry_after, resolve
+from worker.channels.webhook import send
 
 SECRET = webhooks.new_secret()
 JOB_ID = "01a207a2-fb69-7023-9247-baa030751cb3"
