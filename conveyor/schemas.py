@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_serializer, field_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_serializer, field_validator, model_validator
 
 EVENT_VERSION = 1
 
@@ -72,11 +72,17 @@ class Job(BaseModel):
 
     @field_serializer("request")
     def _redact(self, request: dict[str, Any]) -> dict[str, Any]:
-        return {k: "**********" if k in REDACTED_REQUEST_KEYS and v is not None else v for k, v in request.items()}
+        return {k: _masked(v) if k in REDACTED_REQUEST_KEYS and v is not None else v for k, v in request.items()}
 
 
-#: Request fields stored for the worker but never shown by the api (a webhook's own signing secret).
-REDACTED_REQUEST_KEYS = frozenset({"secret"})
+MASK = "**********"
+#: Request fields stored for the worker but never shown by the api: a webhook's own signing secret, an http
+#: request's header values (they may hold credentials; their names are shown).
+REDACTED_REQUEST_KEYS = frozenset({"secret", "headers"})
+
+
+def _masked(value: Any) -> Any:
+    return {name: MASK for name in value} if isinstance(value, dict) else MASK
 
 
 class JobPage(BaseModel):
@@ -244,9 +250,56 @@ class WebsocketNotification(BaseModel):
         return _json_size(value, 65_536, "message")
 
 
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$")
+#: Headers an ``http`` request may not set (the connection's own, or the api's way to reach the peer).
+_FORBIDDEN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "upgrade", "te"})
+
+
+class HttpNotification(BaseModel):
+    """Channel ``http``: one HTTP request to ``url`` in the background (fetch a URL, call an API); the job's result
+    holds the answer: status, selected headers, and the body (parsed when JSON)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    channel: Literal["http"]
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "GET"
+    url: HttpUrl
+    headers: dict[str, str] = Field(
+        default_factory=dict, max_length=50, description="Sent as given; stored sealed, shown back masked"
+    )
+    json_body: Any = Field(default=None, alias="json", description="A JSON body (sent as application/json)")
+    body: str | None = Field(default=None, max_length=1_048_576, description="A text body (instead of json)")
+    timeout_seconds: float = Field(default=10.0, gt=0, le=300, description="To connect, and for each read")
+    expect: list[Annotated[int, Field(ge=100, le=599)]] | None = Field(
+        default=None, max_length=50, description="Status codes that count as success (default: any 2xx)"
+    )
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not _HEADER_NAME.match(name) or name.lower() in _FORBIDDEN_HEADERS:
+                raise ValueError(f"header {name!r} cannot be set")
+            if "\r" in text or "\n" in text or len(text) > 8192:
+                raise ValueError(f"header {name!r} has a value that cannot be sent")
+        return value
+
+    @field_validator("json_body")
+    @classmethod
+    def _json_size(cls, value: Any) -> Any:
+        return _json_size(value, 1_048_576, "json")
+
+    @model_validator(mode="after")
+    def _one_body(self) -> HttpNotification:
+        if self.json_body is not None and self.body is not None:
+            raise ValueError("send json or body, not both")
+        return self
+
+
 #: The body of ``POST /notifications``: one model per channel, chosen by ``channel``.
 NotificationRequest = Annotated[
-    LogNotification | WebhookNotification | EmailNotification | WebsocketNotification, Field(discriminator="channel")
+    LogNotification | WebhookNotification | EmailNotification | WebsocketNotification | HttpNotification,
+    Field(discriminator="channel"),
 ]
 
 #: Most notifications one ``POST /notifications:batch`` may carry.

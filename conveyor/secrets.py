@@ -1,11 +1,11 @@
-"""Secrets kept in the job store, sealed: a webhook's own signing secret is stored encrypted, never in clear.
+"""Secrets kept in the job store, sealed: a webhook's own signing secret, an http request's headers.
 
-The api seals the ``secret`` of a webhook request before it records the job (``enc:v1:`` and a Fernet token:
-AES-128-CBC with an HMAC-SHA256, from the ``cryptography`` package); the worker opens it just before it signs the
-delivery. The key is ``CONVEYOR_SECRETS_KEY`` (a Fernet key: 32 random bytes, urlsafe base64; make one with
-``conveyor keys secret-key``), or in development one generated once into ``<data dir>/secrets-key`` (0600).
-Production refuses to seal without a configured key. A value without the prefix (a job recorded before sealing
-existed) is used as it is.
+The api seals those request fields before it records the job, each header's value on its own (``enc:v1:`` and a
+Fernet token: AES-128-CBC with an HMAC-SHA256, from the ``cryptography`` package); the worker opens them just
+before it sends. The key is ``CONVEYOR_SECRETS_KEY`` (a Fernet key: 32 random bytes, urlsafe base64; ``conveyor keys
+secret-key`` makes one), or in development one generated once into ``<data dir>/secrets-key`` (0600). Production
+refuses to seal without a configured key. A field without the prefix (a job recorded before sealing existed) is
+used as it is.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets as random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,9 @@ from cryptography.fernet import Fernet, InvalidToken
 from conveyor.settings import Settings
 
 PREFIX = "enc:v1:"
-#: Request fields that hold a secret (sealed before they are stored).
-SEALED_FIELDS = frozenset({"secret"})
+#: Request fields that hold secrets (sealed before they are stored): a webhook's signing secret, an http request's
+#: headers (an ``Authorization`` among them, say).
+SEALED_FIELDS = frozenset({"secret", "headers"})
 
 
 class SecretsUnavailable(RuntimeError):
@@ -84,9 +86,18 @@ class SecretBox:
             ) from exc
 
     def seal_fields(self, request: dict[str, Any]) -> dict[str, Any]:
-        """``request`` with its secret fields sealed (a copy)."""
-        return {k: self.seal(v) if k in SEALED_FIELDS and isinstance(v, str) else v for k, v in request.items()}
+        """``request`` with its secret fields sealed (a copy): a string field whole, a mapping's values one by one
+        (header names stay readable)."""
+        return {k: self._each(v, self.seal) if k in SEALED_FIELDS else v for k, v in request.items()}
 
     def open_fields(self, request: dict[str, Any]) -> dict[str, Any]:
-        """``request`` with its sealed fields opened (a copy)."""
-        return {k: self.open(v) if k in SEALED_FIELDS and isinstance(v, str) else v for k, v in request.items()}
+        """``request`` with its sealed fields opened (a copy; a value stored in clear is taken as it is)."""
+        return {k: self._each(v, self.open) if k in SEALED_FIELDS else v for k, v in request.items()}
+
+    @staticmethod
+    def _each(value: Any, change: Callable[[str], str]) -> Any:
+        if isinstance(value, str):
+            return change(value)
+        if isinstance(value, dict):
+            return {name: change(item) if isinstance(item, str) else item for name, item in value.items()}
+        return value

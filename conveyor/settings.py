@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     webhook_timeout: float = Field(default=10.0, gt=0, description="Seconds to connect, and to wait for each read")
     webhook_allow_private: bool = Field(default=False, description="Allow loopback/private/link-local targets")
     webhook_max_response_bytes: int = Field(default=65_536, ge=0, description="Most of a response body read")
+    http_max_response_bytes: int = Field(
+        default=1024 * 1024, ge=0, description="Most of an http notification's answer kept in the job's result"
+    )
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(default=25, ge=1, le=65535)
     smtp_starttls: bool = False

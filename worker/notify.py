@@ -22,6 +22,7 @@ from pydantic import TypeAdapter, ValidationError
 from conveyor import logs
 from conveyor.schemas import (
     EmailNotification,
+    HttpNotification,
     Job,
     LogNotification,
     NotificationRequest,
@@ -30,7 +31,7 @@ from conveyor.schemas import (
 from conveyor.secrets import SecretsUnavailable
 from conveyor.store import attempts, ledger
 from conveyor.store.attempts import Outcome
-from worker.channels import DeliveryError, Sent, email, webhook, websocket
+from worker.channels import DeliveryError, Sent, email, http, webhook, websocket
 from worker.runner import Failed, Progress, Recorded, Retryable, describe
 from worker.runtime import Runtime
 
@@ -59,6 +60,8 @@ def _send(rt: Runtime, job: Job, request: NotificationRequest) -> Sent:
         return webhook.send(rt.settings, job.job_id, job.created_at, request)
     if isinstance(request, EmailNotification):
         return email.send(rt.settings, job.job_id, job.created_at, request)
+    if isinstance(request, HttpNotification):
+        return http.send(rt.settings, request)
     if isinstance(request, LogNotification):  # only when the in-transaction delivery could not be used
         return Sent(detail=rt.ledger.log_notification(
             job.job_id, level=request.level, message=request.message, data=request.data, owner=job.owner

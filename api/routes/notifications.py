@@ -16,6 +16,7 @@ from conveyor.names import KIND_NOTIFICATION
 from conveyor.schemas import (
     Accepted,
     BatchAccepted,
+    HttpNotification,
     NotificationBatch,
     NotificationRequest,
     WebhookNotification,
@@ -34,9 +35,15 @@ def webhook_problem(body: WebhookNotification, settings: Settings) -> str | None
     The worker checks every address the host resolves to again before each attempt."""
     if body.secret is None and settings.webhook_secret is None:
         return "a webhook needs a signing secret: pass 'secret' (whsec_...) or set CONVEYOR_WEBHOOK_SECRET"
+    return address_problem(body.url.host, settings)
+
+
+def address_problem(url_host: str | None, settings: Settings) -> str | None:
+    """Why the api refuses to send to this host, as far as it can tell without DNS (an IP literal or
+    ``localhost`` that is loopback, private, link-local or reserved); else ``None``."""
     if settings.webhook_allow_private:
         return None
-    host = (body.url.host or "").strip("[]")
+    host = (url_host or "").strip("[]")
     if host == "localhost" or host.endswith(".localhost"):
         return f"url host {host} is loopback; set CONVEYOR_WEBHOOK_ALLOW_PRIVATE to allow it"
     try:
@@ -48,10 +55,14 @@ def webhook_problem(body: WebhookNotification, settings: Settings) -> str | None
 
 
 def _refusal(state: AppState, principal: Principal, body: NotificationRequest) -> HTTPException | None:
-    """Why the api refuses a notification before recording it: 422 for a webhook it cannot deliver as asked,
-    403 for a shared topic the key may not publish to; else ``None``."""
+    """Why the api refuses a notification before recording it: 422 for a webhook it cannot deliver as asked or an
+    http request to a refused address, 403 for a shared topic the key may not publish to; else ``None``."""
     if isinstance(body, WebhookNotification):
         problem = webhook_problem(body, state.settings)
+        if problem is not None:
+            return HTTPException(422, problem)
+    if isinstance(body, HttpNotification):
+        problem = address_problem(body.url.host, state.settings)
         if problem is not None:
             return HTTPException(422, problem)
     if isinstance(body, WebsocketNotification) and not state.topics.may_publish(principal.owner, body.topic):
@@ -75,7 +86,7 @@ async def accept_one(
     refusal = _refusal(state, principal, body)
     if refusal is not None:
         raise refusal
-    plain = body.model_dump(mode="json")
+    plain = body.model_dump(mode="json", by_alias=True)
     result, _created = await submit(
         state,
         response,
@@ -97,7 +108,7 @@ async def accept_batch(
         refusal = _refusal(state, principal, notification)
         if refusal is not None:
             raise HTTPException(refusal.status_code, f"notifications[{index}]: {refusal.detail}")
-    plain = [notification.model_dump(mode="json") for notification in body.notifications]
+    plain = [notification.model_dump(mode="json", by_alias=True) for notification in body.notifications]
     jobs, _created = await submit_many(
         state,
         response,
@@ -111,9 +122,11 @@ async def accept_batch(
 
 
 def _stored(state: AppState, body: NotificationRequest, plain: dict[str, Any]) -> dict[str, Any]:
-    """What the job store keeps of a request: a webhook's own secret sealed (:mod:`conveyor.secrets`); a 503 when
-    there is no key to seal it with (production without ``CONVEYOR_SECRETS_KEY``)."""
-    if not isinstance(body, WebhookNotification) or body.secret is None:
+    """What the job store keeps of a request: a webhook's own secret and an http request's headers sealed
+    (:mod:`conveyor.secrets`); a 503 when there is no key to seal them with (production without
+    ``CONVEYOR_SECRETS_KEY``)."""
+    secret = isinstance(body, WebhookNotification) and body.secret is not None
+    if not secret and not (isinstance(body, HttpNotification) and body.headers):
         return plain
     try:
         return state.secrets.seal_fields(plain)
