@@ -31,6 +31,7 @@ from conveyor.store.apikeys import KeyStore
 from conveyor.store.db import create_engine, migrate, write_stats
 from conveyor.store.jobstore import JobStore
 from conveyor.store.ledger import Ledger
+from conveyor.store.schedules import ScheduleStore
 from conveyor.topics import TopicPolicy
 
 log = logs.get("conveyor.api")
@@ -44,6 +45,7 @@ class AppState:
     settings: Settings
     store: JobStore
     ledger: Ledger
+    schedules: ScheduleStore
     events: AsyncEventLog
     dispatcher: Dispatcher
     submitter: Submitter
@@ -99,6 +101,7 @@ async def open_state(settings: Settings) -> AsyncIterator[AppState]:
         settings=settings,
         store=store,
         ledger=Ledger(engine, store.writer),
+        schedules=ScheduleStore(engine, store.writer),
         events=events,
         dispatcher=Dispatcher(store, sync_events, celery),
         submitter=Submitter(store, sync_events, celery),

@@ -13,6 +13,7 @@ TASK_DISPATCH_PENDING: Final = "housekeeping.dispatch_pending"
 TASK_PURGE_SPOOL: Final = "housekeeping.purge_spool"
 TASK_REAP_STALE: Final = "housekeeping.reap_stale"
 TASK_TRIM_EVENTS: Final = "housekeeping.trim_events"
+TASK_FIRE_SCHEDULES: Final = "housekeeping.fire_schedules"
 
 KIND_UPLOAD: Final = "upload"
 KIND_NOTIFICATION: Final = "notification"

@@ -69,16 +69,23 @@ class Job(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     updated_at: datetime
+    schedule_id: str | None = Field(default=None, description="The schedule that fired this job, if one did")
+    scheduled_for: datetime | None = Field(default=None, description="The due time it fired for (a schedule's job)")
 
     @field_serializer("request")
     def _redact(self, request: dict[str, Any]) -> dict[str, Any]:
-        return {k: _masked(v) if k in REDACTED_REQUEST_KEYS and v is not None else v for k, v in request.items()}
+        return redacted(request)
 
 
 MASK = "**********"
 #: Request fields stored for the worker but never shown by the api: a webhook's own signing secret, an http
 #: request's header values (they may hold credentials; their names are shown).
 REDACTED_REQUEST_KEYS = frozenset({"secret", "headers"})
+
+
+def redacted(request: dict[str, Any]) -> dict[str, Any]:
+    """``request`` as the api shows it: the values of :data:`REDACTED_REQUEST_KEYS` masked."""
+    return {k: _masked(v) if k in REDACTED_REQUEST_KEYS and v is not None else v for k, v in request.items()}
 
 
 def _masked(value: Any) -> Any:
@@ -347,4 +354,89 @@ class UploadPage(BaseModel):
     """One page of ``GET /uploads``, newest first."""
 
     uploads: list[Upload]
+    next_cursor: str | None
+
+
+_SCHEDULE_NAME = r"^[A-Za-z0-9][A-Za-z0-9 _.:-]*$"
+
+
+def _check_cadence(cron: str | None, timezone: str | None) -> None:
+    from conveyor.cadence import cron_problem, zone_problem
+
+    problem = (None if cron is None else cron_problem(cron)) or (None if timezone is None else zone_problem(timezone))
+    if problem is not None:
+        raise ValueError(problem)
+
+
+class ScheduleRequest(BaseModel):
+    """The body of ``POST /schedules``: a name, when (``cron`` in ``timezone``, or ``every_seconds``) and the
+    notification each firing submits (any channel, as for ``POST /notifications``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, pattern=_SCHEDULE_NAME, description="Unique among your schedules")
+    cron: str | None = Field(
+        default=None, max_length=200, description="5 fields (minute hour day-of-month month day-of-week), or @daily…"
+    )
+    every_seconds: int | None = Field(default=None, ge=1, le=366 * 24 * 3600, description="Instead of cron")
+    timezone: str = Field(default="UTC", max_length=64, description="IANA name the cron expression is read in")
+    notification: NotificationRequest
+    paused: bool = False
+
+    @model_validator(mode="after")
+    def _one_cadence(self) -> ScheduleRequest:
+        if (self.cron is None) == (self.every_seconds is None):
+            raise ValueError("give exactly one of cron and every_seconds")
+        _check_cadence(self.cron, self.timezone)
+        return self
+
+
+class SchedulePatch(BaseModel):
+    """The body of ``PATCH /schedules/{id}``: the fields to change. ``paused`` pauses or resumes; a new ``cron``
+    replaces ``every_seconds`` and the other way round."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=200, pattern=_SCHEDULE_NAME)
+    cron: str | None = Field(default=None, max_length=200)
+    every_seconds: int | None = Field(default=None, ge=1, le=366 * 24 * 3600)
+    timezone: str | None = Field(default=None, max_length=64)
+    notification: NotificationRequest | None = None
+    paused: bool | None = None
+
+    @model_validator(mode="after")
+    def _at_most_one_cadence(self) -> SchedulePatch:
+        if self.cron is not None and self.every_seconds is not None:
+            raise ValueError("give at most one of cron and every_seconds")
+        _check_cadence(self.cron, self.timezone)
+        return self
+
+
+class Schedule(BaseModel):
+    """A schedule as ``GET /schedules/{id}`` shows it (secrets in its notification masked, as in a job)."""
+
+    schedule_id: str
+    name: str
+    cron: str | None
+    every_seconds: int | None
+    timezone: str
+    notification: dict[str, Any]
+    paused: bool
+    next_due_at: datetime | None = Field(description="When it fires next (null while paused)")
+    last_fired_at: datetime | None
+    last_job_id: str | None
+    fired: int = Field(description="How many jobs it has fired")
+    created_at: datetime
+    updated_at: datetime
+    links: dict[str, str]
+
+    @field_serializer("notification")
+    def _redact(self, request: dict[str, Any]) -> dict[str, Any]:
+        return redacted(request)
+
+
+class SchedulePage(BaseModel):
+    """One page of ``GET /schedules``, newest first."""
+
+    schedules: list[Schedule]
     next_cursor: str | None

@@ -126,6 +126,7 @@ class Settings(BaseSettings):
     write_lock_timeout_seconds: float = Field(
         default=10.0, gt=0, description="Longest a writer waits for SQLite's write lock before it answers 503"
     )
+    max_schedules_per_owner: int = Field(default=100, ge=0, description="Schedules one owner (API key's) may have")
     dispatch_grace_seconds: float = Field(default=5.0, ge=0)
     dispatch_interval_seconds: float = Field(default=5.0, gt=0)
     spool_max_age_seconds: int = Field(default=86400, ge=60)

@@ -1,4 +1,5 @@
-"""Housekeeping that beat schedules: late dispatch, stale-job recovery, spool purge, event-stream trim."""
+"""Housekeeping that beat schedules: late dispatch, stale-job recovery, users' schedules, spool purge, event-stream
+trim."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from datetime import timedelta
 from conveyor import logs
 from conveyor.files.spool import PARTIAL_SUFFIX
 from conveyor.schemas import JobStatus
+from conveyor.store.rows import utcnow
 from worker.runtime import Runtime
 
 log = logs.get("conveyor.housekeeping")
@@ -55,3 +57,20 @@ def purge_spool(rt: Runtime) -> int:
 def trim_events(rt: Runtime) -> int:
     """Drop events older than ``events_max_age_seconds`` from the stream. Returns how many."""
     return rt.events.trim_older_than(rt.settings.events_max_age_seconds)
+
+
+def fire_schedules(rt: Runtime) -> int:
+    """Fire every schedule that is due: one job per schedule and due time, however many beats ask at once
+    (:mod:`conveyor.store.schedules`). The jobs are recorded before their tasks are sent; a task Redis refused
+    is sent by :func:`dispatch_pending`. Returns how many jobs were fired."""
+    now = utcnow()
+    dues = rt.schedules.due(now)
+    if not dues:
+        return 0
+    fired = rt.schedules.fire(dues, now)
+    if fired:
+        rt.dispatcher.send_many(fired)
+    for dispatch in fired:
+        job = dispatch.job
+        log.info("schedule fired", schedule_id=job.schedule_id, job_id=job.job_id, due=job.scheduled_for)
+    return len(fired)

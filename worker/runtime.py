@@ -18,6 +18,7 @@ from conveyor.settings import Settings, get_settings
 from conveyor.store.db import create_engine
 from conveyor.store.jobstore import JobStore
 from conveyor.store.ledger import Ledger
+from conveyor.store.schedules import ScheduleStore
 
 
 @dataclass
@@ -25,6 +26,7 @@ class Runtime:
     settings: Settings
     store: JobStore
     ledger: Ledger
+    schedules: ScheduleStore
     events: EventLog
     storage: Storage
     dispatcher: Dispatcher
@@ -57,6 +59,7 @@ def open_runtime(settings: Settings, celery: Celery | None = None) -> Runtime:
         settings=settings,
         store=store,
         ledger=Ledger(engine, store.writer),
+        schedules=ScheduleStore(engine, store.writer),
         events=events,
         storage=LocalStorage(settings.storage_dir),
         dispatcher=Dispatcher(store, events, celery or celery_app),

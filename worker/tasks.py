@@ -108,6 +108,12 @@ def reap_stale() -> int:
     return housekeeping.reap_stale(runtime())
 
 
+@app.task(name=names.TASK_FIRE_SCHEDULES)
+def fire_schedules() -> int:
+    """Fire the users' schedules that are due, each as an ordinary job."""
+    return housekeeping.fire_schedules(runtime())
+
+
 @app.task(name=names.TASK_PURGE_SPOOL)
 def purge_spool() -> int:
     """Delete stale spool files that no live job needs."""

@@ -30,13 +30,16 @@ async def list_jobs(
     principal: PrincipalDep,
     status: JobStatus | None = None,
     kind: Annotated[str | None, Query(max_length=32)] = None,
+    schedule_id: Annotated[str | None, Query(max_length=64, description="Only the jobs this schedule fired")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=100)] = None,
 ) -> JobPage:
     """A page of the caller's jobs, newest first. Pass ``next_cursor`` as ``cursor`` for the next page."""
     try:
         jobs, next_cursor = await state.db(
-            lambda: state.store.page(status=status, kind=kind, owner=principal.owner, limit=limit, cursor=cursor)
+            lambda: state.store.page(
+                status=status, kind=kind, owner=principal.owner, schedule_id=schedule_id, limit=limit, cursor=cursor
+            )
         )
     except InvalidCursor as exc:
         raise HTTPException(400, "cursor is not one this api handed out") from exc

@@ -54,7 +54,7 @@ def address_problem(url_host: str | None, settings: Settings) -> str | None:
     return None if reason is None else f"url refused: {reason}; set CONVEYOR_WEBHOOK_ALLOW_PRIVATE to allow it"
 
 
-def _refusal(state: AppState, principal: Principal, body: NotificationRequest) -> HTTPException | None:
+def refusal(state: AppState, principal: Principal, body: NotificationRequest) -> HTTPException | None:
     """Why the api refuses a notification before recording it: 422 for a webhook it cannot deliver as asked or an
     http request to a refused address, 403 for a shared topic the key may not publish to; else ``None``."""
     if isinstance(body, WebhookNotification):
@@ -83,15 +83,15 @@ async def accept_one(
 ) -> Accepted:
     """Record one notification and enqueue it (what ``POST /notifications`` does, also for :mod:`api.lane`).
     Raises ``HTTPException`` for a refusal; sets ``Idempotent-Replayed`` on ``response`` for a replay."""
-    refusal = _refusal(state, principal, body)
-    if refusal is not None:
-        raise refusal
+    refused = refusal(state, principal, body)
+    if refused is not None:
+        raise refused
     plain = body.model_dump(mode="json", by_alias=True)
     result, _created = await submit(
         state,
         response,
         kind=KIND_NOTIFICATION,
-        request=_stored(state, body, plain),
+        request=stored_request(state, body, plain),
         owner=principal.owner,
         idempotency_key=key,
         fingerprint=plain,
@@ -105,15 +105,15 @@ async def accept_batch(
     """Record a batch of notifications, all or none (what ``POST /notifications:batch`` does, also for
     :mod:`api.lane`)."""
     for index, notification in enumerate(body.notifications):
-        refusal = _refusal(state, principal, notification)
-        if refusal is not None:
-            raise HTTPException(refusal.status_code, f"notifications[{index}]: {refusal.detail}")
+        refused = refusal(state, principal, notification)
+        if refused is not None:
+            raise HTTPException(refused.status_code, f"notifications[{index}]: {refused.detail}")
     plain = [notification.model_dump(mode="json", by_alias=True) for notification in body.notifications]
     jobs, _created = await submit_many(
         state,
         response,
         kind=KIND_NOTIFICATION,
-        requests=[_stored(state, n, request) for n, request in zip(body.notifications, plain, strict=True)],
+        requests=[stored_request(state, n, request) for n, request in zip(body.notifications, plain, strict=True)],
         owner=principal.owner,
         idempotency_key=key,
         fingerprint=plain,
@@ -121,7 +121,7 @@ async def accept_batch(
     return BatchAccepted(jobs=jobs)
 
 
-def _stored(state: AppState, body: NotificationRequest, plain: dict[str, Any]) -> dict[str, Any]:
+def stored_request(state: AppState, body: NotificationRequest, plain: dict[str, Any]) -> dict[str, Any]:
     """What the job store keeps of a request: a webhook's own secret and an http request's headers sealed
     (:mod:`conveyor.secrets`); a 503 when there is no key to seal them with (production without
     ``CONVEYOR_SECRETS_KEY``)."""

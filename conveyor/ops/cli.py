@@ -99,7 +99,8 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_beat(settings: Settings, _args: argparse.Namespace) -> int:
-    """Run Celery beat, which schedules the housekeeping tasks. Run exactly one."""
+    """Run Celery beat: it sends the housekeeping tasks, users' schedules among them. One is enough; a second (say,
+    one per replica) does no harm: a user schedule fires once per due time however many beats run."""
     from conveyor.queue.app import app
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)

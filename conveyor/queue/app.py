@@ -97,6 +97,12 @@ def create_celery(settings: Settings) -> Celery:
                 "schedule": timedelta(seconds=settings.heartbeat_seconds * 2),
                 "options": {"expires": settings.heartbeat_seconds * 4},
             },
+            # Users' schedules (conveyor/store/schedules.py): due ones fire within about a second of their time.
+            "fire-schedules": {
+                "task": names.TASK_FIRE_SCHEDULES,
+                "schedule": timedelta(seconds=1),
+                "options": {"expires": 2},
+            },
             "purge-spool": {"task": names.TASK_PURGE_SPOOL, "schedule": timedelta(minutes=15)},
             "trim-events": {"task": names.TASK_TRIM_EVENTS, "schedule": timedelta(minutes=10)},
         },

@@ -50,10 +50,14 @@ jobs = sa.Table(
     sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True),
     # Runs that died holding the job (worker killed, out of memory, time limit).
     sa.Column("crashes", sa.Integer, nullable=False, default=0, server_default="0"),
+    # The schedule that fired the job, and the due time it fired for.
+    sa.Column("schedule_id", sa.String(36), nullable=True),
+    sa.Column("scheduled_for", sa.DateTime(timezone=True), nullable=True),
     sa.Index("ix_jobs_status_id", "status", "id"),
     sa.Index("ix_jobs_kind_id", "kind", "id"),
     sa.Index("ix_jobs_owner_id", "owner", "id"),
     sa.Index("ix_jobs_undispatched", "dispatched_at", "created_at"),
+    sa.Index("ix_jobs_schedule_id_id", "schedule_id", "id"),
 )
 
 #: One row per side effect that happened; the unique key makes "at most once per job" a database fact.
@@ -120,6 +124,32 @@ api_keys = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
     sa.Index("ix_api_keys_owner", "owner"),
+)
+
+
+#: Users' schedules: each fires its notification as an ordinary job whenever it is due (beat's housekeeping).
+schedules = sa.Table(
+    "schedules",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("owner", sa.String(128), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("cron", sa.String(200), nullable=True),
+    sa.Column("timezone", sa.String(64), nullable=False),
+    sa.Column("every_seconds", sa.Integer, nullable=True),
+    # The notification each firing submits, as the job store keeps a request (secrets sealed).
+    sa.Column("request", sa.JSON, nullable=False),
+    sa.Column("paused", sa.Boolean, nullable=False),
+    # The next due time; a firing moves it on only if it still holds the value the firing read.
+    sa.Column("next_due_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_fired_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("last_job_id", sa.String(36), nullable=True),
+    sa.Column("fired", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("owner", "name", name="uq_schedules_owner_name"),
+    sa.Index("ix_schedules_owner_id", "owner", "id"),
+    sa.Index("ix_schedules_due", "paused", "next_due_at"),
 )
 
 

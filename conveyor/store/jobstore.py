@@ -85,6 +85,8 @@ class NewJob:
     idempotency_key: str | None = None
     request_hash: str | None = None
     job_id: str | None = None
+    schedule_id: str | None = None
+    scheduled_for: datetime | None = None
 
 
 def new_row(new: NewJob, now: datetime) -> dict[str, Any]:
@@ -108,6 +110,8 @@ def new_row(new: NewJob, now: datetime) -> dict[str, Any]:
         "started_at": None,
         "finished_at": None,
         "updated_at": now,
+        "schedule_id": new.schedule_id,
+        "scheduled_for": new.scheduled_for,
     }
 
 
@@ -178,11 +182,14 @@ class JobStore(Outbox):
         status: JobStatus | None = None,
         kind: str | None = None,
         owner: str | None = None,
+        schedule_id: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
     ) -> tuple[list[Job], str | None]:
         """A page of jobs, newest first, and the cursor of the next page (``None`` on the last)."""
         filters = []
+        if schedule_id is not None:
+            filters.append(db.jobs.c.schedule_id == schedule_id)
         if status is not None:
             filters.append(db.jobs.c.status == status.value)
         if kind is not None:

@@ -45,4 +45,6 @@ def job_from_row(row: sa.Row[Any] | Mapping[str, Any]) -> Job:
         started_at=aware(m["started_at"]),
         finished_at=aware(m["finished_at"]),
         updated_at=aware(m["updated_at"]),
+        schedule_id=m["schedule_id"],
+        scheduled_for=aware(m["scheduled_for"]),
     )
