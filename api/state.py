@@ -15,6 +15,7 @@ from celery import Celery
 from fastapi import FastAPI
 
 from api.auth import Authenticator
+from api.health import Health
 from api.ratelimit import RateLimiter
 from api.streams.hub import Hub, raise_open_file_limit
 from conveyor import logs
@@ -49,6 +50,7 @@ class AppState:
     auth: Authenticator
     limiter: RateLimiter
     topics: TopicPolicy
+    health: Health
 
 
 class State(TypedDict):
@@ -77,6 +79,10 @@ async def open_state(settings: Settings) -> AsyncIterator[AppState]:
     raise_open_file_limit()
     settings.spool_dir.mkdir(parents=True, exist_ok=True)
     sync_events = EventLog(sync_redis, settings.events_max_len)
+    # /health's own Redis pool and job-store engine: user traffic can exhaust the shared ones, never these.
+    health_redis = redis_client(settings.effective_redis_url, asynchronous=True, max_connections=2)
+    health_engine = create_engine(settings.effective_database_url, pool_size=1, max_overflow=1, pool_timeout=2)
+    reader: asyncio.Task[None] | None = None
     state = AppState(
         settings=settings,
         store=store,
@@ -93,6 +99,7 @@ async def open_state(settings: Settings) -> AsyncIterator[AppState]:
         ),
         limiter=RateLimiter(async_redis, settings.rate_limit_per_second, settings.rate_limit_burst),
         topics=topics,
+        health=Health(health_redis, health_engine, hub, lambda: reader, settings.required_queues),
     )
     reader = asyncio.create_task(hub.run(), name="event-hub")
     try:
@@ -102,6 +109,8 @@ async def open_state(settings: Settings) -> AsyncIterator[AppState]:
         with contextlib.suppress(asyncio.CancelledError):
             await reader
         await async_redis.aclose()
+        await health_redis.aclose()
+        health_engine.dispose()
         sync_redis.close()
         state.submitter.close()
         celery.close()

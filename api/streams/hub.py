@@ -312,6 +312,7 @@ class Hub:
                 try:
                     if self.last_id is None:
                         self.last_id = await self.events.last_id()
+                        self.read_at = time.monotonic()
                         self.ready.set()
                     if failed:
                         await self._check_continuity()

@@ -1,0 +1,129 @@
+"""What ``GET /health`` checks: Redis, the job store, this process's event reader, and the workers seen per queue.
+
+The checks never wait behind user traffic: they use a Redis connection pool and a job-store engine of their own
+(one or two connections each) and a thread limiter of their own. However many ``/health`` calls come at once, one
+round of checks runs at a time and every call waiting meanwhile shares its answer, and an answer is reused for
+``max_age`` seconds; so a flood of health checks costs Redis and the job store next to nothing, and cannot exhaust
+a pool. Each check is bounded by ``timeout`` seconds; a check that fails or times out says why, never raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import redis.asyncio as aioredis
+import sqlalchemy as sa
+
+from api.streams.hub import Hub
+from conveyor import names
+from conveyor.liveness import live_workers
+
+OK = "ok"
+
+
+@dataclass(frozen=True)
+class Report:
+    """One round of checks. ``problems`` says, in words, every part that is down; none means ok."""
+
+    redis: str
+    database: str
+    events: str
+    #: Workers seen in the last ``conveyor.liveness.TTL_SECONDS``, per queue (``None``: Redis did not say).
+    workers: dict[str, int] | None
+    problems: list[str] = field(default_factory=list)
+    at: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def fields(self) -> dict[str, Any]:
+        """The parts as ``/health`` shows them."""
+        return {"redis": self.redis, "database": self.database, "events": self.events, "workers": self.workers}
+
+
+class Health:
+    """The checks behind ``/health`` for one api process (see the module's docstring)."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        engine: sa.Engine,
+        hub: Hub,
+        reader: Callable[[], asyncio.Task[None] | None],
+        required_queues: Sequence[str] = (),
+        *,
+        timeout: float = 2.0,
+        max_age: float = 1.0,
+    ) -> None:
+        self.redis = redis
+        self.engine = engine
+        self.hub = hub
+        self.reader = reader
+        self.required_queues = tuple(required_queues)
+        self.timeout = timeout
+        self.max_age = max_age
+        #: The event reader is stale when its last read returned this long ago (it blocks ``block_ms`` per read).
+        self.stale_after = 2 * hub.block_ms / 1000 + 2
+        self._limiter = anyio.CapacityLimiter(1)
+        self._last: Report | None = None
+        self._running: asyncio.Task[Report] | None = None
+
+    async def report(self) -> Report:
+        """The latest report: reused when younger than ``max_age``, else the one being made (started if none is)."""
+        last = self._last
+        if last is not None and time.monotonic() - last.at < self.max_age:
+            return last
+        if self._running is None:
+            self._running = asyncio.create_task(self._check(), name="health-check")
+            self._running.add_done_callback(self._done)
+        return await asyncio.shield(self._running)
+
+    def _done(self, task: asyncio.Task[Report]) -> None:
+        self._running = None
+        if not task.cancelled() and task.exception() is None:
+            self._last = task.result()
+
+    async def _check(self) -> Report:
+        (redis_state, workers), database = await asyncio.gather(self._redis(), self._database())
+        events = self._events()
+        parts = (("redis", redis_state), ("database", database), ("event reader", events))
+        problems = [f"{name} {state}" for name, state in parts if state != OK]
+        if workers is not None:
+            problems += [f"no live worker for queue {queue}" for queue in self.required_queues if not workers[queue]]
+        return Report(redis_state, database, events, workers, problems, time.monotonic())
+
+    async def _redis(self) -> tuple[str, dict[str, int] | None]:
+        try:
+            with anyio.fail_after(self.timeout):
+                await self.redis.ping()
+                return OK, await live_workers(self.redis, names.QUEUES)
+        except Exception as exc:  # noqa: BLE001 - any failure is "unavailable"
+            return f"unavailable: {type(exc).__name__}", None
+
+    async def _database(self) -> str:
+        try:
+            with anyio.fail_after(self.timeout):
+                await anyio.to_thread.run_sync(self._ping_database, limiter=self._limiter, abandon_on_cancel=True)
+            return OK
+        except Exception as exc:  # noqa: BLE001 - any failure is "unavailable"
+            return f"unavailable: {type(exc).__name__}"
+
+    def _ping_database(self) -> None:
+        with self.engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+
+    def _events(self) -> str:
+        """``ok`` while the event reader reads; else what is wrong with it."""
+        task = self.reader()
+        if task is None or task.done():
+            return "stopped"
+        if not self.hub.ready.is_set():
+            return "starting"
+        idle = time.monotonic() - self.hub.read_at
+        return OK if idle <= self.stale_after else f"stale: no read for {idle:.0f}s"
