@@ -2,9 +2,9 @@
 
 The checks never wait behind user traffic: they use a Redis connection pool and a job-store engine of their own
 (one or two connections each) and a thread limiter of their own. However many ``/health`` calls come at once, one
-round of checks runs at a time and every call waiting meanwhile shares its answer, and an answer is reused for
-``max_age`` seconds; so a flood of health checks costs Redis and the job store next to nothing, and cannot exhaust
-a pool. Each check is bounded by ``timeout`` seconds; a check that fails or times out says why, never raises.
+round of checks runs at a time and every call that arrives meanwhile shares its answer, so a flood of health checks
+costs Redis and the job store next to nothing and cannot exhaust a pool. Each check is bounded by ``timeout``
+seconds; a check that fails or times out says why, never raises.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ class Report:
     #: Workers seen in the last ``conveyor.liveness.TTL_SECONDS``, per queue (``None``: Redis did not say).
     workers: dict[str, int] | None
     problems: list[str] = field(default_factory=list)
-    at: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -59,7 +58,6 @@ class Health:
         required_queues: Sequence[str] = (),
         *,
         timeout: float = 2.0,
-        max_age: float = 1.0,
     ) -> None:
         self.redis = redis
         self.engine = engine
@@ -67,27 +65,20 @@ class Health:
         self.reader = reader
         self.required_queues = tuple(required_queues)
         self.timeout = timeout
-        self.max_age = max_age
         #: The event reader is stale when its last read returned this long ago (it blocks ``block_ms`` per read).
         self.stale_after = 2 * hub.block_ms / 1000 + 2
         self._limiter = anyio.CapacityLimiter(1)
-        self._last: Report | None = None
         self._running: asyncio.Task[Report] | None = None
 
     async def report(self) -> Report:
-        """The latest report: reused when younger than ``max_age``, else the one being made (started if none is)."""
-        last = self._last
-        if last is not None and time.monotonic() - last.at < self.max_age:
-            return last
+        """A report made now, or by the round of checks already running (shared by every call that waits on it)."""
         if self._running is None:
             self._running = asyncio.create_task(self._check(), name="health-check")
             self._running.add_done_callback(self._done)
         return await asyncio.shield(self._running)
 
-    def _done(self, task: asyncio.Task[Report]) -> None:
+    def _done(self, _task: asyncio.Task[Report]) -> None:
         self._running = None
-        if not task.cancelled() and task.exception() is None:
-            self._last = task.result()
 
     async def _check(self) -> Report:
         (redis_state, workers), database = await asyncio.gather(self._redis(), self._database())
@@ -96,7 +87,7 @@ class Health:
         problems = [f"{name} {state}" for name, state in parts if state != OK]
         if workers is not None:
             problems += [f"no live worker for queue {queue}" for queue in self.required_queues if not workers[queue]]
-        return Report(redis_state, database, events, workers, problems, time.monotonic())
+        return Report(redis_state, database, events, workers, problems)
 
     async def _redis(self) -> tuple[str, dict[str, int] | None]:
         try:

@@ -29,7 +29,7 @@ def secret(path: Path, make: Callable[[], str]) -> tuple[str, bool]:
     if not path.exists():
         path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         text = make()
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary = path.with_name(f".{path.name}.{os.urandom(8).hex()}.tmp")
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         try:
             with os.fdopen(descriptor, "w") as handle:

@@ -135,8 +135,9 @@ class Supervisor:
     def _pump(self, child: Child) -> None:
         process = child.process
         assert process is not None and process.stdout is not None
-        for raw in process.stdout:
-            self.say(child.name, raw.decode(errors="replace").rstrip("\n"))
+        with process.stdout:
+            for raw in process.stdout:
+                self.say(child.name, raw.decode(errors="replace").rstrip("\n"))
 
     def install_signal_handlers(self) -> None:
         def handler(signum: int, _frame: object) -> None:
