@@ -244,7 +244,11 @@ def run_stack(settings: Settings, supervisor: Supervisor | None = None) -> int:
             argv = redis_command(port, settings.redis_dir, config=config)
             redis = supervisor.start(Child("redis", argv, env, first=True, ready=lambda: port_in_use(port)))
             assert redis.process is not None
-            wait_for_port(port, 10, redis.process)
+            try:
+                wait_for_port(port, 10, redis.process)
+            except (RuntimeError, TimeoutError) as exc:
+                say(f"the embedded Redis did not start ({exc}); see its lines above")
+                return 1
         env["CONVEYOR_REDIS_URL"] = settings.effective_redis_url
         _migrate(settings)
         key = development_key(settings)

@@ -21,7 +21,7 @@ from conveyor import webhooks
 from conveyor.store import db
 from conveyor.store.db import create_engine
 from tests.receivers import Reply, http_receiver
-from tests.support import Process, bearer, conveyor, processes_with_env, run_env, wait_until_healthy
+from tests.support import Process, base_env, bearer, conveyor, processes_with_env, run_env, wait_until_healthy
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
@@ -208,3 +208,20 @@ def test_the_ready_banner_comes_once_the_api_answers(tmp_path: Path) -> None:
         assert any(f"api     http://127.0.0.1:{api_port}" in line for line in banner), banner
     finally:
         assert stop_run(run, data_dir) == 0
+
+
+@pytest.mark.timeout(60)
+def test_an_api_whose_port_is_taken_exits_so_it_can_be_restarted(tmp_path: Path, redis_url: str) -> None:
+    """uvicorn runs the app's lifespan, fails to bind, and shuts the lifespan down: that must end (it used to hang
+    in "Waiting for application shutdown", a stack with no api that never exited and was never restarted)."""
+    env = base_env(tmp_path / "var", CONVEYOR_REDIS_URL=redis_url)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        api = conveyor("api", ["api", "--port", str(port)], env, tmp_path / "logs")
+        try:
+            status = api.popen.wait(30)
+        finally:
+            api.stop()
+    assert status != 0 and "address already in use" in api.output(), api.output()[-3000:]
