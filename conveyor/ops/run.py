@@ -221,6 +221,7 @@ def run_stack(settings: Settings, supervisor: Supervisor | None = None) -> int:
     """Run the whole stack until Ctrl-C, SIGTERM or SIGHUP (returns 0), or until a part is given up on or a port is
     taken (returns 1). Embedded Redis (unless ``CONVEYOR_REDIS_URL`` is set), api, a worker per queue, beat,
     Flower."""
+    began = time.monotonic()
     supervisor = supervisor or Supervisor()
     supervisor.install_signal_handlers()
 
@@ -263,7 +264,7 @@ def run_stack(settings: Settings, supervisor: Supervisor | None = None) -> int:
             return status_or_ready
         for label, text in banner(settings, key, flower):
             say(f"{label:<7} {text}")
-        say(f"ready in {time.monotonic() - ready.started:.1f}s. Ctrl-C stops everything.")
+        say(f"ready in {time.monotonic() - began:.1f}s. Ctrl-C stops everything.")
         status = supervisor.wait()
     finally:
         supervisor.stop(last=("redis",))
