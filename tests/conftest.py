@@ -1,16 +1,21 @@
-"""Shared fixtures: a real redis-server per session, and settings pointing at temporary directories."""
+"""Shared fixtures: a real redis-server per session and settings pointing at temporary directories; the in-process
+api (``api``, ``burst_worker``: tests/inprocess.py, tests/burst.py); the session stack of real processes (``stack``,
+for system tests)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from conveyor.ops.redis_server import free_port
 from conveyor.settings import Settings
+from tests.burst import BurstWorker
+from tests.inprocess import Api, serve
 from tests.support import (
     Process,
     base_env,
@@ -30,10 +35,58 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
+#: The session server's database that :func:`private_redis_url` empties for each test. The others: 0 is the session
+#: stack's (its workers consume from it, and most tests share it), 1 and 5 belong to tests that start an api of
+#: their own (test_schemathesis.py, test_messages.py).
+PRIVATE_DB = 3
+
+
+@pytest.fixture
+def private_redis_url(redis_url: str) -> str:
+    """A database of the session's redis-server that no worker consumes from, empty when the test starts: queues,
+    the event stream and rate-limit buckets hold only what this test put there."""
+    url = f"{redis_url.rsplit('/', 1)[0]}/{PRIVATE_DB}"
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return url
+
+
 @pytest.fixture
 def settings(tmp_path: Path, redis_url: str) -> Settings:
     """Settings for one test: its own data directory and SQLite job store, the session's Redis."""
     return Settings(_env_file=None, data_dir=tmp_path / "var", redis_url=redis_url)  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """Async tests (``pytest.mark.anyio``) run on asyncio, as uvicorn runs the api."""
+    return "asyncio"
+
+
+@pytest.fixture
+def api_settings(tmp_path: Path, private_redis_url: str) -> Settings:
+    """Settings for an in-process api: this test's data directory and SQLite job store, a private Redis database."""
+    return Settings(_env_file=None, data_dir=tmp_path / "var", redis_url=private_redis_url)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+async def api(api_settings: Settings) -> AsyncIterator[Api]:
+    """The real app on ``api_settings``, its lifespan run, served in-process with an API key (tests/inprocess.py)."""
+    async with serve(api_settings) as running:
+        yield running
+
+
+@pytest.fixture
+def burst_worker(api: Api) -> Iterator[BurstWorker]:
+    """Runs the in-process api's queued jobs in this process, on demand (tests/burst.py)."""
+    worker = BurstWorker(api.settings)
+    try:
+        yield worker
+    finally:
+        worker.close()
 
 
 class Stack:

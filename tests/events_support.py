@@ -7,13 +7,13 @@ import json
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import redis
 from websockets.sync.client import ClientConnection
 
-from conveyor.events import EventLog
+from conveyor.events import EventLog, decode
 from conveyor.names import EVENTS_STREAM
 from conveyor.ops.redis_server import free_port
 from conveyor.schemas import Event, EventType, JobStatus
@@ -59,11 +59,24 @@ def wait_finished(base_url: str, job_ids: list[str], timeout: float = 60, *, hea
     assert not pending, f"{len(pending)} jobs did not finish"
 
 
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+def stream_entries(reply: Any) -> list[Entry]:
+    """An ``XRANGE``/``XREVRANGE`` reply of a client without ``decode_responses``, typed as what it is."""
+    return cast(list[Entry], reply or [])
+
+
+def stream_events(client: redis.Redis) -> list[Event]:
+    """Every event the stream holds, oldest first."""
+    return [decode(entry_id, fields) for entry_id, fields in stream_entries(client.xrange(EVENTS_STREAM))]
+
+
 def job_events_after(redis_url: str, after: str, owner: str = OWNER) -> list[str]:
     """Ids of ``owner``'s job events (not topic messages) the stream holds after ``after``, oldest first."""
     client = redis.Redis.from_url(redis_url)
     try:
-        entries = client.xrange(EVENTS_STREAM, min=f"({after}")
+        entries = stream_entries(client.xrange(EVENTS_STREAM, min=f"({after}"))
         events = [(entry_id.decode(), json.loads(fields[b"e"])) for entry_id, fields in entries]
         return [
             entry_id
@@ -98,28 +111,46 @@ def publish(
         client.close()
 
 
+SseMessage = tuple[str | None, dict[str, Any] | None, str | None]
+
+
+class SseParser:
+    """Server-Sent Events, line by line: :meth:`feed` returns a message (id, data, comment) at each blank line that
+    ends one."""
+
+    def __init__(self) -> None:
+        self.event_id: str | None = None
+        self.data: str | None = None
+        self.comment: str | None = None
+
+    def feed(self, line: str) -> SseMessage | None:
+        if line == "":
+            message = (self.event_id, json.loads(self.data) if self.data else None, self.comment)
+            self.event_id = self.data = self.comment = None
+            return message if any(message) else None
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "id":
+            self.event_id = value
+        elif field == "data":
+            self.data = value
+        elif field == "":
+            self.comment = value
+        return None
+
+
 class SseReader:
     """A Server-Sent Events client over httpx: ``next()`` returns the next message as (id, data, comment)."""
 
     def __init__(self, response: httpx.Response) -> None:
         self.response = response
         self.lines = response.iter_lines()
+        self.parser = SseParser()
 
-    def next(self) -> tuple[str | None, dict[str, Any] | None, str | None]:
-        event_id = data = comment = None
+    def next(self) -> SseMessage:
         for line in self.lines:
-            if line == "":
-                if event_id or data or comment:
-                    return event_id, json.loads(data) if data else None, comment
-                continue
-            field, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if field == "id":
-                event_id = value
-            elif field == "data":
-                data = value
-            elif field == "":
-                comment = value
+            if (message := self.parser.feed(line)) is not None:
+                return message
         raise EOFError("stream ended")
 
     def next_data(self) -> tuple[str | None, dict[str, Any]]:

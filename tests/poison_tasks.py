@@ -24,6 +24,6 @@ def kill_own_process(rt: Runtime, job: Job, progress: Progress) -> dict[str, Any
     raise AssertionError("unreachable")
 
 
-@app.task(name=TASK_NAME)
+@app.task(name=TASK_NAME)  # type: ignore[untyped-decorator]
 def poison(job_id: str) -> None:
     run(job_id, kill_own_process)

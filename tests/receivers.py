@@ -148,7 +148,7 @@ class Mailbox:
             reply = script.pop(0) if len(script) > 1 else script[0]
             if reply.startswith("250"):
                 content = envelope.content if isinstance(envelope.content, bytes) else str(envelope.content).encode()
-                self.delivered.append((envelope, message_from_bytes(content, policy=policy.default)))  # type: ignore[arg-type]
+                self.delivered.append((envelope, message_from_bytes(content, policy=policy.default)))
         return reply
 
     def messages_to(self, recipient: str) -> list[tuple[Envelope, EmailMessage]]:

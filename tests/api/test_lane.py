@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Stack
+from tests.inprocess import Api
 
-pytestmark = pytest.mark.system
+pytestmark = pytest.mark.anyio
 
 LANE = "application/json"
 FASTAPI = "application/vnd.conveyor+json"
@@ -28,9 +28,9 @@ def shape(value: Any) -> Any:
     return value
 
 
-def both(client: httpx.Client, path: str, body: bytes, **headers: str) -> tuple[httpx.Response, httpx.Response]:
-    lane = client.post(path, content=body, headers={"content-type": LANE, **headers})
-    fastapi = client.post(path, content=body, headers={"content-type": FASTAPI, **headers})
+async def both(client: httpx.AsyncClient, path: str, body: bytes) -> tuple[httpx.Response, httpx.Response]:
+    lane = await client.post(path, content=body, headers={"content-type": LANE})
+    fastapi = await client.post(path, content=body, headers={"content-type": FASTAPI})
     return lane, fastapi
 
 
@@ -69,23 +69,18 @@ def same(lane: httpx.Response, fastapi: httpx.Response) -> None:
         ("/notifications:batch", b'{"notifications":[]}', 422),
     ],
 )
-def test_the_lane_and_the_route_answer_alike(stack: Stack, path: str, body: bytes, status: int) -> None:
-    with stack.client() as client:
-        lane, fastapi = both(client, path, body)
+async def test_the_lane_and_the_route_answer_alike(api: Api, path: str, body: bytes, status: int) -> None:
+    lane, fastapi = await both(api.client, path, body)
     assert lane.status_code == status
     same(lane, fastapi)
 
 
-def test_idempotency_keys_replay_and_conflict_alike(stack: Stack) -> None:
-    with stack.client() as client:
-        for via in (LANE, FASTAPI):
-            key = f"lane-test-{via}"
-            first = client.post("/notifications", content=b'{"channel":"log","message":"a"}',
-                                headers={"content-type": via, "idempotency-key": key})  # fmt: skip
-            again = client.post("/notifications", content=b'{"channel":"log","message":"a"}',
-                                headers={"content-type": via, "idempotency-key": key})  # fmt: skip
-            other = client.post("/notifications", content=b'{"channel":"log","message":"b"}',
-                                headers={"content-type": via, "idempotency-key": key})  # fmt: skip
-            assert (first.status_code, again.status_code, other.status_code) == (202, 202, 422), via
-            assert again.json()["job_id"] == first.json()["job_id"] and again.headers["idempotent-replayed"] == "true"
-            assert "Idempotency-Key" in other.json()["detail"]
+async def test_idempotency_keys_replay_and_conflict_alike(api: Api) -> None:
+    for via in (LANE, FASTAPI):
+        key, headers = f"lane-test-{via}", {"content-type": via, "idempotency-key": f"lane-test-{via}"}
+        first = await api.client.post("/notifications", content=b'{"channel":"log","message":"a"}', headers=headers)
+        again = await api.client.post("/notifications", content=b'{"channel":"log","message":"a"}', headers=headers)
+        other = await api.client.post("/notifications", content=b'{"channel":"log","message":"b"}', headers=headers)
+        assert (first.status_code, again.status_code, other.status_code) == (202, 202, 422), (via, key)
+        assert again.json()["job_id"] == first.json()["job_id"] and again.headers["idempotent-replayed"] == "true"
+        assert "Idempotency-Key" in other.json()["detail"]

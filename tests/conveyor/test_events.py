@@ -6,10 +6,11 @@ import asyncio
 import json
 import time
 
+import pytest
 import redis
 import redis.asyncio as aioredis
 
-from conveyor.events import AsyncEventLog, EventLog, StreamEvent, decode, encode, id_key
+from conveyor.events import AsyncEventLog, EventLog, Retention, StreamEvent, decode, encode, id_key, predecessor
 from conveyor.ids import new_id
 from conveyor.schemas import Event, EventType, JobStatus
 
@@ -64,3 +65,25 @@ def test_trim_older_than_drops_only_old_events(redis_url: str) -> None:
     log.trim_older_than(3600)
     assert client.xrange("conveyor:events", min=fresh, max=fresh)
     client.close()
+
+
+@pytest.mark.parametrize(
+    ("retention", "after", "covered"),
+    [
+        (Retention("10-0", "20-0"), "10-0", True),
+        (Retention("10-0", "20-0"), "15-3", True),
+        (Retention("10-0", "20-0"), predecessor("10-0"), True),
+        (Retention("10-0", "20-0"), "9-0", False),
+        (Retention("10-0", "20-0"), "0-0", False),
+        (Retention("10-0", "20-0", complete=True), "0-0", True),
+        (Retention("10-0", "20-0"), "21-0", False),
+        (Retention(None, "20-0"), "20-0", True),
+        (Retention(None, "20-0"), "19-0", False),
+        (Retention(None, None), "0-0", True),
+        (Retention(None, None), "5-0", False),
+    ],
+)
+def test_retention_covers_exactly_when_nothing_after_the_resume_point_can_be_gone(
+    retention: Retention, after: str, covered: bool
+) -> None:
+    assert retention.covers(after) is covered

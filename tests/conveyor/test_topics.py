@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import SecretStr
 
 from conveyor.settings import Settings
 from conveyor.topics import TopicPolicy
@@ -41,4 +42,4 @@ def test_malformed_rules_are_refused_at_start(bad: str) -> None:
 
 def test_auth_off_is_refused_in_production() -> None:
     with pytest.raises(ValueError, match="refused in production"):
-        Settings(_env_file=None, environment="production", auth="off", flower_password="x")  # type: ignore[call-arg]
+        Settings(_env_file=None, environment="production", auth="off", flower_password=SecretStr("x"))  # type: ignore[call-arg]

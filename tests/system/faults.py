@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from conveyor.ops.redis_server import free_port, redis_command, wait_for_port
 from conveyor.store import db
 from conveyor.store.db import create_engine
-from conveyor.store.jobstore import _aware
+from conveyor.store.rows import aware as _aware
 from tests.support import (
     Process,
     base_env,
@@ -157,7 +157,7 @@ class FaultStack:
         if job_ids is not None:
             query = query.where(db.jobs.c.id.in_(list(job_ids)))
         with self.engine.connect() as connection:
-            return [row._mapping for row in connection.execute(query)]
+            return [dict(row._mapping) for row in connection.execute(query)]
 
     def statuses(self, job_ids: Iterable[str] | None = None) -> Counter[str]:
         return Counter(row["status"] for row in self.rows(job_ids))

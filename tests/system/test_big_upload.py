@@ -106,7 +106,7 @@ def test_1gib_upload(stack: Stack, tmp_path: Path) -> None:
     assert growth_mib <= 32, f"api peak RSS grew by {growth_mib:.1f} MiB"
     assert health_during and all(code == 200 for code in health_during), health_during
 
-    events = []
+    events: list[dict[str, Any]] = []
     with connect(f"{stack.ws_url}/ws?job_id={job_id}", open_timeout=10, additional_headers=stack.headers) as ws:
         while not events or events[-1]["type"] not in ("job.succeeded", "job.failed"):
             events.append(json.loads(ws.recv(timeout=120)))

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from conveyor.events import EventLog, decode
-from conveyor.names import EVENTS_STREAM, QUEUE_NOTIFICATIONS
+from conveyor.events import EventLog
+from conveyor.names import QUEUE_NOTIFICATIONS
 from conveyor.queue.app import create_celery
 from conveyor.queue.dispatch import Dispatcher
 from conveyor.settings import Settings
 from conveyor.store.jobstore import JobStore, NewJob
+from tests.events_support import stream_events
 from tests.poison_tasks import TASK_NAME
 from tests.system.faults import FaultStack, accepted_ids, submit_many
 
@@ -50,7 +51,7 @@ def test_a_job_that_kills_its_worker_every_time_is_failed_as_poisoned(tmp_path: 
         stack.wait_finished(others, 60)
         (row,) = stack.rows([poison.job_id])
         assert row["crashes"] == 3 and row["error"].startswith("poisoned"), row
-        events = [decode(i, f) for i, f in client.xrange(EVENTS_STREAM)]  # type: ignore[union-attr]
+        events = stream_events(client)
         mine = [e for e in events if e.job_id == poison.job_id]
         assert [e.type.value for e in mine].count("job.started") == 3
         assert mine[-1].type.value == "job.failed" and mine[-1].reason == "poisoned", mine[-1]

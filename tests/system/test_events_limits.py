@@ -186,7 +186,7 @@ def test_caps_per_topic_and_per_process_close_1013_or_answer_503(tight: Tight) -
 
 def test_sse_heartbeat_comments_keep_an_idle_stream_open(tight: Tight, tmp_path: Path) -> None:
     with sse(tight.base_url, "/events?topic=quiet", tight.headers) as reader:
-        comments = []
+        comments: list[str] = []
         while len(comments) < 2:
             event_id, data, comment = reader.next()
             if comment is not None:

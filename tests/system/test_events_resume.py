@@ -87,7 +87,7 @@ def test_a_job_submitted_on_one_api_is_seen_by_a_client_of_another(stack: Stack)
             sse(other, "/events", stack.headers) as reader,
         ):
             job_id = submit(stack.base_url, "across processes", headers=stack.headers)
-            types = []
+            types: list[str] = []
             while not types or types[-1] not in FINISHED:
                 event = recv(ws)
                 if event["job_id"] == job_id:

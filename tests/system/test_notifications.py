@@ -20,6 +20,7 @@ from conveyor import webhooks
 from conveyor.names import EVENTS_STREAM
 from conveyor.ops.redis_server import free_port
 from tests.conftest import Stack
+from tests.events_support import stream_entries
 from tests.receivers import HttpReceiver, Mailbox, Reply, http_receiver, smtp_server
 from tests.support import (
     Process,
@@ -290,7 +291,7 @@ def drain(ws: ClientConnection, until: Any, timeout: float = 20) -> list[dict[st
 def test_websocket_reaches_topic_subscribers_on_both_api_processes_and_no_one_else(notify: NotifyStack) -> None:
     topic, other = f"deploys-{uuid.uuid4().hex[:8]}", f"other-{uuid.uuid4().hex[:8]}"
     client = redis.Redis.from_url(notify.redis_url)
-    newest = client.xrevrange(EVENTS_STREAM, count=1)
+    newest = stream_entries(client.xrevrange(EVENTS_STREAM, count=1))
     client.close()
     since = f"&last_event_id={newest[0][0].decode()}" if newest else ""
     # Each connection resumes from the stream's newest id, so none can miss what is published after.

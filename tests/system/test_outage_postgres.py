@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from conveyor import webhooks
 from conveyor.names import QUEUE_NOTIFICATIONS
 from conveyor.store import db
-from tests.conveyor.conftest import POSTGRES_URL
+from tests.conveyor.store.conftest import POSTGRES_URL
 from tests.receivers import Reply, http_receiver
 from tests.system.faults import FaultStack, accepted_ids, submit_many
 from tests.system.tcp_proxy import tcp_proxy

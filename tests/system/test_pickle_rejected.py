@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from kombu import Connection
+from kombu.connection import Connection
 
 from tests.conftest import Stack
 from tests.system.test_skeleton import receive_until
@@ -31,7 +31,7 @@ def test_pickled_task_message_is_never_executed(stack: Stack, tmp_path: Path) ->
     marker = tmp_path / "pwned"
     task_id = str(uuid.uuid4())
     body = pickle.dumps(((Exploit(marker),), {}, {"callbacks": None, "errbacks": None, "chain": None}))
-    with Connection(stack.redis_url) as connection:
+    with Connection(stack.redis_url) as connection:  # type: ignore[no-untyped-call]
         producer = connection.Producer()
         producer.publish(
             body,

@@ -18,6 +18,7 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
+from websockets.typing import Origin
 
 from tests.conftest import Stack
 from tests.events_support import FINISHED, api_process, recv
@@ -254,16 +255,16 @@ def test_a_ticket_works_once_and_not_after_it_expires(strict: dict[str, str], st
         return value
 
     first = ticket()
-    with connect(ws_url(base, f"ticket={first}"), origin=ORIGIN) as ws:  # type: ignore[arg-type]
+    with connect(ws_url(base, f"ticket={first}"), origin=Origin(ORIGIN)) as ws:
         time.sleep(0.2)
         job_id = submit_log(stack.base_url, key)
         while (event := recv(ws))["type"] not in FINISHED:
             assert event["job_id"] == job_id
-    with connect(ws_url(base, f"ticket={first}"), origin=ORIGIN) as ws:  # type: ignore[arg-type]
+    with connect(ws_url(base, f"ticket={first}"), origin=Origin(ORIGIN)) as ws:
         assert "already used" in closed_1008(ws)
     stale = ticket()
     time.sleep(1.5)
-    with connect(ws_url(base, f"ticket={stale}"), origin=ORIGIN) as ws:  # type: ignore[arg-type]
+    with connect(ws_url(base, f"ticket={stale}"), origin=Origin(ORIGIN)) as ws:
         assert "expired" in closed_1008(ws)
 
 
@@ -271,11 +272,11 @@ def test_a_ticket_works_once_and_not_after_it_expires(strict: dict[str, str], st
 def test_a_foreign_origin_is_refused_at_the_handshake(strict: dict[str, str], stack: Stack, server: str) -> None:
     headers = bearer(stack.key)
     with pytest.raises(InvalidStatus) as refused:
-        connect(ws_url(strict[server]), additional_headers=headers, origin="https://evil.example")  # type: ignore[arg-type]
+        connect(ws_url(strict[server]), additional_headers=headers, origin=Origin("https://evil.example"))
     assert refused.value.response.status_code == 403
     sse = httpx.get(f"{strict[server]}/events", headers={**headers, "Origin": "https://evil.example"}, timeout=10)
     assert sse.status_code == 403
-    with connect(ws_url(strict[server]), additional_headers=headers, origin=ORIGIN) as ws:  # type: ignore[arg-type]
+    with connect(ws_url(strict[server]), additional_headers=headers, origin=Origin(ORIGIN)) as ws:
         ws.send(json.dumps({"op": "subscribe", "topic": "hello"}))
         assert recv(ws) == {"type": "subscribed", "topic": "hello"}
 

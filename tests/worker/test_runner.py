@@ -1,23 +1,37 @@
-"""Running a job: claim, events, outcome, duplicates and retries."""
+"""Running a job: claim, events, outcome, duplicates and retries; and when things break: dead runs, poisoned jobs,
+and Redis or the job store failing mid-run.
+
+Real Redis and SQLite; the handlers are plain functions standing in for a task's work.
+"""
 
 from __future__ import annotations
 
+import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
+import redis
+import sqlalchemy as sa
 
-from conveyor.events import decode
-from conveyor.names import EVENTS_STREAM
-from conveyor.schemas import Job, JobStatus
+from conveyor.schemas import Event, Job, JobStatus
+from conveyor.store import db
+from conveyor.store.jobstore import utcnow
+from tests.events_support import stream_events
 from tests.worker.conftest import make_job
 from worker.notify import deliver
-from worker.runner import Progress, Retryable, run_job
+from worker.runner import POISONED, JobBusy, Progress, Retryable, run_job
 from worker.runtime import Runtime
+
+LONG_AGO = timedelta(hours=1)
+
+
+def events(rt: Runtime, job_id: str) -> list[Event]:
+    return [e for e in stream_events(rt.redis) if e.job_id == job_id]
 
 
 def events_of(rt: Runtime, job_id: str) -> list[str]:
-    entries = rt.redis.xrange(EVENTS_STREAM)
-    return [e.type.value for e in (decode(i, f) for i, f in entries) if e.job_id == job_id]  # type: ignore[union-attr]
+    return [e.type.value for e in events(rt, job_id)]
 
 
 def test_success_records_result_and_announces_each_step(rt: Runtime) -> None:
@@ -89,13 +103,94 @@ def test_a_task_without_a_row_does_nothing(rt: Runtime) -> None:
 
 
 def test_a_delivery_for_a_job_held_elsewhere_asks_to_look_again(rt: Runtime) -> None:
-    from datetime import timedelta
-
-    from conveyor.store.jobstore import utcnow
-    from worker.runner import JobBusy
-
     job = make_job(rt)
     assert rt.store.claim(job.job_id, stale_before=utcnow() - timedelta(hours=1)) is not None
     with pytest.raises(JobBusy):
         run_job(rt, job.job_id, deliver)
     assert rt.ledger.notification(job.job_id) is None
+
+
+def test_a_live_runs_job_is_left_alone_and_a_dead_runs_job_is_taken_over(rt: Runtime) -> None:
+    rt.settings = rt.settings.model_copy(update={"heartbeat_seconds": 0.1})
+    job = make_job(rt)
+    assert rt.store.claim(job.job_id, stale_before=utcnow() - LONG_AGO) is not None  # a run that then dies
+    with pytest.raises(JobBusy):
+        run_job(rt, job.job_id, lambda rt, job, progress: {"ran": True})
+    time.sleep(rt.settings.dead_after_seconds + 0.1)
+    done = run_job(rt, job.job_id, lambda rt, job, progress: {"ran": True})
+    assert done is not None and done.status is JobStatus.SUCCEEDED and done.result == {"ran": True}
+    assert done.attempts == 2 and done.crashes == 1
+
+
+def test_a_job_whose_runs_keep_dying_is_failed_as_poisoned_without_running(rt: Runtime) -> None:
+    rt.settings = rt.settings.model_copy(update={"max_crashes": 2})
+    job = make_job(rt)
+    calls: list[int] = []
+    for _ in range(2):  # a run claims it and dies; the next delivery takes it over and dies too
+        rt.store.claim(job.job_id, stale_before=utcnow() + timedelta(seconds=1))
+    with rt.store.engine.begin() as connection:
+        connection.execute(db.jobs.update().values(heartbeat_at=utcnow() - LONG_AGO))
+
+    failed = run_job(rt, job.job_id, lambda rt, job, progress: calls.append(1) or {})  # type: ignore[func-returns-value]
+    assert calls == [], "a poisoned job ran again"
+    assert failed is not None and failed.status is JobStatus.FAILED and failed.crashes == 2
+    assert failed.error is not None and failed.error.startswith("poisoned")
+    last = events(rt, job.job_id)[-1]
+    assert last.type.value == "job.failed" and last.reason == POISONED
+    assert run_job(rt, job.job_id, lambda rt, job, progress: {}) is not None  # a later delivery is dropped quietly
+
+
+def test_a_run_taken_for_dead_cannot_record_its_outcome(rt: Runtime) -> None:
+    job = make_job(rt)
+
+    def slow(rt: Runtime, job: Job, progress: Progress) -> dict[str, Any]:
+        # Meanwhile another delivery decided this run was dead and took the job over.
+        assert rt.store.claim(job.job_id, stale_before=utcnow() + timedelta(seconds=1)) is not None
+        return {"by": "first"}
+
+    run_job(rt, job.job_id, slow)
+    current = rt.store.get(job.job_id)
+    assert current is not None and current.status is JobStatus.STARTED and current.attempts == 2
+    assert current.result is None
+
+
+def test_a_short_retry_is_made_by_the_run_and_a_long_one_by_the_dispatcher(rt: Runtime) -> None:
+    short, long = make_job(rt), make_job(rt)
+    with pytest.raises(Retryable) as caught:
+        run_job(rt, short.job_id, lambda rt, job, progress: (_ for _ in ()).throw(Retryable("busy", 0.01)))
+    assert caught.value.held and caught.value.countdown == pytest.approx(0.01)
+    with pytest.raises(Retryable) as caught:
+        run_job(rt, long.job_id, lambda rt, job, progress: (_ for _ in ()).throw(Retryable("busy", 120)))
+    assert not caught.value.held
+    assert rt.store.retries_due(timedelta(seconds=15)) == []
+    assert run_job(rt, long.job_id, lambda rt, job, progress: {}).status is JobStatus.RETRYING  # type: ignore[union-attr]
+    time.sleep(0.02)
+    done = run_job(rt, short.job_id, lambda rt, job, progress: {})
+    assert done is not None and done.status is JobStatus.SUCCEEDED and done.attempts == 2
+
+
+def test_redis_failing_inside_the_handler_retries_the_job(rt: Runtime) -> None:
+    job = make_job(rt)
+
+    def handler(rt: Runtime, job: Job, progress: Progress) -> dict[str, Any]:
+        raise redis.exceptions.ConnectionError("Connection refused")
+
+    with pytest.raises(Retryable):
+        run_job(rt, job.job_id, handler)
+    current = rt.store.get(job.job_id)
+    assert current is not None and current.status is JobStatus.RETRYING
+    assert current.error is not None and "Redis unavailable" in current.error
+
+
+def test_the_job_store_failing_mid_run_releases_the_job_instead_of_failing_it(rt: Runtime) -> None:
+    job = make_job(rt)
+
+    def handler(rt: Runtime, job: Job, progress: Progress) -> dict[str, Any]:
+        raise sa.exc.OperationalError("UPDATE jobs", {}, Exception("server closed the connection unexpectedly"))
+
+    with pytest.raises(sa.exc.OperationalError):
+        run_job(rt, job.job_id, handler)
+    current = rt.store.get(job.job_id)
+    assert current is not None and current.status is JobStatus.RETRYING
+    done = run_job(rt, job.job_id, lambda rt, job, progress: {"ok": True})
+    assert done is not None and done.status is JobStatus.SUCCEEDED

@@ -23,8 +23,8 @@ def test_upload_is_recorded_once(engine: Engine) -> None:
     ledger = Ledger(engine)
     sha = "ab" * 32
     kwargs = {"owner": None, "filename": "a.txt", "size": 3, "sha256": sha, "content_type": "text/plain"}
-    first = ledger.record_upload(JOB, storage_key="k1", **kwargs)  # type: ignore[arg-type]
-    second = ledger.record_upload(JOB, storage_key="k2", **kwargs)  # type: ignore[arg-type]
+    first = ledger.record_upload(JOB, storage_key="k1", **kwargs)
+    second = ledger.record_upload(JOB, storage_key="k2", **kwargs)
     assert first == second
     assert first["storage_key"] == "k1" and first["upload_id"] == JOB
     assert ledger.upload(JOB) == first

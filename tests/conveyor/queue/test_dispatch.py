@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 
 import redis
 
@@ -14,7 +13,6 @@ from conveyor.queue.dispatch import Dispatcher
 from conveyor.settings import Settings
 from conveyor.store.db import create_engine, migrate
 from conveyor.store.jobstore import JobStore, NewJob
-from tests.support import redis_server
 
 
 def dispatcher_for(settings: Settings, redis_url: str) -> Dispatcher:
@@ -69,27 +67,29 @@ def test_stale_started_jobs_are_sent_again_without_a_new_queued_event(settings: 
     assert queued_message_ids(redis_url, "housekeeping").count(job.job_id) == before + 1
 
 
-def test_a_job_whose_message_was_lost_is_sent_again_once_its_queue_is_empty(settings: Settings, tmp_path: Path) -> None:
+def test_a_job_whose_message_was_lost_is_sent_again_once_its_queue_is_empty(
+    settings: Settings, private_redis_url: str
+) -> None:
     import sqlalchemy as sa
 
     from conveyor.store import db
     from conveyor.store.jobstore import utcnow
 
-    with redis_server(tmp_path / "redis") as url:
-        dispatcher = dispatcher_for(settings, url)
-        lost, _ = dispatcher.submit(NEW)
-        waiting, _ = dispatcher.submit(NEW)
-        with dispatcher.store.engine.begin() as connection:
-            connection.execute(db.jobs.update().values(dispatched_at=utcnow() - timedelta(minutes=5)))
-        assert dispatcher.resend_lost(timedelta(minutes=1)) == 0, "a job waiting behind a backlog was sent again"
+    url = private_redis_url  # an empty database: only this test's messages are in its queues
+    dispatcher = dispatcher_for(settings, url)
+    lost, _ = dispatcher.submit(NEW)
+    waiting, _ = dispatcher.submit(NEW)
+    with dispatcher.store.engine.begin() as connection:
+        connection.execute(db.jobs.update().values(dispatched_at=utcnow() - timedelta(minutes=5)))
+    assert dispatcher.resend_lost(timedelta(minutes=1)) == 0, "a job waiting behind a backlog was sent again"
 
-        client = redis.Redis.from_url(url)
-        client.delete("housekeeping")  # both messages gone: taken by a worker that died before recording them
-        assert dispatcher.resend_lost(timedelta(minutes=1)) == 2
-        assert sorted(queued_message_ids(url, "housekeeping")) == sorted([lost.job_id, waiting.job_id])
-        assert dispatcher.resend_lost(timedelta(minutes=1)) == 0, "sent again before the window passed"
-        with dispatcher.store.engine.begin() as connection:
-            connection.execute(sa.update(db.jobs).values(status="started", dispatched_at=utcnow() - timedelta(hours=1)))
-        client.delete("housekeeping")
-        assert dispatcher.resend_lost(timedelta(minutes=1)) == 0, "a claimed job counted as lost"
-        client.close()
+    client = redis.Redis.from_url(url)
+    client.delete("housekeeping")  # both messages gone: taken by a worker that died before recording them
+    assert dispatcher.resend_lost(timedelta(minutes=1)) == 2
+    assert sorted(queued_message_ids(url, "housekeeping")) == sorted([lost.job_id, waiting.job_id])
+    assert dispatcher.resend_lost(timedelta(minutes=1)) == 0, "sent again before the window passed"
+    with dispatcher.store.engine.begin() as connection:
+        connection.execute(sa.update(db.jobs).values(status="started", dispatched_at=utcnow() - timedelta(hours=1)))
+    client.delete("housekeeping")
+    assert dispatcher.resend_lost(timedelta(minutes=1)) == 0, "a claimed job counted as lost"
+    client.close()

@@ -1,4 +1,5 @@
-"""The WebSocket protocol on ``/ws`` (Conveyor's native one): commands, snapshots, topics, errors and close codes."""
+"""The WebSocket protocol on ``/ws`` (Conveyor's native one, inside uvicorn): commands, snapshots, topics, resuming,
+errors and close codes. (The ASGI ``/ws`` route in-process: tests/api/routes/test_ws.py.)"""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from tests.conftest import Stack
-from tests.events_support import FINISHED, publish, recv, submit
+from tests.events_support import FINISHED, publish, recv, submit, wait_finished
+
+pytestmark = pytest.mark.system
 
 
 def closed_with(ws: ClientConnection, code: int) -> str:
@@ -123,3 +126,33 @@ def test_other_websocket_paths_are_left_to_the_asgi_app(stack: Stack) -> None:
     with pytest.raises(InvalidStatus) as refused:
         connect(f"{stack.ws_url}/not-a-socket", open_timeout=10, additional_headers=stack.headers)
     assert refused.value.response.status_code == 403
+
+
+def test_websocket_resumes_after_last_event_id_without_gap_or_repeat(stack: Stack) -> None:
+    with connect(f"{stack.ws_url}/ws", open_timeout=10, additional_headers=stack.headers) as ws:
+        first = submit(stack.base_url, "a", headers=stack.headers)
+        seen = []
+        while True:
+            event = recv(ws)
+            seen.append(event)
+            if event["job_id"] == first and event["type"] == "job.succeeded":
+                break
+    resume_from = seen[-1]["event_id"]
+    missed = [submit(stack.base_url, str(i), headers=stack.headers) for i in range(5)]
+    wait_finished(stack.base_url, missed, headers=stack.headers)
+    with connect(
+        f"{stack.ws_url}/ws?last_event_id={resume_from}", open_timeout=10, additional_headers=stack.headers
+    ) as ws:
+        got = []
+        done: set[str] = set()
+        while done != set(missed):
+            event = recv(ws)
+            got.append(event)
+            if event["type"] == "job.succeeded" and event["job_id"] in missed:
+                done.add(event["job_id"])
+    ids = [event["event_id"] for event in got]
+    assert len(ids) == len(set(ids)), "an event was repeated"
+    assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
+    mine = [(e["job_id"], e["type"]) for e in got if e["job_id"] in missed]
+    for job_id in missed:
+        assert [t for j, t in mine if j == job_id] == ["job.queued", "job.started", "job.succeeded"]

@@ -34,7 +34,7 @@ def make_settings(tmp_path: Path, port: int, **overrides: object) -> Settings:
         "smtp_from": "alerts@conveyor.example",
         "smtp_timeout": 5,
     }
-    return Settings(_env_file=None, **(values | overrides))  # type: ignore[arg-type]
+    return Settings(_env_file=None, **(values | overrides))  # type: ignore[call-arg, arg-type]
 
 
 def address(tag: str) -> str:

@@ -1,4 +1,5 @@
-"""The job store against each real backend."""
+"""The job store against each real backend: jobs, idempotency, pages, and the bookkeeping of runs (claims,
+heartbeats and takeovers, fenced outcomes, retry times)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from conveyor.schemas import JobStatus
+from conveyor.store import db
 from conveyor.store.db import migrate
 from conveyor.store.jobstore import (
     IdempotencyConflict,
@@ -113,20 +115,65 @@ def test_page_is_newest_first_with_filters_and_cursor(engine: Engine) -> None:
     assert store.page(status=JobStatus.SUCCEEDED)[0] == []
 
 
-def test_undispatched_lists_jobs_whose_task_was_not_sent(engine: Engine) -> None:
-    store = JobStore(engine)
-    sent, _ = store.create(new_job())
-    pending, _ = store.create(new_job())
-    store.mark_dispatched([(sent.job_id, "1-0")])
-    waiting = [d.job.job_id for d in store.undispatched(timedelta(seconds=-1))]
-    assert pending.job_id in waiting and sent.job_id not in waiting
-    assert store.undispatched(timedelta(hours=1)) == []
-    assert store.queued_event_id(sent.job_id) == "1-0"
-
-
 def test_cursor_round_trip_and_garbage() -> None:
     job_id = "01a207a2-fb69-7023-9247-baa030751cb3"
     assert decode_cursor(encode_cursor(job_id)) == job_id
     for bad in ("!!!", "abc", encode_cursor("short"), "\U000f1838", "gA"):
         with pytest.raises(InvalidCursor):
             decode_cursor(bad)
+
+
+PAST = timedelta(hours=1)
+
+
+def heartbeat_at(store: JobStore, job_id: str) -> object:
+    with store.engine.connect() as connection:
+        return connection.execute(sa.select(db.jobs.c.heartbeat_at).where(db.jobs.c.id == job_id)).scalar_one()
+
+
+def test_a_fresh_heartbeat_keeps_the_job_and_a_stale_one_lets_a_delivery_take_it_over(engine: Engine) -> None:
+    store = JobStore(engine)
+    job, _ = store.create(new_job())
+    first = store.claim(job.job_id, stale_before=utcnow() - PAST)
+    assert first is not None and first.attempts == 1 and first.crashes == 0
+    assert heartbeat_at(store, job.job_id) is not None, "a claim starts the heartbeat"
+    assert store.heartbeat(job.job_id, attempt=1)
+    assert store.claim(job.job_id, stale_before=utcnow() - timedelta(seconds=15)) is None, "a live run lost its job"
+
+    second = store.claim(job.job_id, stale_before=utcnow() + timedelta(seconds=1))
+    assert second is not None and second.attempts == 2 and second.crashes == 1, "a dead run's job was not taken over"
+    assert not store.heartbeat(job.job_id, attempt=1), "the dead run's heartbeat still counts"
+    assert store.heartbeat(job.job_id, attempt=2)
+
+
+def test_an_outcome_is_recorded_only_by_the_run_that_holds_the_job(engine: Engine) -> None:
+    store = JobStore(engine)
+    job, _ = store.create(new_job())
+    store.claim(job.job_id, stale_before=utcnow() - PAST)
+    store.claim(job.job_id, stale_before=utcnow() + timedelta(seconds=1))
+    stale = store.transition(job.job_id, JobStatus.SUCCEEDED, allowed_from=[JobStatus.STARTED], attempt=1)
+    assert stale is None, "a run taken for dead overwrote its successor"
+    assert store.schedule_retry(job.job_id, attempt=1, error="x", delay=0, held=False) is None
+    done = store.transition(job.job_id, JobStatus.SUCCEEDED, allowed_from=[JobStatus.STARTED], attempt=2)
+    assert done is not None and done.status is JobStatus.SUCCEEDED
+
+
+def test_a_retrying_job_is_claimed_only_when_its_attempt_is_due(engine: Engine) -> None:
+    store = JobStore(engine)
+    job, _ = store.create(new_job())
+    store.claim(job.job_id, stale_before=utcnow() - PAST)
+    retrying = store.schedule_retry(job.job_id, attempt=1, error="busy", delay=60, held=False)
+    assert retrying is not None and retrying.status is JobStatus.RETRYING and retrying.error == "busy"
+    assert store.claim(job.job_id, stale_before=utcnow() - PAST) is None, "an early delivery ran the retry"
+    assert store.retries_due(timedelta(seconds=15)) == []
+    assert store.claim(job.job_id, stale_before=utcnow() - PAST, due_before=utcnow() + timedelta(minutes=2))
+
+
+def test_requeue_after_failure_starts_the_crash_count_again(engine: Engine) -> None:
+    store = JobStore(engine)
+    job, _ = store.create(new_job())
+    store.claim(job.job_id, stale_before=utcnow() - PAST)
+    store.claim(job.job_id, stale_before=utcnow() + timedelta(seconds=1))
+    store.transition(job.job_id, JobStatus.FAILED, allowed_from=[JobStatus.STARTED], error="poisoned: x")
+    again = store.requeue(job.job_id)
+    assert again is not None and again.crashes == 0 and again.attempts == 0 and again.status is JobStatus.QUEUED

@@ -1,4 +1,4 @@
-"""The hub's routing and mailboxes, the resume rule and request parsing: plain functions, no processes."""
+"""The hub's routing and mailboxes, and the WebSocket text frame: plain functions, no processes."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import time
 import pytest
 
 from api.streams.hub import Full, Hub, Selection, Subscription
-from api.streams.request import parse_request
-from api.streams.wire import Outgoing, Refused, text_frame
-from conveyor.events import Retention, StreamEvent, predecessor
+from api.streams.wire import Outgoing, text_frame
+from conveyor.events import StreamEvent
 from conveyor.schemas import Event, EventType, JobStatus
 from conveyor.topics import TopicPolicy
 
@@ -141,39 +140,3 @@ def test_text_frame_lengths(size: int) -> None:
         assert frame[1] == 126 and struct.unpack("!H", frame[2:4])[0] == size
     else:
         assert frame[1] == 127 and struct.unpack("!Q", frame[2:10])[0] == size
-
-
-@pytest.mark.parametrize(
-    ("retention", "after", "covered"),
-    [
-        (Retention("10-0", "20-0"), "10-0", True),
-        (Retention("10-0", "20-0"), "15-3", True),
-        (Retention("10-0", "20-0"), predecessor("10-0"), True),
-        (Retention("10-0", "20-0"), "9-0", False),
-        (Retention("10-0", "20-0"), "0-0", False),
-        (Retention("10-0", "20-0", complete=True), "0-0", True),
-        (Retention("10-0", "20-0"), "21-0", False),
-        (Retention(None, "20-0"), "20-0", True),
-        (Retention(None, "20-0"), "19-0", False),
-        (Retention(None, None), "0-0", True),
-        (Retention(None, None), "5-0", False),
-    ],
-)
-def test_retention_covers_exactly_when_nothing_after_the_resume_point_can_be_gone(
-    retention: Retention, after: str, covered: bool
-) -> None:
-    assert retention.covers(after) is covered
-
-
-def test_parse_request_filters_and_resume_point() -> None:
-    from starlette.datastructures import QueryParams
-
-    request = parse_request(QueryParams("job_id=a&job_id=b&topic=t&last_event_id=5-1"))
-    assert request.jobs == ("a", "b") and request.topics == ("t",) and request.resume == "5-1"
-    assert parse_request(QueryParams("last_event_id=5-1"), "7-0").resume == "7-0"
-    assert request.selection(OWNER, TopicPolicy([])).matches(event("1-0", job_id="b"))
-    assert not request.selection(OWNER, TopicPolicy([])).matches(event("1-0", job_id="c"))
-    for bad in ("last_event_id=yesterday", "job_id=" + "x" * 65, "&".join(f"topic={i}" for i in range(101))):
-        with pytest.raises(Refused) as refused:
-            parse_request(QueryParams(bad))
-        assert refused.value.ws_code == 1008 and refused.value.http_status == 400

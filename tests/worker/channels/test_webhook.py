@@ -36,7 +36,7 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
         "webhook_allow_private": True,
         "webhook_timeout": 0.5,
     }
-    return Settings(_env_file=None, **(values | overrides))  # type: ignore[arg-type]
+    return Settings(_env_file=None, **(values | overrides))  # type: ignore[call-arg, arg-type]
 
 
 def request(url: str, **extra: object) -> WebhookNotification:

@@ -1,4 +1,7 @@
-"""SQLite writers take turns on a lock (threads and processes) instead of sleeping in SQLite's busy handler."""
+"""SQLite writers take turns on a lock (threads and processes) instead of sleeping in SQLite's busy handler.
+
+The test with a second process is marked ``system`` (it starts one).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from conveyor.store import db
@@ -22,7 +26,7 @@ def _hold(database: str, seconds: float, ready: multiprocessing.synchronize.Even
     engine.dispose()
 
 
-def test_threads_and_processes_write_in_turn(tmp_path: Path) -> None:
+def test_threads_write_in_turn(tmp_path: Path) -> None:
     database = tmp_path / "jobs.db"
     engine = db.create_engine(f"sqlite:///{database}")
     db.migrate(engine)
@@ -41,7 +45,16 @@ def test_threads_and_processes_write_in_turn(tmp_path: Path) -> None:
     with engine.connect() as connection:
         assert connection.execute(sa.select(sa.func.count()).select_from(db.jobs)).scalar_one() == 200
     assert Path(f"{database}.write.lock").exists()
+    engine.dispose()
 
+
+@pytest.mark.system
+def test_another_process_writes_in_turn(tmp_path: Path) -> None:
+    database = tmp_path / "jobs.db"
+    engine = db.create_engine(f"sqlite:///{database}")
+    db.migrate(engine)
+    store = JobStore(engine)
+    new = NewJob(kind="notification", request={"channel": "log"}, task_name="t", queue="q")
     context = multiprocessing.get_context("spawn")
     ready = context.Event()
     holder = context.Process(target=_hold, args=(str(database), 1.0, ready))

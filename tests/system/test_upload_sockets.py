@@ -1,4 +1,6 @@
-"""An api with a small size limit and a type allow-list: refusals come early and leave nothing behind."""
+"""Uploads over a real socket to uvicorn: an api with a small size limit refuses early and leaves nothing behind,
+and a client whose connection drops mid-upload leaves no job and no file. (The same rules in-process:
+tests/api/routes/test_uploads.py.)"""
 
 from __future__ import annotations
 
@@ -8,12 +10,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from conveyor.ops.redis_server import free_port
-from tests.api.uploads_support import BOUNDARY, body, part, post
-from tests.support import base_env, bearer, conveyor, create_key, wait_until_healthy
+from tests.conftest import Stack
+from tests.support import base_env, conveyor, create_key, wait_until_healthy
+from tests.uploads_support import BOUNDARY, part
+
+pytestmark = pytest.mark.system
 
 LIMIT = 1024 * 1024
 
@@ -102,27 +106,27 @@ def test_declared_length_over_the_limit_is_413_at_once(limited: tuple[str, Path,
     assert spool_files(data_dir) == []
 
 
-def test_exactly_the_limit_is_accepted(limited: tuple[str, Path, str]) -> None:
-    base_url, data_dir, key = limited
-    with httpx.Client(base_url=base_url, headers=bearer(key), timeout=30) as client:
-        response = post(client, body(part('form-data; name="file"; filename="max.txt"', b"a" * LIMIT, "text/plain")))
-    assert response.status_code == 202, response.text
+def test_client_that_disconnects_mid_upload_leaves_no_job_and_no_file(stack: Stack) -> None:
+    def spool_is_clean() -> bool:
+        return not any(p.suffix == ".part" for p in (stack.data_dir / "spool").iterdir())
 
-
-@pytest.mark.parametrize(
-    ("data", "status"),
-    [
-        (b"%PDF-1.7\n" + os.urandom(8000), 415),
-        (b"\x7fELF" + os.urandom(100), 415),
-        (b"\x89PNG\r\n\x1a\n" + os.urandom(100), 202),
-        (b"plain words", 202),
-    ],
-)
-def test_allow_list_is_checked_against_sniffed_type(limited: tuple[str, Path, str], data: bytes, status: int) -> None:
-    base_url, data_dir, key = limited
-    with httpx.Client(base_url=base_url, headers=bearer(key), timeout=30) as client:
-        response = post(client, body(part('form-data; name="file"; filename="x.png"', data, "image/png")))
-    assert response.status_code == status, response.text
-    if status == 415:
-        assert "is not accepted" in response.json()["detail"]
-        assert not [name for name in spool_files(data_dir) if name.endswith(".part")]
+    with stack.client() as client:
+        before = client.get("/jobs", params={"kind": "upload", "limit": 1}).json()["jobs"]
+        port = int(stack.base_url.rsplit(":", 1)[1])
+        head = part('form-data; name="file"; filename="cut.bin"', b"")[:-2]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /uploads HTTP/1.1\r\nHost: x\r\n"
+                + f"Authorization: Bearer {stack.key}\r\n".encode()
+                + f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n".encode()
+                + b"Content-Length: 10000000\r\n\r\n"
+                + head
+                + os.urandom(3_000_000)
+            )
+            time.sleep(0.3)
+        deadline = time.monotonic() + 10
+        while not spool_is_clean() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert spool_is_clean(), list((stack.data_dir / "spool").iterdir())
+        after = client.get("/jobs", params={"kind": "upload", "limit": 1}).json()["jobs"]
+        assert after == before

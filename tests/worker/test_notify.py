@@ -12,10 +12,9 @@ import pytest
 from pydantic import SecretStr
 
 from conveyor import webhooks
-from conveyor.events import decode
-from conveyor.names import EVENTS_STREAM
 from conveyor.schemas import Event, JobStatus
 from conveyor.store.attempts import AttemptLog, Outcome
+from tests.events_support import stream_events
 from tests.receivers import HttpReceiver, Reply, http_receiver, smtp_server
 from tests.worker.conftest import make_job
 from worker.notify import deliver
@@ -41,7 +40,7 @@ def wrt(rt: Runtime) -> Runtime:
 
 
 def events_of(rt: Runtime, job_id: str | None = None, topic: str | None = None) -> list[Event]:
-    events = [decode(i, f) for i, f in rt.redis.xrange(EVENTS_STREAM)]  # type: ignore[union-attr]
+    events = stream_events(rt.redis)
     return [e for e in events if (job_id is None or e.job_id == job_id) and (topic is None or e.topic == topic)]
 
 

@@ -1,0 +1,30 @@
+"""Settings: read from the environment, defaults derived from them, the generated Flower password."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conveyor.settings import Settings
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CONVEYOR_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("CONVEYOR_REDIS_PORT", "7001")
+    monkeypatch.delenv("CONVEYOR_REDIS_URL", raising=False)
+    monkeypatch.delenv("CONVEYOR_DATABASE_URL", raising=False)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.embedded_redis
+    assert settings.effective_redis_url == "redis://127.0.0.1:7001/0"
+    assert settings.effective_database_url == f"sqlite:///{tmp_path / 'conveyor.db'}"
+    monkeypatch.setenv("CONVEYOR_REDIS_URL", "redis://elsewhere:6379/1")
+    assert Settings(_env_file=None).effective_redis_url == "redis://elsewhere:6379/1"  # type: ignore[call-arg]
+
+
+def test_flower_password_is_generated_once(tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
+    user, password = settings.flower_credentials()
+    assert user == "conveyor" and len(password) >= 20
+    assert settings.flower_credentials() == (user, password)
+    assert (tmp_path / "flower-password").stat().st_mode & 0o077 == 0
