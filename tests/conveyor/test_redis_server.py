@@ -1,4 +1,4 @@
-"""The embedded Redis as ``conveyor run`` starts it (locked), the port checks, and the secret files, for real."""
+"""The embedded Redis as ``conveyor run`` starts it (locked), and the port checks, for real."""
 
 from __future__ import annotations
 
@@ -6,15 +6,12 @@ import os
 import socket
 import stat
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import redis
 
 from conveyor.ops.redis_server import free_port, locked_config, port_taken, redis_command, wait_for_port
-from conveyor.private import private_dir, secret
-from conveyor.settings import Settings
 from tests.support import start_process
 
 pytestmark = pytest.mark.timeout(60)
@@ -61,15 +58,6 @@ def test_the_password_is_on_no_command_line_and_its_files_are_private(tmp_path: 
     assert stat.S_IMODE((tmp_path / "redis").stat().st_mode) == 0o700
 
 
-def test_settings_give_the_embedded_redis_url_its_password(tmp_path: Path) -> None:
-    settings = Settings(_env_file=None, data_dir=tmp_path, redis_port=7002)  # type: ignore[call-arg]
-    assert settings.effective_redis_url == "redis://127.0.0.1:7002/0"
-    secret(settings.redis_password_file, lambda: "s3cret-pass")
-    assert settings.effective_redis_url == "redis://:s3cret-pass@127.0.0.1:7002/0"
-    external = Settings(_env_file=None, data_dir=tmp_path, redis_url="redis://elsewhere:6379/1")  # type: ignore[call-arg]
-    assert external.effective_redis_url == "redis://elsewhere:6379/1"
-
-
 def test_a_port_is_taken_while_something_listens_on_it() -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
@@ -91,23 +79,3 @@ def test_a_port_with_only_closing_connections_is_free() -> None:
         served.close()  # the server side closes first: its end of the connection lingers in TIME_WAIT
         client.close()
     assert not port_taken(port, "127.0.0.1")
-
-
-def test_a_secret_is_made_once_whole_and_private_even_when_raced(tmp_path: Path) -> None:
-    path = tmp_path / "deep" / "flower-password"
-    values = iter(range(1000))
-    with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda _: secret(path, lambda: f"value-{next(values)}"), range(32)))
-    assert len({text for text, _new in results}) == 1
-    assert sum(new for _text, new in results) == 1
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert path.read_text().strip() == results[0][0]
-    assert [p.name for p in path.parent.iterdir()] == ["flower-password"]  # no temporary file left
-    assert secret(path, lambda: "another") == (results[0][0], False)
-
-
-def test_a_private_directory_is_for_its_owner_only(tmp_path: Path) -> None:
-    shared = tmp_path / "var"
-    shared.mkdir(mode=0o755)
-    private_dir(shared)
-    assert stat.S_IMODE(shared.stat().st_mode) == 0o700

@@ -13,7 +13,7 @@ import pytest
 
 from conveyor.ops.supervisor import Child, RestartPolicy, Supervisor
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.system, pytest.mark.timeout(60)]
 
 FAST = RestartPolicy(base_delay=0.05, max_delay=0.2, healthy_after=30.0, max_quick_crashes=3)
 

@@ -15,7 +15,7 @@ from worker.liveness import Liveness
 pytestmark = pytest.mark.timeout(30)
 
 
-def members(client: redis.Redis, queue: str) -> set[bytes]:
+def members(client: redis.Redis, queue: str) -> set[object]:
     return set(client.zrange(names.workers_key(queue), 0, -1))
 
 
