@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,8 @@ class Report:
     #: Workers seen in the last ``conveyor.liveness.TTL_SECONDS``, per queue (``None``: Redis did not say).
     workers: dict[str, int] | None
     problems: list[str] = field(default_factory=list)
+    #: Unexpected errors each supervised loop of this process met (and went on after) since it started.
+    errors: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -43,7 +45,13 @@ class Report:
 
     def fields(self) -> dict[str, Any]:
         """The parts as ``/health`` shows them."""
-        return {"redis": self.redis, "database": self.database, "events": self.events, "workers": self.workers}
+        return {
+            "redis": self.redis,
+            "database": self.database,
+            "events": self.events,
+            "workers": self.workers,
+            "errors": self.errors,
+        }
 
 
 class Health:
@@ -57,6 +65,7 @@ class Health:
         reader: Callable[[], asyncio.Task[None] | None],
         required_queues: Sequence[str] = (),
         *,
+        loops: Mapping[str, Callable[[], int]] | None = None,
         timeout: float = 2.0,
     ) -> None:
         self.redis = redis
@@ -64,6 +73,9 @@ class Health:
         self.hub = hub
         self.reader = reader
         self.required_queues = tuple(required_queues)
+        #: Supervised loops of this process, each with its count of unexpected errors (shown, never degraded: the
+        #: loop went on). The event reader is always one.
+        self.loops = {"event_reader": lambda: hub.failures, **(loops or {})}
         self.timeout = timeout
         #: The event reader is stale when its last read returned this long ago (it blocks ``block_ms`` per read).
         self.stale_after = 2 * hub.block_ms / 1000 + 2
@@ -87,7 +99,8 @@ class Health:
         problems = [f"{name} {state}" for name, state in parts if state != OK]
         if workers is not None:
             problems += [f"no live worker for queue {queue}" for queue in self.required_queues if not workers[queue]]
-        return Report(redis_state, database, events, workers, problems)
+        errors = {name: count() for name, count in self.loops.items()}
+        return Report(redis_state, database, events, workers, problems, errors)
 
     async def _redis(self) -> tuple[str, dict[str, int] | None]:
         try:

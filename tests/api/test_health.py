@@ -47,6 +47,7 @@ def test_each_part_is_reported_and_concurrent_callers_share_one_round(private_re
                     assert report.ok, report.problems
                     assert report.fields()["redis"] == "ok" and report.fields()["database"] == "ok"
                     assert report.events == "ok" and report.workers is not None and report.workers[queue] >= 1
+                    assert report.errors == {"event_reader": 0}
 
                     before = evals(redis_url)
                     reports = await asyncio.gather(*(health.report() for _ in range(300)))
