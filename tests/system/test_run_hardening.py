@@ -23,9 +23,13 @@ def start(env: dict[str, str], logs: Path) -> Process:
     """``conveyor run``, once its ready banner is out."""
     run = conveyor("run", ["run"], env, logs)
     deadline = time.monotonic() + 90
-    while "ready in" not in run.output():
-        assert run.alive() and time.monotonic() < deadline, run.output()[-3000:]
-        time.sleep(0.1)
+    try:
+        while "ready in" not in run.output():
+            assert run.alive() and time.monotonic() < deadline, run.output()[-3000:]
+            time.sleep(0.1)
+    except BaseException:
+        run.stop()  # never leave a stack behind
+        raise
     return run
 
 
