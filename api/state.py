@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from api import revocation
 from api.auth import Authenticator
+from api.health import Health
 from api.ratelimit import RateLimiter
 from api.streams.hub import Hub, raise_open_file_limit
 from conveyor import logs
@@ -64,6 +65,8 @@ class AppState:
         """``func(*args)`` (a job-store call) on one of the api's job-store threads."""
         return await anyio.to_thread.run_sync(func, *args, limiter=self.db_threads)
 
+    health: Health
+
 
 class State(TypedDict):
     conveyor: AppState
@@ -97,6 +100,10 @@ async def open_state(settings: Settings) -> AsyncIterator[AppState]:
     raise_open_file_limit()
     settings.spool_dir.mkdir(parents=True, exist_ok=True)
     sync_events = EventLog(sync_redis, settings.events_max_len)
+    # /health's own Redis pool and job-store engine: user traffic can exhaust the shared ones, never these.
+    health_redis = redis_client(settings.effective_redis_url, asynchronous=True, max_connections=2)
+    health_engine = create_engine(settings.effective_database_url, pool_size=1, max_overflow=1, pool_timeout=2)
+    reader: asyncio.Task[None] | None = None
     state = AppState(
         settings=settings,
         store=store,
@@ -120,6 +127,7 @@ async def open_state(settings: Settings) -> AsyncIterator[AppState]:
         topics=topics,
         secrets=SecretBox(settings),
         db_threads=db_threads,
+        health=Health(health_redis, health_engine, hub, lambda: reader, settings.required_queues),
     )
     reader = asyncio.create_task(hub.run(), name="event-hub")
     revocations = asyncio.create_task(revocation.watch(hub, state.auth), name="revocations")
@@ -131,6 +139,8 @@ async def open_state(settings: Settings) -> AsyncIterator[AppState]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await async_redis.aclose()
+        await health_redis.aclose()
+        health_engine.dispose()
         sync_redis.close()
         state.submitter.close()
         celery.close()

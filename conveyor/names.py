@@ -26,3 +26,10 @@ TASK_FOR_KIND: Final = {
 
 REDIS_PREFIX: Final = "conveyor:"
 EVENTS_STREAM: Final = REDIS_PREFIX + "events"
+#: + a queue name: a sorted set of the node names of that queue's live workers, scored by when each last said so.
+WORKERS_PREFIX: Final = REDIS_PREFIX + "workers:"
+
+
+def workers_key(queue: str) -> str:
+    """The Redis key listing the workers of ``queue`` (see :mod:`conveyor.liveness`)."""
+    return WORKERS_PREFIX + queue

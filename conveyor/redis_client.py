@@ -23,15 +23,26 @@ _RETRIES: dict[Patience, tuple[float, float, int]] = {"request": (0.0, 0.0, 1), 
 
 
 @overload
-def redis_client(url: str, *, asynchronous: Literal[False] = False, patience: Patience = "request") -> redis.Redis: ...
-@overload
-def redis_client(url: str, *, asynchronous: Literal[True], patience: Patience = "request") -> aioredis.Redis: ...
 def redis_client(
-    url: str, *, asynchronous: bool = False, patience: Patience = "request"
+    url: str,
+    *,
+    asynchronous: Literal[False] = False,
+    patience: Patience = "request",
+    max_connections: int | None = None,
+) -> redis.Redis: ...
+@overload
+def redis_client(
+    url: str, *, asynchronous: Literal[True], patience: Patience = "request", max_connections: int | None = None
+) -> aioredis.Redis: ...
+def redis_client(
+    url: str, *, asynchronous: bool = False, patience: Patience = "request", max_connections: int | None = None
 ) -> redis.Redis | aioredis.Redis:
-    """A client for ``url`` (asyncio's with ``asynchronous``) that retries commands as ``patience`` says."""
+    """A client for ``url`` (asyncio's with ``asynchronous``) that retries commands as ``patience`` says, with a pool
+    of its own of at most ``max_connections`` (default: redis-py's)."""
     cap, base, retries = _RETRIES[patience]
     options: dict[str, Any] = {"socket_timeout": 10, "socket_connect_timeout": 3, "health_check_interval": 30}
+    if max_connections is not None:
+        options["max_connections"] = max_connections
     backoff = ExponentialBackoff(cap=cap, base=base)
     if asynchronous:
         return aioredis.Redis.from_url(url, retry=AsyncRetry(backoff, retries), **options)

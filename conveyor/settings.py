@@ -8,9 +8,13 @@ from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from conveyor import names
+from conveyor.private import read_secret, secret
 
 GiB = 1024**3
 #: Heartbeats a run may miss before it counts as dead (see ``Settings.dead_after_seconds``).
@@ -131,6 +135,11 @@ class Settings(BaseSettings):
     dispatch_interval_seconds: float = Field(default=5.0, gt=0)
     spool_max_age_seconds: int = Field(default=86400, ge=60)
 
+    health_queues: str = Field(
+        default="",
+        description="Comma-separated queues that must have a live worker for /health to say ok (conveyor run: all)",
+    )
+
     stats_file: Path | None = Field(
         default=None, description="Each conveyor process appends its job-store counts here at exit (benchmarks)"
     )
@@ -149,6 +158,14 @@ class Settings(BaseSettings):
         from conveyor.topics import TopicPolicy
 
         TopicPolicy.parse(value)
+        return value
+
+    @field_validator("health_queues")
+    @classmethod
+    def _health_queues(cls, value: str) -> str:
+        unknown = {item.strip() for item in value.split(",") if item.strip()} - set(names.QUEUES)
+        if unknown:
+            raise ValueError(f"unknown queues {sorted(unknown)}; known: {', '.join(names.QUEUES)}")
         return value
 
     @model_validator(mode="after")
@@ -178,8 +195,19 @@ class Settings(BaseSettings):
 
     @property
     def effective_redis_url(self) -> str:
-        """The Redis every process talks to: the configured one, else the embedded server's address."""
-        return self.redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
+        """The Redis every process talks to: the configured one, else the embedded server's address with its
+        password (from :attr:`redis_password_file`, once ``conveyor run`` or ``conveyor redis`` made it)."""
+        if self.redis_url:
+            return self.redis_url
+        password = read_secret(self.redis_password_file)
+        auth = f":{quote(password, safe='')}@" if password else ""
+        return f"redis://{auth}127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def required_queues(self) -> tuple[str, ...]:
+        """The queues that need a live worker for ``/health`` to say ok (``health_queues``), in ``QUEUES`` order."""
+        listed = {item.strip() for item in self.health_queues.split(",")}
+        return tuple(queue for queue in names.QUEUES if queue in listed)
 
     @property
     def effective_database_url(self) -> str:
@@ -203,18 +231,24 @@ class Settings(BaseSettings):
     def redis_dir(self) -> Path:
         return self.data_dir / "redis"
 
+    @property
+    def redis_password_file(self) -> Path:
+        """Where the embedded Redis's generated password is kept (0600)."""
+        return self.data_dir / "redis-password"
+
+    @property
+    def flower_password_file(self) -> Path:
+        """Where Flower's generated password is kept (0600) when ``flower_password`` is unset."""
+        return self.data_dir / "flower-password"
+
     def flower_credentials(self) -> tuple[str, str]:
         """Flower's basic-auth pair: from settings, else generated once and kept under ``data_dir``."""
         if self.flower_password is not None:
             return self.flower_user, self.flower_password.get_secret_value()
         if self.environment == "production":
             raise RuntimeError("CONVEYOR_FLOWER_PASSWORD must be set in production (no generated default)")
-        path = self.data_dir / "flower-password"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(18))
-            path.chmod(0o600)
-        return self.flower_user, path.read_text().strip()
+        password, _made = secret(self.flower_password_file, lambda: secrets.token_urlsafe(18))
+        return self.flower_user, password
 
 
 #: ``CONVEYOR_`` variables that are not settings (read elsewhere: process names, the test suite, compose, clients).

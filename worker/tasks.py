@@ -13,6 +13,7 @@ from conveyor.queue.app import app
 from conveyor.settings import get_settings
 from conveyor.store.db import UNAVAILABLE
 from worker import housekeeping, ingest, notify
+from worker import liveness as _liveness  # noqa: F401 - its signal handlers make the worker say it is alive
 from worker.runner import Handler, InTransaction, JobBusy, Retryable, run_job
 from worker.runtime import close_runtime, runtime
 

@@ -125,11 +125,13 @@ def cmd_flower(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def cmd_redis(settings: Settings, _args: argparse.Namespace) -> int:
-    """Run the embedded redis-server in the foreground (what ``conveyor run`` starts)."""
-    from conveyor.ops.redis_server import redis_command
+    """Run the embedded redis-server in the foreground, locked as ``conveyor run`` starts it (its password in
+    ``data_dir/redis-password``, which the other parts read when ``CONVEYOR_REDIS_URL`` is unset)."""
+    from conveyor.ops.redis_server import locked_config, redis_command
 
-    settings.redis_dir.mkdir(parents=True, exist_ok=True)
-    argv = redis_command(settings.redis_port, settings.redis_dir)
+    os.umask(0o077)
+    config = locked_config(settings.redis_dir, settings.redis_password_file)
+    argv = redis_command(settings.redis_port, settings.redis_dir, config=config)
     os.execv(argv[0], argv)  # noqa: S606 - our own redis-server binary and arguments
 
 
@@ -181,73 +183,11 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
         engine.dispose()
 
 
-def development_key(settings: Settings) -> str | None:
-    """The development key ``conveyor run`` prints: made on the first start (when no key exists) and kept in
-    ``data_dir/dev-api-key``; ``None`` in production, with auth off, or once that key is revoked."""
-    from conveyor.store.apikeys import KeyStore
-    from conveyor.store.db import create_engine
-
-    if settings.environment != "development" or settings.auth != "keys":
-        return None
-    path = settings.data_dir / "dev-api-key"
-    engine = create_engine(settings.effective_database_url)
-    try:
-        keys = KeyStore(engine)
-        if not path.exists():
-            if keys.any_active():
-                return None
-            _key, text = keys.create("dev", "development key made by conveyor run")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.touch(0o600)
-            path.write_text(text + "\n")
-        text = path.read_text().strip()
-        return text if keys.verify(text) is not None else None
-    finally:
-        engine.dispose()
-
-
 def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
-    """Run the whole stack: embedded Redis (unless configured), api, one worker per queue, beat, Flower."""
-    from conveyor.ops.redis_server import port_in_use, redis_command, wait_for_port
-    from conveyor.ops.supervisor import Child, Supervisor
+    """Run the whole stack, supervised: embedded Redis (unless configured), api, one worker per queue, beat, Flower."""
+    from conveyor.ops.run import run_stack
 
-    supervisor = Supervisor()
-    supervisor.install_signal_handlers()
-    env = dict(os.environ, PYTHONUNBUFFERED="1", CONVEYOR_DATA_DIR=str(settings.data_dir))
-    env.pop("CONVEYOR_PROCESS_NAME", None)
-    status = 1
-    try:
-        if settings.embedded_redis:
-            if port_in_use(settings.redis_port):
-                supervisor.say("conveyor", f"port {settings.redis_port} is taken: set CONVEYOR_REDIS_PORT or URL")
-                return 1
-            settings.redis_dir.mkdir(parents=True, exist_ok=True)
-            redis = supervisor.start(Child("redis", redis_command(settings.redis_port, settings.redis_dir), env))
-            assert redis.process is not None
-            wait_for_port(settings.redis_port, 10, redis.process)
-        env["CONVEYOR_REDIS_URL"] = settings.effective_redis_url
-        _migrate(settings)
-        dev_key = development_key(settings)
-        me = [sys.executable, "-m", "conveyor"]
-        parts = [("api", ["api"]), *((f"worker-{q}", ["worker", "--queues", q]) for q in names.QUEUES)]
-        for name, argv in [*parts, ("beat", ["beat"]), ("flower", ["flower"])]:
-            supervisor.start(Child(name, [*me, *argv], {**env, "CONVEYOR_PROCESS_NAME": name}))
-        user, password = settings.flower_credentials()
-        base = f"http://{settings.api_host}:{settings.api_port}"
-        for line in (
-            f"api     {base}  (docs {base}/docs, events ws://{settings.api_host}:{settings.api_port}/ws)",
-            f"flower  http://{settings.flower_host}:{settings.flower_port}  user={user} password={password}",
-            f"redis   {settings.effective_redis_url}" + ("  (embedded)" if settings.embedded_redis else ""),
-            *([f"key     {dev_key}  (owner dev; send Authorization: Bearer <key>)"] if dev_key else []),
-            *(["auth    OFF: anyone may use the api (CONVEYOR_AUTH=off)"] if settings.auth == "off" else []),
-            f"data    {settings.data_dir}",
-            "Ctrl-C stops everything.",
-        ):
-            supervisor.say("conveyor", line)
-        status = supervisor.wait()
-    finally:
-        supervisor.stop(last=("redis",))
-    return status
+    return run_stack(settings)
 
 
 COMMANDS = {

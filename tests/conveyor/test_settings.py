@@ -1,4 +1,5 @@
-"""Settings: read from the environment, defaults derived from them, the generated Flower password."""
+"""Settings: read from the environment, defaults derived from them (the embedded Redis with its password), the generated
+Flower password."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conveyor.private import secret
 from conveyor.settings import Settings, unknown_variables
 
 
@@ -35,3 +37,20 @@ def test_misspelled_variables_are_named_with_the_closest_setting() -> None:
         ["CONVEYOR_API_PROT", "CONVEYOR_API_PORT", "CONVEYOR_PROCESS_NAME", "CONVEYOR_ZZZ", "HOME"]
     )
     assert found == [("CONVEYOR_API_PROT", "CONVEYOR_API_PORT"), ("CONVEYOR_ZZZ", None)]
+
+
+def test_settings_give_the_embedded_redis_url_its_password(tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, data_dir=tmp_path, redis_port=7002)  # type: ignore[call-arg]
+    assert settings.effective_redis_url == "redis://127.0.0.1:7002/0"
+    secret(settings.redis_password_file, lambda: "s3cret-pass")
+    assert settings.effective_redis_url == "redis://:s3cret-pass@127.0.0.1:7002/0"
+    external = Settings(_env_file=None, data_dir=tmp_path, redis_url="redis://elsewhere:6379/1")  # type: ignore[call-arg]
+    assert external.effective_redis_url == "redis://elsewhere:6379/1"
+
+
+def test_health_queues_are_checked_and_kept_in_queue_order(tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, data_dir=tmp_path, health_queues="notifications, uploads")  # type: ignore[call-arg]
+    assert settings.required_queues == ("uploads", "notifications")
+    assert Settings(_env_file=None, data_dir=tmp_path).required_queues == ()  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="unknown queues"):
+        Settings(_env_file=None, data_dir=tmp_path, health_queues="uplods")  # type: ignore[call-arg]
