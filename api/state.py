@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from api import revocation
 from api.auth import Authenticator
+from api.leases import Leases
 from api.ratelimit import RateLimiter
 from api.streams.hub import Hub, raise_open_file_limit
 from conveyor import logs
@@ -49,6 +50,7 @@ class AppState:
     storage: Storage
     auth: Authenticator
     limiter: RateLimiter
+    leases: Leases
     topics: TopicPolicy
 
 
@@ -93,17 +95,20 @@ async def open_state(settings: Settings) -> AsyncIterator[AppState]:
             KeyStore(engine), async_redis, enabled=settings.auth == "keys", cache_seconds=settings.auth_cache_seconds
         ),
         limiter=RateLimiter(async_redis, settings.rate_limit_per_second, settings.rate_limit_burst),
+        leases=Leases(async_redis),
         topics=topics,
     )
     reader = asyncio.create_task(hub.run(), name="event-hub")
     revocations = asyncio.create_task(revocation.watch(hub, state.auth), name="revocations")
+    renewals = asyncio.create_task(state.leases.run(), name="lease-renewals")
     try:
         yield state
     finally:
-        for task in (reader, revocations):
+        for task in (reader, revocations, renewals):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await state.leases.aclose()
         await async_redis.aclose()
         sync_redis.close()
         state.submitter.close()

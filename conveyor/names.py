@@ -25,3 +25,8 @@ TASK_FOR_KIND: Final = {
 
 REDIS_PREFIX: Final = "conveyor:"
 EVENTS_STREAM: Final = REDIS_PREFIX + "events"
+#: Sorted sets of the leases each API key holds (api/leases.py): ``<prefix><kind>:<key id>``.
+LEASES_PREFIX: Final = REDIS_PREFIX + "leases:"
+#: Lease kinds: an open event stream, an upload being received.
+LEASE_STREAM: Final = "stream"
+LEASE_UPLOAD: Final = "upload"
