@@ -5,7 +5,8 @@ header (what ``EventSource`` sends when it reconnects) or the ``last_event_id`` 
 ``id: <event id>`` plus ``data: <json>`` block; messages that are not events (``resync``, ``error``) have no
 ``id:`` line, so they never move the client's resume point. A comment line is sent after
 ``CONVEYOR_SSE_HEARTBEAT_SECONDS`` without traffic so that proxies keep the connection open. Refusals before
-the stream starts are JSON: 400 (bad id or filter), 404 (unknown job), 503 (connection cap reached).
+the stream starts are JSON: 400 (bad id or filter), 404 (unknown job), 503 (a connection cap reached, or Redis or
+the job store not answering).
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from api.deps import PrincipalDep, StateDep
-from api.errors import error, unavailable
+from api.errors import REDIS_DOWN, STORE_DOWN, error, unavailable
 from api.streams.request import StreamRequest, parse_request
 from api.streams.session import ClientGone, EventStream
 from api.streams.wire import CLOSE_TIMEOUT, TOO_SLOW, Outgoing, Refused
 from conveyor import logs
+from conveyor.redis_client import REDIS_ERRORS
 from conveyor.store.apikeys import Principal
+from conveyor.store.jobstore import UNAVAILABLE
 
 if TYPE_CHECKING:
     from api.state import AppState
@@ -83,6 +86,12 @@ class EventSourceResponse(Response):
             stream.close()
             answer = unavailable(exc.detail) if exc.http_status == 503 else error(exc.http_status, exc.detail)
             await answer(scope, receive, send)
+            return
+        except (*REDIS_ERRORS, *UNAVAILABLE) as exc:  # reading the backlog's start, before the stream begins
+            stream.close()
+            redis_failed = isinstance(exc, REDIS_ERRORS)
+            log.warning("event stream not started", error=repr(exc))
+            await unavailable(REDIS_DOWN if redis_failed else STORE_DOWN)(scope, receive, send)
             return
         try:
             await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})

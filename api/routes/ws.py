@@ -18,7 +18,7 @@ from api.auth import origin_allowed
 from api.deps import StateDep
 from api.streams.request import admit, parse_request
 from api.streams.session import ClientGone, EventStream
-from api.streams.wire import CLOSE_POLICY, CLOSE_TIMEOUT, TOO_SLOW, Outgoing, Refused
+from api.streams.wire import CLOSE_POLICY, CLOSE_TIMEOUT, INTERNAL_ERROR, TOO_SLOW, Outgoing, Refused
 from conveyor import logs
 
 log = logs.get("conveyor.ws")
@@ -73,6 +73,9 @@ async def events_socket(websocket: WebSocket, state: StateDep) -> None:
         outcome = await stream.serve(sender, start, lambda: _receive(websocket, stream))
     except Refused as exc:
         outcome = exc
+    except Exception:  # Redis or the job store failing before the stream began: this stream closes, as natively
+        log.exception("event stream failed; closed with 1011")
+        outcome = INTERNAL_ERROR
     finally:
         stream.close()
     if outcome is not None:

@@ -76,3 +76,21 @@ async def test_uploads_past_the_cap_go_through_while_redis_refuses(refusing_api:
             upload = await post(refusing_api.client, body(part('form-data; name="file"; filename="a.txt"', b"x\n")))
             assert upload.status_code == 202, upload.text
     assert not refusing_api.state.leases.held
+
+
+async def test_streams_that_cannot_read_their_start_point_answer_503_or_close_1011(
+    refusing_api: Api, server: RefusingRedis
+) -> None:
+    api = refusing_api
+    server.client.shutdown(nosave=True)  # Redis gone: the job's job.queued event is not noted, its start is looked up
+    accepted = await api.client.post("/notifications", json={"channel": "log", "message": "redis is gone"})
+    assert accepted.status_code == 202, accepted.text
+    job_id = accepted.json()["job_id"]
+    events = await api.client.get(f"/events?job_id={job_id}")
+    assert events.status_code == 503 and "Redis" in events.json()["detail"]
+    async with api.websocket(f"/ws?job_id={job_id}", subscribed=False) as ws:
+        message = await ws.receive_json()
+        assert message["type"] == "error" and "internal error" in message["detail"]
+        with pytest.raises(WebSocketClosed) as closed:
+            await ws.receive()
+        assert closed.value.code == 1011
