@@ -126,22 +126,24 @@ class Guard:
         received = 0
         receiving = False
         body_done = False
-        pace = _Pace(settings.min_upload_bytes_per_second if upload else 0, settings.upload_rate_window_seconds)
+        pace = (
+            _Pace(settings.min_upload_bytes_per_second if upload else 0, settings.upload_rate_window_seconds)
+            if stream
+            else None
+        )
 
         async def guarded_receive() -> Message:
             nonlocal received, receiving, body_done
             if body_done:  # the body is in: what is left to receive is the client leaving, whenever it does
                 return await receive()
             receiving = True  # left set when the wait is cancelled: the timeout then blames the body
-            if stream:
-                message = await pace.receive(receive, timeout)
-            else:
-                message = await receive()
+            message = await receive() if pace is None else await pace.receive(receive, timeout)
             receiving = False
             if message["type"] == "http.request":
                 chunk = len(message.get("body", b""))
                 received += chunk
-                pace.took(chunk)
+                if pace is not None:
+                    pace.took(chunk)
                 body_done = not message.get("more_body", False)
                 if limit is not None and received > limit:
                     raise _BodyTooLarge
@@ -167,8 +169,8 @@ class Guard:
             log.info("upload too slow; 408", path=path, key_id=principal.key_id, bytes=received)
             if not started:
                 detail = (
-                    f"the upload arrived slower than {pace.rate} bytes/s over {pace.window:g} s; "
-                    "send it again over a faster connection"
+                    f"the upload arrived slower than {settings.min_upload_bytes_per_second} bytes/s over "
+                    f"{settings.upload_rate_window_seconds:g} s; send it again over a faster connection"
                 )
                 await error(408, detail)(scope, receive, send)
         except TimeoutError:
