@@ -337,12 +337,16 @@ class Hub:
                     if failed:
                         await self._check_continuity()
                         failed = False
+                    if _cancel_requested():  # a cancel that redis-py swallowed (it can, mid-connect): stop anyway
+                        raise asyncio.CancelledError
                     entries = await tail.read(self.last_id, self.block_ms, min(1000, self.queue_size))
                     self.read_at = time.monotonic()
                     for entry_id, fields in entries:
                         self._deliver(entry_id, fields)
                     delay = 0.1
                 except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+                    if _cancel_requested():  # the cancel became this error (redis-py, mid-connect)
+                        raise asyncio.CancelledError from exc
                     failed = True
                     log.warning("event stream unreachable; retrying", in_seconds=round(delay, 1), error=repr(exc))
                     await asyncio.sleep(delay)
@@ -379,6 +383,11 @@ class Hub:
             newest = retention.last_generated_id or "0-0"
             if id_key(newest) < id_key(self.last_id):
                 self.last_id = newest
+
+
+def _cancel_requested() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _discard(index: dict[Any, set[Subscription]], key: Any, subscription: Subscription) -> None:
