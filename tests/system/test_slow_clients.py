@@ -1,8 +1,9 @@
 """Slow and idle clients on real sockets against ``conveyor api`` processes with short limits: an upload below the
 minimum rate gets 408 within its window (one above it goes through several windows); 2,000 idle connections are
-closed after the idle timeout; clients trickling headers get 408 and are dropped; one address holds only so many
-unauthenticated connections (429), and authenticated ones stop counting; event-stream clients too slow to read get
-the error message and 1013 (native ``/ws`` by its send timeout and by its ping, the ASGI route) or a last SSE error."""
+closed after the idle timeout; clients trickling headers get 408 and are dropped, headers over 64 KiB 431; one
+address holds only so many unauthenticated connections (429), and authenticated ones stop counting; event-stream
+clients too slow to read get the error message and 1013 (native ``/ws`` by its send timeout and by its ping, the
+ASGI route) or a last SSE error."""
 
 from __future__ import annotations
 
@@ -244,6 +245,19 @@ def test_clients_trickling_headers_get_408_and_are_dropped(apis: Apis) -> None:
     finally:
         for sock in sockets:
             sock.close()
+
+
+def test_headers_over_64_kib_get_431_and_the_connection_is_closed(apis: Apis) -> None:
+    with socket.create_connection(("127.0.0.1", apis.capped.port), timeout=30) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: api\r\n")
+        with contextlib.suppress(OSError):  # the api may close while the rest is on its way
+            for n in range(100):
+                sock.sendall(f"X-Filler-{n}: {'f' * 1000}\r\n".encode())
+                time.sleep(0.005)  # separate reads: each counts
+        status, body = answer(sock)
+        assert status == 431 and "65536 bytes" in json.loads(body)["detail"]
+        assert closed_by_server(sock)
 
 
 def _get(sock: socket.socket, path: str, key: str | None = None) -> int:
