@@ -1,26 +1,26 @@
 """Error answers: every error the api gives is ``{"detail": …}`` JSON, and every 503 is built by :func:`unavailable`.
 
-Any route that meets a Redis connection error or timeout, or a job store that is down, restarting, locked or out
-of connections, answers ``503 {"detail": …}`` with ``Retry-After``; the client may try again. Nothing was
-recorded unless the route says otherwise in its own answer (submissions record before they touch Redis).
+Any route that meets a Redis error (unreachable, timed out, or refusing: ``MISCONF`` when Redis cannot write its
+append-only file, ``OOM``, ``READONLY``), or a job store that is down, full, restarting, locked or out of
+connections, answers ``503 {"detail": …}`` with ``Retry-After``; the client may try again. Nothing was recorded
+unless the route says otherwise in its own answer (submissions record before they touch Redis).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from conveyor import logs
+from conveyor.redis_client import REDIS_ERRORS
 from conveyor.store.jobstore import UNAVAILABLE
 
 log = logs.get("conveyor.api")
 
 #: Seconds a client is asked to wait before trying again after any 503: one policy for every route.
 RETRY_AFTER_SECONDS = 2
-REDIS_UNAVAILABLE: tuple[type[Exception], ...] = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 STORE_DOWN = "the job store is unavailable; nothing was recorded, try again shortly"
 REDIS_DOWN = "Redis is unavailable; try again shortly"
 
@@ -51,7 +51,7 @@ async def service_unavailable(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    """503: Redis (the broker and event stream) did not answer."""
+    """503: Redis (the broker and event stream) did not answer, or refused the command."""
     log.warning("redis unavailable", path=request.url.path, error=repr(exc))
     return unavailable(REDIS_DOWN)
 
@@ -64,7 +64,7 @@ async def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
 
 def install(app: FastAPI) -> None:
     """Register the 503 handlers on ``app``."""
-    for redis_error in REDIS_UNAVAILABLE:
+    for redis_error in REDIS_ERRORS:
         app.add_exception_handler(redis_error, redis_unavailable)
     for store_error in UNAVAILABLE:
         app.add_exception_handler(store_error, store_unavailable)

@@ -9,7 +9,12 @@ In order, for each request (pure ASGI, so streaming bodies and responses are unt
 3. a body other than an upload's may be at most ``CONVEYOR_MAX_JSON_BYTES``, else ``413`` (at once when
    ``Content-Length`` says so, otherwise as soon as the body passes the limit);
 4. a request may take ``CONVEYOR_REQUEST_TIMEOUT_SECONDS`` (``503``), except streams — uploads and
-   downloads, where the limit is the longest pause between body chunks (``408``), and ``/events``.
+   downloads, where the limit is the longest pause between body chunks (``408``), and ``/events``;
+5. an upload's body must arrive at ``CONVEYOR_MIN_UPLOAD_BYTES_PER_SECOND`` at least, averaged over each
+   ``CONVEYOR_UPLOAD_RATE_WINDOW_SECONDS`` (``408`` at the end of the first window that fell short).
+
+Once the key is good, the connection is told so (:func:`api.connections.authenticated`): it no longer counts against
+its client address's cap of unauthenticated connections.
 
 The caller's :class:`conveyor.store.apikeys.Principal` is left in the request state for routes (``api.deps``).
 WebSocket connections authenticate in their own handshake (``api.routes.ws``, ``api.streams.native``).
@@ -26,9 +31,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import Unauthenticated, bearer, origin_allowed
 from api.bodies import BodyRefused, NotJson, check_json, read_body, replay
-from api.errors import STORE_DOWN, error, unavailable
+from api.connections import authenticated
+from api.errors import REDIS_DOWN, STORE_DOWN, error, unavailable
 from api.ratelimit import retry_after
 from conveyor import logs
+from conveyor.redis_client import REDIS_ERRORS
 from conveyor.store.jobstore import UNAVAILABLE
 
 if TYPE_CHECKING:
@@ -49,6 +56,10 @@ class _BodyTooLarge(BaseException):
 
 
 class _BodyStalled(BaseException):
+    pass
+
+
+class _BodyTooSlow(BaseException):
     pass
 
 
@@ -82,6 +93,11 @@ class Guard:
             log.warning("job store unavailable for authentication", error=repr(exc))
             await unavailable(STORE_DOWN)(scope, receive, send)
             return
+        except REDIS_ERRORS as exc:  # a ticket is taken from Redis
+            log.warning("redis unavailable for authentication", error=repr(exc))
+            await unavailable(REDIS_DOWN)(scope, receive, send)
+            return
+        authenticated(scope)
         wait = await state.limiter.take(principal.key_id)
         if wait > 0:
             detail = f"rate limit of {settings.rate_limit_per_second:g} requests/s per key reached; retry later"
@@ -110,23 +126,24 @@ class Guard:
         received = 0
         receiving = False
         body_done = False
+        pace = (
+            _Pace(settings.min_upload_bytes_per_second if upload else 0, settings.upload_rate_window_seconds)
+            if stream
+            else None
+        )
 
         async def guarded_receive() -> Message:
             nonlocal received, receiving, body_done
             if body_done:  # the body is in: what is left to receive is the client leaving, whenever it does
                 return await receive()
             receiving = True  # left set when the wait is cancelled: the timeout then blames the body
-            if stream:
-                try:
-                    async with asyncio.timeout(timeout):
-                        message = await receive()
-                except TimeoutError:
-                    raise _BodyStalled from None
-            else:
-                message = await receive()
+            message = await receive() if pace is None else await pace.receive(receive, timeout)
             receiving = False
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+                chunk = len(message.get("body", b""))
+                received += chunk
+                if pace is not None:
+                    pace.took(chunk)
                 body_done = not message.get("more_body", False)
                 if limit is not None and received > limit:
                     raise _BodyTooLarge
@@ -148,6 +165,14 @@ class Guard:
         except _BodyStalled:
             if not started:
                 await error(408, f"no request body data for {timeout:g} s")(scope, receive, send)
+        except _BodyTooSlow:
+            log.info("upload too slow; 408", path=path, key_id=principal.key_id, bytes=received)
+            if not started:
+                detail = (
+                    f"the upload arrived slower than {settings.min_upload_bytes_per_second} bytes/s over "
+                    f"{settings.upload_rate_window_seconds:g} s; send it again over a faster connection"
+                )
+                await error(408, detail)(scope, receive, send)
         except TimeoutError:
             if started:
                 log.warning("request timed out", path=path, after_seconds=timeout)
@@ -159,6 +184,38 @@ class Guard:
 
 
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class _Pace:
+    """A streamed body's receive deadlines: at most ``stall`` seconds of waiting for each chunk (:class:`_BodyStalled`),
+    and at least ``rate`` bytes per second over each ``window`` since the body began (:class:`_BodyTooSlow`; a
+    ``rate`` of 0 checks none)."""
+
+    def __init__(self, rate: int, window: float) -> None:
+        self.rate = rate
+        self.window = window
+        self.loop = asyncio.get_running_loop()
+        self.window_end = self.loop.time() + window
+        self.window_bytes = 0
+
+    def took(self, size: int) -> None:
+        self.window_bytes += size
+
+    async def receive(self, receive: Receive, stall: float) -> Message:
+        """The next message of ``receive``, unless a deadline passes first."""
+        stall_at = self.loop.time() + stall
+        while True:
+            now = self.loop.time()
+            if self.rate and now >= self.window_end:
+                if self.window_bytes < self.rate * self.window:
+                    raise _BodyTooSlow
+                self.window_end, self.window_bytes = now + self.window, 0
+            try:
+                async with asyncio.timeout_at(min(stall_at, self.window_end) if self.rate else stall_at):
+                    return await receive()
+            except TimeoutError:
+                if self.loop.time() >= stall_at:
+                    raise _BodyStalled from None
 
 
 def _json(headers: Headers) -> bool:

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import redis.asyncio as aioredis
-import redis.exceptions
 
 from conveyor import logs
+from conveyor.redis_client import REDIS_ERRORS
 
 log = logs.get("conveyor.ratelimit")
 
@@ -29,6 +29,9 @@ BUCKET_PREFIX = "conveyor:rate:"
 #: The token-bucket script (one round trip, atomic).
 SCRIPT = Path(__file__).with_name("ratelimit.lua")
 
+
+#: What "Redis cannot be asked" looks like here: let the request through.
+_UNREACHABLE: tuple[type[Exception], ...] = (*REDIS_ERRORS, OSError)
 
 #: Seconds an api process may spend tokens it took ahead.
 LEASE_SECONDS = 1.0
@@ -47,8 +50,9 @@ class RateLimiter:
 
     async def take(self, key: str) -> float:
         """Take a token from ``key``'s bucket if it holds one (returns 0.0); otherwise take nothing and return
-        the seconds until it would. When Redis cannot be reached the request is let through (rate limiting must
-        not turn a Redis outage into a full outage) and a warning logged."""
+        the seconds until it would. When Redis cannot be reached or refuses the script (``MISCONF`` on a full disk,
+        ``OOM``, ``READONLY``) the request is let through (rate limiting must not turn a Redis outage into a full
+        outage) and a warning logged."""
         while True:
             tokens, until = self._leased.get(key, (0, 0.0))
             if tokens > 0 and time.monotonic() < until:
@@ -68,7 +72,7 @@ class RateLimiter:
     async def _lease(self, key: str) -> float:
         try:
             granted, wait = await self._script(keys=[BUCKET_PREFIX + key], args=[self.rate, self.burst, self.lease])
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        except _UNREACHABLE as exc:
             log.warning("rate limiter unavailable; request let through", error=repr(exc))
             return 0.0
         if int(granted) < 1:

@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from api import revocation
 from api.auth import Authenticator
 from api.health import Health
+from api.leases import Leases
 from api.ratelimit import RateLimiter
 from api.streams.hub import Hub, raise_open_file_limit
 from conveyor import logs
@@ -56,6 +57,7 @@ class AppState:
     storage: Storage
     auth: Authenticator
     limiter: RateLimiter
+    leases: Leases
     topics: TopicPolicy
     secrets: SecretBox
     #: Threads for job-store reads and writes, apart from every other thread the api uses (file I/O).
@@ -124,6 +126,7 @@ async def open_state(settings: Settings) -> AsyncIterator[AppState]:
             threads=db_threads,
         ),
         limiter=RateLimiter(async_redis, settings.rate_limit_per_second, settings.rate_limit_burst),
+        leases=Leases(async_redis),
         topics=topics,
         secrets=SecretBox(settings),
         db_threads=db_threads,
@@ -131,13 +134,15 @@ async def open_state(settings: Settings) -> AsyncIterator[AppState]:
     )
     reader = asyncio.create_task(hub.run(), name="event-hub")
     revocations = asyncio.create_task(revocation.watch(hub, state.auth), name="revocations")
+    renewals = asyncio.create_task(state.leases.run(), name="lease-renewals")
     try:
         yield state
     finally:
-        for task in (reader, revocations):
+        for task in (reader, revocations, renewals):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await state.leases.aclose()
         await async_redis.aclose()
         await health_redis.aclose()
         health_engine.dispose()

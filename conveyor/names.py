@@ -28,6 +28,11 @@ REDIS_PREFIX: Final = "conveyor:"
 EVENTS_STREAM: Final = REDIS_PREFIX + "events"
 #: + a queue name: a sorted set of the node names of that queue's live workers, scored by when each last said so.
 WORKERS_PREFIX: Final = REDIS_PREFIX + "workers:"
+#: Sorted sets of the leases each API key holds (api/leases.py): ``<prefix><kind>:<key id>``.
+LEASES_PREFIX: Final = REDIS_PREFIX + "leases:"
+#: Lease kinds: an open event stream, an upload being received.
+LEASE_STREAM: Final = "stream"
+LEASE_UPLOAD: Final = "upload"
 
 
 def workers_key(queue: str) -> str:

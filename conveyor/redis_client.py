@@ -3,6 +3,10 @@
 Creating a client opens no connection: its pool connects on first use. After a Redis restart every pooled
 connection is stale; each command is tried again on a fresh one with exponential backoff, for a short while on
 request paths (the caller answers 503 soon) or long enough to ride out a restart in background work.
+
+Redis can also answer and refuse: ``MISCONF`` when it cannot write its append-only file (a full disk), ``OOM`` at
+its memory limit, ``READONLY`` on a replica after a failover. Those arrive as ``ResponseError``, not as connection
+errors, and no retry of the client hides them: whoever calls Redis catches :data:`REDIS_ERRORS`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,12 @@ from redis.retry import Retry
 #: once; ``background`` retries with backoff for about 25 s (a worker rides out a Redis restart).
 Patience = Literal["request", "background"]
 _RETRIES: dict[Patience, tuple[float, float, int]] = {"request": (0.0, 0.0, 1), "background": (2.0, 0.1, 15)}
+
+
+#: Every error a Redis call can raise: unreachable, timed out, or refused (``MISCONF``, ``OOM``, ``READONLY``,
+#: ``LOADING``; a bug's ``WRONGTYPE`` too). A request path answers 503 or goes on without Redis where it can; background
+#: work logs it and tries again later.
+REDIS_ERRORS: tuple[type[Exception], ...] = (redis.exceptions.RedisError,)
 
 
 @overload

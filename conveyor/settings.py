@@ -61,9 +61,39 @@ class Settings(BaseSettings):
     rate_limit_per_second: float = Field(default=100.0, gt=0, description="Requests per second per key, sustained")
     rate_limit_burst: int = Field(default=200, ge=1, description="Requests a key may make at once after idling")
     max_json_bytes: int = Field(default=1024 * 1024, ge=1024, description="Largest request body except uploads")
-    max_streams_per_key: int = Field(default=100, ge=1, description="Open /ws and /events streams per key, per process")
+    max_streams_per_key: int = Field(
+        default=100, ge=1, description="Open /ws and /events streams per key, across every api process"
+    )
+    max_uploads_per_key: int = Field(
+        default=8, ge=1, description="Uploads one key may send at once, across every api process (more: 429)"
+    )
     request_timeout_seconds: float = Field(
         default=30.0, gt=0, description="Longest a request may take (uploads: longest pause between body chunks)"
+    )
+    min_upload_bytes_per_second: int = Field(
+        default=1024, ge=0, description="Slowest an upload body may arrive, averaged over the window (408); 0: any"
+    )
+    upload_rate_window_seconds: float = Field(
+        default=30.0, gt=0, description="The window over which an upload's rate is averaged"
+    )
+    # Connections (the HTTP protocol, api/connections.py): before a request, between requests, per client address.
+    header_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Longest a request's line and headers may take to arrive once begun (408)"
+    )
+    keepalive_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="Longest a connection may stay open with no request (a new one included)"
+    )
+    max_connections_per_ip: int = Field(
+        default=512,
+        ge=0,
+        description="Connections one client address may hold open per api process before a request on them is "
+        "authenticated (more: refused with 429); 0: no cap (behind a proxy, which is every client's address)",
+    )
+    stream_send_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Longest an event stream's client may leave what was sent unread before it is closed as too "
+        "slow (WebSocket 1013, SSE a last error message)",
     )
 
     max_upload_bytes: int = Field(default=2 * GiB, gt=0)

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
-import redis
 import sqlalchemy as sa
 
 from conveyor import logs
 from conveyor.events import job_event
+from conveyor.redis_client import REDIS_ERRORS
 from conveyor.schemas import Event, EventType, Job, JobStatus
 from conveyor.settings import Settings
 from conveyor.store import writes
@@ -38,8 +38,9 @@ T = TypeVar("T")
 
 #: The ``reason`` of the ``job.failed`` event of a job stopped because its runs kept dying.
 POISONED = "poisoned"
-#: Redis errors that mean "not reachable now": a handler meeting one (a progress event) is retried, not failed.
-REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+#: Redis errors that mean "not now" (unreachable, or refusing writes: ``MISCONF`` on a full disk): a handler meeting
+#: one (a ``websocket`` notification's topic message) is retried, not failed.
+REDIS_DOWN = REDIS_ERRORS
 #: Writes to make in the transaction that records a run's outcome.
 Writes = Callable[[sa.Connection], None]
 
@@ -125,7 +126,10 @@ class Progress:
             return
         self._last_sent, self._last_value = now, percent
         if self.rt.store.set_progress(self.job.job_id, percent):
-            self.rt.events.publish(job_event(self.job, EventType.PROGRESS, progress=round(percent, 2)))
+            try:
+                self.rt.events.publish(job_event(self.job, EventType.PROGRESS, progress=round(percent, 2)))
+            except REDIS_DOWN as exc:  # the job store holds the progress; a lost progress event is not worth a retry
+                log.warning("progress event lost: Redis unavailable", job_id=self.job.job_id, error=repr(exc))
 
 
 #: A job's work: returns the job's result, or :class:`Recorded` to record what it did with the outcome.

@@ -7,10 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query
 
 from api.deps import PrincipalDep, StateDep
+from conveyor import logs
 from conveyor.events import job_event
+from conveyor.redis_client import REDIS_ERRORS
 from conveyor.schemas import Job, JobPage, JobStatus
 from conveyor.store.jobstore import InvalidCursor
 
+log = logs.get("conveyor.api")
 router = APIRouter(tags=["jobs"])
 JobId = Annotated[str, Path(min_length=1, max_length=64)]
 
@@ -52,7 +55,9 @@ async def list_jobs(
     responses={404: {"description": "No such job"}, 409: {"description": "The job already finished"}},
 )
 async def cancel_job(state: StateDep, principal: PrincipalDep, job_id: JobId) -> Job:
-    """Cancel a job that has not finished. A running task may still complete its work; its result is dropped."""
+    """Cancel a job that has not finished. A running task may still complete its work; its result is dropped.
+    The cancellation is recorded before its ``job.cancelled`` event is published; if Redis refuses the event, the
+    job is cancelled all the same (the job store is the truth) and the event is lost."""
     if await state.db(state.store.get, job_id, principal.owner) is None:
         raise HTTPException(404, f"no job {job_id}")
     job = await state.db(
@@ -68,5 +73,8 @@ async def cancel_job(state: StateDep, principal: PrincipalDep, job_id: JobId) ->
         if current is None:
             raise HTTPException(404, f"no job {job_id}")
         raise HTTPException(409, f"job {job_id} already {current.status.value}")
-    await state.events.publish(job_event(job))
+    try:
+        await state.events.publish(job_event(job))
+    except REDIS_ERRORS as exc:
+        log.error("event lost: Redis unavailable", job_id=job_id, type="job.cancelled", error=repr(exc))
     return job

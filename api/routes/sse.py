@@ -5,11 +5,13 @@ header (what ``EventSource`` sends when it reconnects) or the ``last_event_id`` 
 ``id: <event id>`` plus ``data: <json>`` block; messages that are not events (``resync``, ``error``) have no
 ``id:`` line, so they never move the client's resume point. A comment line is sent after
 ``CONVEYOR_SSE_HEARTBEAT_SECONDS`` without traffic so that proxies keep the connection open. Refusals before
-the stream starts are JSON: 400 (bad id or filter), 404 (unknown job), 503 (connection cap reached).
+the stream starts are JSON: 400 (bad id or filter), 404 (unknown job), 503 (a connection cap reached, or Redis or
+the job store not answering).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Annotated
 
@@ -19,15 +21,19 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from api.deps import PrincipalDep, StateDep
-from api.errors import error, unavailable
+from api.errors import REDIS_DOWN, STORE_DOWN, error, unavailable
 from api.streams.request import StreamRequest, parse_request
 from api.streams.session import ClientGone, EventStream
-from api.streams.wire import CLOSE_TIMEOUT, Outgoing, Refused
+from api.streams.wire import CLOSE_TIMEOUT, TOO_SLOW, Outgoing, Refused
+from conveyor import logs
+from conveyor.redis_client import REDIS_ERRORS
 from conveyor.store.apikeys import Principal
+from conveyor.store.jobstore import UNAVAILABLE
 
 if TYPE_CHECKING:
     from api.state import AppState
 
+log = logs.get("conveyor.sse")
 router = APIRouter(tags=["events"])
 
 #: Milliseconds an ``EventSource`` waits before it reconnects.
@@ -35,10 +41,14 @@ RETRY_MS = 1000
 
 
 class _SseSender:
-    __slots__ = ("send_body",)
+    """Writes to one client; a write the client's socket does not take within ``timeout`` seconds ends the stream as
+    too slow (a last ``error`` message)."""
 
-    def __init__(self, send: Send) -> None:
+    __slots__ = ("send_body", "timeout")
+
+    def __init__(self, send: Send, timeout: float) -> None:
         self.send_body = send
+        self.timeout = timeout
 
     async def send(self, item: Outgoing) -> None:
         head = f"id: {item.event.event_id}\ndata: " if item.event is not None else "data: "
@@ -49,7 +59,11 @@ class _SseSender:
 
     async def _write(self, body: bytes) -> None:
         try:
-            await self.send_body({"type": "http.response.body", "body": body, "more_body": True})
+            async with asyncio.timeout(self.timeout):
+                await self.send_body({"type": "http.response.body", "body": body, "more_body": True})
+        except TimeoutError:
+            log.info("event stream too slow; ended with an error message")
+            raise TOO_SLOW.fresh() from None
         except OSError as exc:
             raise ClientGone from exc
 
@@ -66,23 +80,30 @@ class EventSourceResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         stream = EventStream(self.state)
         try:
-            stream.open(self.request.selection(self.principal.owner, self.state.topics), self.principal.key_id)
+            await stream.open(self.request.selection(self.principal.owner, self.state.topics), self.principal.key_id)
             start = await stream.start_point(self.request)
         except Refused as exc:
             stream.close()
             answer = unavailable(exc.detail) if exc.http_status == 503 else error(exc.http_status, exc.detail)
             await answer(scope, receive, send)
             return
+        except (*REDIS_ERRORS, *UNAVAILABLE) as exc:  # reading the backlog's start, before the stream begins
+            stream.close()
+            redis_failed = isinstance(exc, REDIS_ERRORS)
+            log.warning("event stream not started", error=repr(exc))
+            await unavailable(REDIS_DOWN if redis_failed else STORE_DOWN)(scope, receive, send)
+            return
         try:
             await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
-            sender = _SseSender(send)
+            sender = _SseSender(send, self.state.settings.stream_send_timeout_seconds)
             await send({"type": "http.response.body", "body": f"retry: {RETRY_MS}\n\n".encode(), "more_body": True})
             heartbeat = self.state.settings.sse_heartbeat_seconds
             outcome = await stream.serve(sender, start, lambda: _disconnected(receive), heartbeat)
-            if outcome is not None:
-                with anyio.move_on_after(CLOSE_TIMEOUT), contextlib.suppress(ClientGone):
+            # A client too slow or gone gets what it takes in time; uvicorn then drops the connection.
+            with anyio.move_on_after(CLOSE_TIMEOUT), contextlib.suppress(ClientGone, Refused, OSError):
+                if outcome is not None:
                     await sender.send(Outgoing.notice(outcome.message))
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             stream.close()
 

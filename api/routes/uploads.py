@@ -8,16 +8,19 @@ from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Resp
 from fastapi.responses import FileResponse
 
 from api.deps import IdempotencyKey, PrincipalDep, StateDep
+from api.errors import ServiceUnavailable
 from api.state import AppState
 from api.submit import submit
 from api.uploads.filenames import content_disposition, safe_filename
 from api.uploads.spooling import UploadError, spool_upload
 from conveyor.ids import new_id
-from conveyor.names import KIND_UPLOAD
+from conveyor.names import KIND_UPLOAD, LEASE_UPLOAD
 from conveyor.schemas import Accepted, Upload, UploadPage, UploadRef
 from conveyor.store.jobstore import InvalidCursor
 
 router = APIRouter(tags=["uploads"])
+#: Seconds a key at its cap of uploads at once is asked to wait.
+UPLOAD_RETRY_AFTER_SECONDS = 1
 UploadId = Annotated[str, Path(min_length=1, max_length=64)]
 
 _UPLOAD_BODY = {
@@ -45,6 +48,8 @@ _UPLOAD_BODY = {
         413: {"description": "Larger than CONVEYOR_MAX_UPLOAD_BYTES"},
         415: {"description": "Not multipart/form-data"},
         422: {"description": "No part named 'file'"},
+        429: {"description": "The key is sending its limit of uploads at once (see Retry-After)"},
+        507: {"description": "No storage space left for the upload (nothing was stored); try again later"},
     },
 )
 async def create_upload(
@@ -57,7 +62,21 @@ async def create_upload(
     """Stream the ``file`` part to the spool (sha256 on the fly, size capped) and enqueue its ingest.
 
     The file bytes never pass through Redis; the task gets the job id and finds the spool reference in the job.
+    A key sends at most ``CONVEYOR_MAX_UPLOADS_PER_KEY`` uploads at once, across every api process (429).
     """
+    settings = state.settings
+    cap = settings.max_uploads_per_key
+    lease = await state.leases.take(LEASE_UPLOAD, principal.key_id, cap)
+    if lease is None:
+        detail = f"this key is sending its limit of {cap} uploads at once; send this one when one has finished"
+        raise HTTPException(429, detail, headers={"Retry-After": str(UPLOAD_RETRY_AFTER_SECONDS)})
+    try:
+        return await _receive(state, principal.owner, request, response, key)
+    finally:
+        state.leases.release(lease)
+
+
+async def _receive(state: AppState, owner: str, request: Request, response: Response, key: str | None) -> Accepted:
     job_id = new_id()
     settings = state.settings
     try:
@@ -65,6 +84,8 @@ async def create_upload(
             request, settings.spool_dir, job_id, settings.max_upload_bytes, settings.allowed_upload_types
         )
     except UploadError as exc:
+        if exc.status == 503:
+            raise ServiceUnavailable(exc.detail) from exc
         raise HTTPException(exc.status, exc.detail) from exc
     ref = UploadRef(
         spool_name=spooled.name,
@@ -81,7 +102,7 @@ async def create_upload(
             response,
             kind=KIND_UPLOAD,
             request=summary,
-            owner=principal.owner,
+            owner=owner,
             idempotency_key=key,
             job_id=job_id,
             fingerprint={"sha256": ref.sha256, "size": ref.size, "filename": ref.filename},

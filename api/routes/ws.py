@@ -8,6 +8,8 @@ unless ``CONVEYOR_WS_NATIVE`` is false; this route serves it under any other ser
 
 from __future__ import annotations
 
+import asyncio
+
 import anyio
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
@@ -16,7 +18,7 @@ from api.auth import origin_allowed
 from api.deps import StateDep
 from api.streams.request import admit, parse_request
 from api.streams.session import ClientGone, EventStream
-from api.streams.wire import CLOSE_POLICY, CLOSE_TIMEOUT, Outgoing, Refused
+from api.streams.wire import CLOSE_POLICY, CLOSE_TIMEOUT, INTERNAL_ERROR, TOO_SLOW, Outgoing, Refused
 from conveyor import logs
 
 log = logs.get("conveyor.ws")
@@ -24,14 +26,22 @@ router = APIRouter()
 
 
 class _WebSocketSender:
-    __slots__ = ("websocket",)
+    """Sends to one client; a send the client's socket does not take within ``timeout`` seconds ends the stream as
+    too slow (1013)."""
 
-    def __init__(self, websocket: WebSocket) -> None:
+    __slots__ = ("timeout", "websocket")
+
+    def __init__(self, websocket: WebSocket, timeout: float) -> None:
         self.websocket = websocket
+        self.timeout = timeout
 
     async def send(self, item: Outgoing) -> None:
         try:
-            await self.websocket.send_text(item.text)
+            async with asyncio.timeout(self.timeout):
+                await self.websocket.send_text(item.text)
+        except TimeoutError:
+            log.info("event stream too slow; closed with 1013", code=TOO_SLOW.ws_code)
+            raise TOO_SLOW.fresh() from None
         except (WebSocketDisconnect, RuntimeError, OSError) as exc:
             raise ClientGone from exc
 
@@ -56,12 +66,16 @@ async def events_socket(websocket: WebSocket, state: StateDep) -> None:
         # missed, even without a resume point. A refusal is still sent as a message after the handshake.
         principal = await admit(state, websocket.headers, websocket.query_params.get("ticket"))
         request = parse_request(websocket.query_params)
-        stream.open(request.selection(principal.owner, state.topics), principal.key_id)
+        await stream.open(request.selection(principal.owner, state.topics), principal.key_id)
         await websocket.accept()
         start = await stream.start_point(request)
-        outcome = await stream.serve(_WebSocketSender(websocket), start, lambda: _receive(websocket, stream))
+        sender = _WebSocketSender(websocket, state.settings.stream_send_timeout_seconds)
+        outcome = await stream.serve(sender, start, lambda: _receive(websocket, stream))
     except Refused as exc:
         outcome = exc
+    except Exception:  # Redis or the job store failing before the stream began: this stream closes, as natively
+        log.exception("event stream failed; closed with 1011")
+        outcome = INTERNAL_ERROR
     finally:
         stream.close()
     if outcome is not None:

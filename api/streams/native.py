@@ -12,6 +12,12 @@ while the stream is ``CATCHING_UP`` (a backlog to send, a command to apply, or a
 short-lived task runs the stream's loop on its mailbox; once the stream is ``LIVE``, the connection goes back to
 direct writes. Same messages, close codes and guarantees as the ASGI route (``api/routes/ws.py``), which serves
 ``/ws`` under any other server; an unexpected error closes the connection with 1011.
+
+A client too slow to read what is sent is closed with 1013 after the ``error`` message (which reaches it once it
+has read what came before): when its socket buffer stays full for ``CONVEYOR_STREAM_SEND_TIMEOUT_SECONDS``, or when
+it leaves a ping unanswered while data for it is still waiting to go out; a client that answers no ping with nothing
+waiting is dropped as dead. A message over :data:`~api.streams.wire.MAX_COMMAND_BYTES` gets its ``error`` message
+before the 1009 close, as every other refusal does.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.exceptions import InvalidState
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from api.auth import origin_allowed
@@ -36,8 +43,11 @@ from api.streams.session import EventStream
 from api.streams.wire import (
     CLOSE_RESTART,
     CLOSE_TIMEOUT,
+    CLOSE_TOO_BIG,
     INTERNAL_ERROR,
     MAX_COMMAND_BYTES,
+    TOO_BIG,
+    TOO_SLOW,
     Outgoing,
     Refused,
     StreamState,
@@ -80,6 +90,16 @@ class _Keepalive:
 _keepalives: weakref.WeakKeyDictionary[Hub, _Keepalive] = weakref.WeakKeyDictionary()
 
 
+class _ServerProtocol(ServerProtocol):
+    """The ``websockets`` sans-I/O server protocol, except that a message over its size limit, which the protocol
+    refuses itself while parsing, gets the ``error`` message before the 1009 close."""
+
+    def fail(self, code: int, reason: str = "") -> None:
+        if code == CLOSE_TOO_BIG and self.state is State.OPEN:
+            self.send_text(TOO_BIG.message.encode())
+        super().fail(code, reason)
+
+
 class WebSocketProtocol(asyncio.Protocol):
     """One upgraded connection. Created by uvicorn's HTTP protocol with the upgrade request as first data."""
 
@@ -97,6 +117,7 @@ class WebSocketProtocol(asyncio.Protocol):
         "pump",
         "sent",
         "server_state",
+        "slow_timer",
         "stream",
         "transport",
         "writable",
@@ -120,6 +141,8 @@ class WebSocketProtocol(asyncio.Protocol):
         self.ping_at = 0.0
         self.pong_due = False
         self.close_timer: asyncio.TimerHandle | None = None
+        #: Armed while the socket buffer is full: when it fires, the client is too slow (1013).
+        self.slow_timer: asyncio.TimerHandle | None = None
         #: Frames that arrived while the connection was ``ADMITTING``, applied once it is admitted.
         self.early: list[Frame] = []
         #: The handshake's 101 answer, held until the connection is admitted and subscribed.
@@ -144,7 +167,7 @@ class WebSocketProtocol(asyncio.Protocol):
             if not self._native(data):
                 self._hand_over(data)
                 return
-            conn = self.conn = ServerProtocol(max_size=MAX_COMMAND_BYTES)
+            conn = self.conn = _ServerProtocol(max_size=MAX_COMMAND_BYTES)
         conn.receive_data(data)
         for event in conn.events_received():
             if isinstance(event, Request):
@@ -158,15 +181,22 @@ class WebSocketProtocol(asyncio.Protocol):
             self.delegate.pause_writing()
             return
         self.paused = True
-        if self.stream is not None and self.stream.state is StreamState.LIVE:
-            self.stream.state = StreamState.CATCHING_UP
-            self.stream.subscription.direct = None
+        stream = self.stream
+        if stream is None:
+            return
+        if stream.state is StreamState.LIVE:
+            stream.state = StreamState.CATCHING_UP
+            stream.subscription.direct = None
+        if self.slow_timer is None and not self.ending:
+            timeout = stream.app.settings.stream_send_timeout_seconds
+            self.slow_timer = asyncio.get_running_loop().call_later(timeout, self._too_slow)
 
     def resume_writing(self) -> None:
         if self.delegate is not None:
             self.delegate.resume_writing()
             return
         self.paused = False
+        self._stop_slow_timer()
         if self.writable is not None and not self.writable.done():
             self.writable.set_result(None)
         stream = self.stream
@@ -178,6 +208,7 @@ class WebSocketProtocol(asyncio.Protocol):
             self.delegate.connection_lost(exc)
             return
         self._release()
+        self._stop_slow_timer()
         if self.close_timer is not None:
             self.close_timer.cancel()
             self.close_timer = None
@@ -231,7 +262,7 @@ class WebSocketProtocol(asyncio.Protocol):
         try:
             principal = await admit(state, request.headers, query.get("ticket"))
             stream_request = parse_request(query)
-            stream.open(stream_request.selection(principal.owner, state.topics), principal.key_id)
+            await stream.open(stream_request.selection(principal.owner, state.topics), principal.key_id)
         except Exception as exc:  # noqa: BLE001 - see _failed
             self._opened()
             self._failed(exc)
@@ -355,6 +386,17 @@ class WebSocketProtocol(asyncio.Protocol):
 
     # --- closing
 
+    def _too_slow(self) -> None:
+        self._stop_slow_timer()
+        if not self.ending:
+            log.info("event stream too slow; closed with 1013", code=TOO_SLOW.ws_code)
+            self._refuse(TOO_SLOW)
+
+    def _stop_slow_timer(self) -> None:
+        if self.slow_timer is not None:
+            self.slow_timer.cancel()
+            self.slow_timer = None
+
     def _refuse(self, refused: Refused) -> None:
         """Send the error message and the close code; drop the connection if the close is not answered in time."""
         if self.ending or self.conn is None:
@@ -402,6 +444,9 @@ class WebSocketProtocol(asyncio.Protocol):
         if self.ending or self.conn is None or self.transport is None:
             return
         if self.pong_due:
+            if now - self.ping_at >= timeout and (self.paused or self.transport.get_write_buffer_size() > 0):
+                self._too_slow()  # the ping may still wait behind what the client has not read
+                return
             if now - self.ping_at >= timeout:
                 log.info("websocket keepalive timeout; dropped")
                 self._release()

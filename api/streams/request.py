@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from api.auth import Unauthenticated
+from api.errors import REDIS_DOWN
 from api.streams.hub import Selection
 from api.streams.wire import CLOSE_POLICY, CLOSE_TRY_AGAIN, Refused
 from conveyor.events import id_key
+from conveyor.redis_client import REDIS_ERRORS
 from conveyor.store.apikeys import Principal
 from conveyor.topics import TopicPolicy
 
@@ -75,11 +77,14 @@ def parse_request(query: Mapping[str, str], last_event_id_header: str | None = N
 
 async def admit(state: AppState, headers: Mapping[str, str], ticket: str | None) -> Principal:
     """Authenticate a WebSocket stream (bearer header or ``?ticket=``) and take a token from its key's rate
-    limit. Raises :class:`Refused`: 1008 (401) without valid credentials, 1013 (429) over the rate limit."""
+    limit. Raises :class:`Refused`: 1008 (401) without valid credentials, 1013 (429) over the rate limit, 1013 (503)
+    when Redis cannot be asked for a ticket."""
     try:
         principal = await state.auth.stream(headers, ticket)
     except Unauthenticated as exc:
         raise Refused(exc.detail, CLOSE_POLICY, 401) from None
+    except REDIS_ERRORS:
+        raise Refused(REDIS_DOWN, CLOSE_TRY_AGAIN, 503) from None
     if await state.limiter.take(principal.key_id) > 0:
         raise Refused("rate limit reached for this key; try again later", CLOSE_TRY_AGAIN, 429)
     return principal

@@ -27,11 +27,13 @@ from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
+from api.leases import Lease
 from api.streams.hub import Full, Selection, Subscription
 from api.streams.request import MAX_FOLLOWED, StreamRequest, check_subscribe
 from api.streams.wire import INTERNAL_ERROR, Outgoing, Refused, StreamState, full, parse_command
 from conveyor import logs
 from conveyor.events import StreamEvent, id_key, predecessor
+from conveyor.names import LEASE_STREAM
 from conveyor.redis_client import text
 from conveyor.schemas import Job, Resync, Snapshot, StreamCommand, SubscriptionNotice
 
@@ -73,6 +75,7 @@ class EventStream:
         self.app = app
         self.state = StreamState.ADMITTING
         self._subscription: Subscription | None = None
+        self._lease: Lease | None = None
         self._commands: list[_Command] = []
 
     @property
@@ -81,22 +84,35 @@ class EventStream:
         assert self._subscription is not None, "the stream is not open"
         return self._subscription
 
-    def open(self, selection: Selection, holder: str | None) -> Subscription:
-        """Subscribe to the hub for ``selection``, counted against ``holder`` (an API key id); from now on live
-        events collect in the mailbox. Raises :class:`Refused` (1013 / 503) at a connection cap."""
+    async def open(self, selection: Selection, holder: str | None) -> Subscription:
+        """Subscribe to the hub for ``selection``, counted against ``holder`` (an API key id: at most
+        ``CONVEYOR_MAX_STREAMS_PER_KEY`` across every api process, :mod:`api.leases`); from now on live events
+        collect in the mailbox. Raises :class:`Refused` (1013 / 503) at a connection cap."""
+        if holder is not None:
+            cap = self.app.settings.max_streams_per_key
+            self._lease = await self.app.leases.take(LEASE_STREAM, holder, cap)
+            if self._lease is None:
+                raise full(Full(f"this key holds its limit of {cap} event streams")) from None
         try:
             self._subscription = self.app.hub.add(selection, holder)
         except Full as exc:
+            self._release()
             raise full(exc) from None
         self.state = StreamState.CATCHING_UP
         return self._subscription
 
     def close(self) -> None:
-        """Leave the hub; harmless when already closed or never opened."""
+        """Leave the hub and give the key's place back; harmless when already closed or never opened."""
         self.state = StreamState.CLOSED
         if self._subscription is not None:
             self.app.hub.remove(self._subscription)
             self._subscription = None
+        self._release()
+
+    def _release(self) -> None:
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            self.app.leases.release(lease)
 
     async def start_point(self, request: StreamRequest) -> str | None:
         """The id to read the backlog after: the resume point; else, for named jobs, just before the earliest

@@ -4,8 +4,8 @@ encoded once for every client, the client's commands, and why a stream is refuse
 A server message is one JSON object: an event (``{"event_id", "type", …}``) or a notice without an id
 (``snapshot``, ``subscribed``, ``resync``, ``error``). Before a stream closes the client gets an ``error``
 message naming the problem, then the close: WebSocket close code 1003 (binary message), 1008 (bad request or
-command, no credentials), 1009 (message too big), 1011 (internal error), 1013 (a cap reached, or too far
-behind); SSE ends after the message (or answers the HTTP status before the stream starts).
+command, no credentials), 1009 (message too big), 1011 (internal error), 1013 (a cap reached, too far behind, or
+too slow to read what was sent); SSE ends after the message (or answers the HTTP status before the stream starts).
 """
 
 from __future__ import annotations
@@ -61,6 +61,10 @@ class Refused(Exception):
         """The ``error`` message the client gets before the stream closes."""
         return StreamError(detail=self.detail).model_dump_json()
 
+    def fresh(self) -> Refused:
+        """A new refusal with the same detail and codes: what to raise in place of a shared constant."""
+        return Refused(self.detail, self.ws_code, self.http_status)
+
     @property
     def close_reason(self) -> str:
         """The detail cut to fit a WebSocket close frame's reason."""
@@ -68,6 +72,10 @@ class Refused(Exception):
 
 
 TOO_FAR_BEHIND = Refused("too far behind; reconnect with last_event_id", CLOSE_TRY_AGAIN, 503)
+#: A client that left what was sent unread for ``CONVEYOR_STREAM_SEND_TIMEOUT_SECONDS`` (or, on the native ``/ws``,
+#: did not answer a ping while its socket still held unsent data).
+TOO_SLOW = Refused("too slow: what was sent is not being read; reconnect with last_event_id", CLOSE_TRY_AGAIN, 503)
+TOO_BIG = Refused(f"a message is at most {MAX_COMMAND_BYTES} bytes", CLOSE_TOO_BIG)
 INTERNAL_ERROR = Refused("internal error; reconnect with last_event_id", CLOSE_INTERNAL, 503)
 
 
@@ -124,7 +132,7 @@ def parse_command(data: str | bytes | None) -> StreamCommand:
     if not isinstance(data, str):
         raise Refused("binary messages are not supported; send JSON text", CLOSE_UNSUPPORTED)
     if len(data) > MAX_COMMAND_BYTES or len(data.encode()) > MAX_COMMAND_BYTES:
-        raise Refused(f"a message is at most {MAX_COMMAND_BYTES} bytes", CLOSE_TOO_BIG)
+        raise TOO_BIG.fresh()
     try:
         return StreamCommand.model_validate_json(data)
     except ValidationError as exc:

@@ -2,15 +2,17 @@
 
 The body is never held in memory: each chunk from the socket is parsed on the event loop and its file bytes
 are hashed and written by a thread, one block behind. Any failure (too large, a refused type, malformed,
-client gone) removes the partial file.
+client gone, a disk that is full or fails) removes the partial file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,10 +39,14 @@ WRITEBACK_BYTES = 32 * 1024 * 1024
 MULTIPART_OVERHEAD = 64 * 1024
 FILE_FIELD = "file"
 MAX_BOUNDARY = 70
+#: ``errno`` values of a write that found no room: the disk (or the data directory's quota) is full.
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+NO_SPACE = "not enough storage space to take this upload now; try again later"
 
 
 class UploadError(Exception):
-    """The upload cannot be accepted; ``status`` is the HTTP status to answer with."""
+    """The upload cannot be accepted; ``status`` is the HTTP status to answer with: 4xx for what the client sent,
+    507 when the spool's disk is full, 503 when it failed otherwise. ``detail`` never names a path."""
 
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
@@ -263,8 +269,10 @@ async def spool_upload(
 ) -> Spooled:
     """Receive the request's ``file`` part into ``spool_dir/name``, durably, and return what was received.
 
-    Raises :class:`UploadError` (4xx) for a body that is not multipart, too large, malformed, or has no
-    ``file`` part; also when the client goes away. In every failure case no file is left behind.
+    Raises :class:`UploadError`: 4xx for a body that is not multipart, too large, malformed, or has no ``file``
+    part, and when the client goes away; 507 when the spool's disk has no room for it (at once when
+    ``Content-Length`` says so) and 503 when the disk failed otherwise, both logged at ERROR. In every failure case
+    no file is left behind.
     """
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data":
@@ -277,6 +285,9 @@ async def spool_upload(
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes + MULTIPART_OVERHEAD:
         raise UploadError(413, f"body of {declared} bytes exceeds the upload limit of {max_bytes} bytes")
+    if declared is not None and declared.isdigit() and int(declared) > _free_bytes(spool_dir):
+        log.error("upload refused: no space left in the spool", name=name, bytes=int(declared))
+        raise UploadError(507, NO_SPACE)
     final = spool_path(spool_dir, name)
     partial = final.with_name(final.name + PARTIAL_SUFFIX)
     receiver = _Receiver(partial, max_bytes, allowed_types or [])
@@ -320,6 +331,8 @@ async def spool_upload(
         )
     except UploadError:
         raise
+    except OSError as exc:
+        raise _storage_error(exc, name) from None
     except Exception as exc:
         if isinstance(exc, ClientDisconnect):
             raise UploadError(400, "client disconnected before the upload finished") from exc
@@ -339,3 +352,22 @@ async def spool_upload(
         content_type=receiver.content_type,
         sniffed_type=receiver.sniffed or "application/octet-stream",
     )
+
+
+def _free_bytes(directory: Path) -> int:
+    """Bytes the spool's file system has free (as many as asked when that cannot be told)."""
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return 1 << 62
+
+
+def _storage_error(exc: OSError, name: str) -> UploadError:
+    """The answer for a spool write that failed: 507 for a full disk, 503 otherwise. Logged at ERROR with the errno,
+    never with the path (the client's answer names neither)."""
+    code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    if exc.errno in _NO_SPACE:
+        log.error("upload not stored: no space left in the spool", name=name, errno=code)
+        return UploadError(507, NO_SPACE)
+    log.error("upload not stored: the spool's disk failed", name=name, errno=code, error=exc.strerror)
+    return UploadError(503, "the upload could not be stored; try again shortly")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -43,10 +44,12 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
         host=args.host or settings.api_host,
         port=args.port or settings.api_port,
         loop="uvloop",
-        http="httptools",
+        # uvicorn's httptools protocol plus header and idle deadlines and a per-address cap (api/connections.py).
+        http="api.connections:HttpProtocol",
         ws="api.streams.native:WebSocketProtocol",
         log_config=None,
         access_log=False,
+        timeout_keep_alive=math.ceil(settings.keepalive_timeout_seconds),
         timeout_graceful_shutdown=3,
         ws_per_message_deflate=False,
         ws_ping_interval=settings.ws_ping_interval or None,

@@ -25,6 +25,12 @@ def create_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_connection_retry=True,
         broker_connection_max_retries=None,
+        # ... and so does a worker whose Redis answers but refuses: ``MISCONF`` when Redis cannot write its append-only
+        # file (a full disk), ``OOM``, ``READONLY``. kombu counts those ``ResponseError``s as channel errors, which
+        # Celery's consumer treats as fatal ("Unrecoverable error", the worker exits) unless this is on; with it, the
+        # consumer reconnects with the same backoff as after a lost connection (2 s, growing to 30 s) and resumes
+        # once Redis takes writes again.
+        broker_channel_error_retry=True,
         broker_transport_options={
             # A message a worker took but never acknowledged goes back to the queue after this long. A job's claim
             # and heartbeat make a redelivery harmless (a live run keeps its job), so this is tuned for recovery:

@@ -1,4 +1,4 @@
-"""uvicorn's WebSocket internals, as ``api.streams.native`` relies on them.
+"""uvicorn's WebSocket and HTTP protocol internals, as ``api.streams.native`` and ``api.connections`` rely on them.
 
 ``conveyor api`` runs uvicorn with ``ws="api.streams.native:WebSocketProtocol"`` (``conveyor/ops/cli.py``): uvicorn's
 HTTP protocol builds that class for every upgrade request, as ``cls(config=, server_state=, app_state=)``, then
@@ -6,15 +6,24 @@ calls ``connection_made`` and feeds it the request. The class serves ``/ws`` its
 ``server_state.connections``, so that uvicorn calls its ``shutdown()`` when the server stops) and hands any other
 path to uvicorn's own ``WebSocketsSansIOProtocol``, built with the same three arguments.
 
+``conveyor api`` also runs uvicorn with ``http="api.connections:HttpProtocol"``, a subclass of uvicorn's
+``HttpToolsProtocol`` built as ``cls(config, server_state, app_state)``. It overrides ``connection_made``,
+``connection_lost``, ``data_received``, ``on_message_begin``, ``on_headers_complete`` and
+``handle_websocket_upgrade`` (calling uvicorn's), arms uvicorn's own keep-alive timer (``timeout_keep_alive_task``,
+``timeout_keep_alive_handler``) on a new connection, reads ``client``, ``scope``, ``cycle.response_complete`` and
+``transport``, and writes its answers with ``STATUS_LINE``.
+
 When a test here fails, uvicorn changed one of those internals: adapt ``api/streams/native.py`` (or run
-``conveyor api`` with ``ws="websockets-sansio"`` and the ASGI route ``api/routes/ws.py`` until it is adapted), then
-raise the upper bound of ``uvicorn`` in pyproject.toml.
+``conveyor api`` with ``ws="websockets-sansio"`` and the ASGI route ``api/routes/ws.py`` until it is adapted), or
+``api/connections.py`` (or run ``conveyor api`` with ``http="httptools"``, without its connection limits, until it
+is adapted), then raise the upper bound of ``uvicorn`` in pyproject.toml.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -22,11 +31,13 @@ from typing import Any
 
 import pytest
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
+from api.connections import HttpProtocol
 from api.main import create_app
 from api.streams.native import WebSocketProtocol
 from conveyor.ops.redis_server import free_port
@@ -35,6 +46,7 @@ from conveyor.store.apikeys import KeyStore
 from conveyor.store.db import create_engine
 
 NATIVE = "api.streams.native:WebSocketProtocol"
+HTTP = "api.connections:HttpProtocol"
 
 
 def test_the_sans_io_protocol_takes_what_we_hand_over() -> None:
@@ -62,6 +74,33 @@ def test_a_ws_protocol_named_by_string_is_the_class_uvicorn_builds() -> None:
     assert config.ws_protocol_class is WebSocketProtocol
 
 
+def test_an_http_protocol_named_by_string_is_the_class_uvicorn_builds() -> None:
+    config = uvicorn.Config(_asgi, ws=NATIVE, http=HTTP, loop="uvloop", log_config=None)
+    config.load()
+    assert config.http_protocol_class is HttpProtocol
+
+
+def test_the_httptools_protocol_has_what_ours_builds_on() -> None:
+    parameters = list(inspect.signature(HttpToolsProtocol.__init__).parameters)
+    assert parameters[:4] == ["self", "config", "server_state", "app_state"], parameters
+    for method in (
+        "connection_made",
+        "connection_lost",
+        "data_received",
+        "on_message_begin",
+        "on_headers_complete",
+        "handle_websocket_upgrade",
+        "timeout_keep_alive_handler",
+        "on_response_complete",
+    ):
+        assert callable(getattr(HttpToolsProtocol, method, None)), f"HttpToolsProtocol.{method} is gone"
+    source = inspect.getsource(HttpToolsProtocol)
+    for attribute in ("self.timeout_keep_alive_task", "self.timeout_keep_alive ", "self.client", "self.cycle"):
+        assert attribute in source, f"HttpToolsProtocol no longer has {attribute.strip()}"
+    assert "self.scope = {" in inspect.getsource(HttpToolsProtocol.on_message_begin)
+    assert STATUS_LINE[408] == b"HTTP/1.1 408 Request Timeout\r\n"
+
+
 class LiveServer:
     """``api.main.create_app(settings)`` served by uvicorn (as ``conveyor api`` does) in a thread of this process."""
 
@@ -72,7 +111,7 @@ class LiveServer:
             host="127.0.0.1",
             port=self.port,
             loop="uvloop",
-            http="httptools",
+            http=HTTP,
             ws=NATIVE,
             log_config=None,
             access_log=False,
@@ -150,3 +189,23 @@ def test_ws_is_native_registered_and_shut_down_with_the_server(live: LiveServer,
                 ws.recv(timeout=10)
         stopping.join(15)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012, closed.value
+
+
+@pytest.fixture
+def short(settings: Settings) -> Iterator[LiveServer]:
+    """The live server with short connection deadlines."""
+    tight = settings.model_copy(update={"keepalive_timeout_seconds": 0.5, "header_timeout_seconds": 0.5})
+    with LiveServer(tight) as server:
+        yield server
+
+
+def test_our_protocol_closes_a_silent_connection_and_answers_slow_headers_408(short: LiveServer) -> None:
+    with socket.create_connection(("127.0.0.1", short.port), timeout=10) as silent:
+        assert silent.recv(1024) == b"", "a new connection that sends nothing is closed"
+    with socket.create_connection(("127.0.0.1", short.port), timeout=10) as slow:
+        slow.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        reply = slow.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 408") and b'"detail"' in reply
+    with socket.create_connection(("127.0.0.1", short.port), timeout=10) as fine:
+        fine.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert fine.recv(4096).startswith(b"HTTP/1.1 200")
