@@ -25,3 +25,6 @@ TASK_FOR_KIND: Final = {
 
 REDIS_PREFIX: Final = "conveyor:"
 EVENTS_STREAM: Final = REDIS_PREFIX + "events"
+#: A WebSocket ticket, by the SHA-256 of its value; and the marker a ticket leaves once it was taken.
+TICKET_KEY: Final = REDIS_PREFIX + "ticket:"
+USED_TICKET_KEY: Final = REDIS_PREFIX + "ticket-used:"

@@ -33,6 +33,18 @@ def recv(ws: ClientConnection, timeout: float = 30) -> dict[str, Any]:
     return data
 
 
+def subscribed(ws: ClientConnection, topic: str = "ack") -> list[dict[str, Any]]:
+    """Subscribe an open WebSocket to ``topic`` and wait for the acknowledgement; returns the messages that came
+    before it. A stream takes commands only once it is admitted and subscribed to the hub, so after this the
+    connection receives every event published next."""
+    ws.send(json.dumps({"op": "subscribe", "topic": topic}))
+    before = []
+    while (message := recv(ws)) != {"type": "subscribed", "topic": topic}:
+        assert message.get("type") != "error", message
+        before.append(message)
+    return before
+
+
 def submit(base_url: str, message: str = "hello", *, headers: Mapping[str, str]) -> str:
     response = httpx.post(
         f"{base_url}/notifications", json={"channel": "log", "message": message}, headers=headers, timeout=30
