@@ -37,7 +37,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 #: The session server's database that :func:`private_redis_url` empties for each test. The others: 0 is the session
 #: stack's (its workers consume from it, and most tests share it), 1 and 5 belong to tests that start an api of
-#: their own (test_schemathesis.py, test_messages.py).
+#: their own (test_schemathesis.py, test_messages.py), 7 to test_ws_protocol.py's idle api (no worker reads it).
 PRIVATE_DB = 3
 
 

@@ -123,6 +123,17 @@ def publish(
         client.close()
 
 
+def publish_job_event(redis_url: str, job_id: str, owner: str = OWNER) -> str:
+    """Append a ``job.progress`` event of ``job_id`` (``owner``'s) straight to the stream; returns its id."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        event = Event(type=EventType.PROGRESS, job_id=job_id, status=JobStatus.STARTED, progress=0.5, ts=time.time(),
+                      owner=owner)  # fmt: skip
+        return EventLog(client, max_len=100_000).publish(event)
+    finally:
+        client.close()
+
+
 SseMessage = tuple[str | None, dict[str, Any] | None, str | None]
 
 
