@@ -28,3 +28,8 @@ def test_flower_password_is_generated_once(tmp_path: Path) -> None:
     assert user == "conveyor" and len(password) >= 20
     assert settings.flower_credentials() == (user, password)
     assert (tmp_path / "flower-password").stat().st_mode & 0o077 == 0
+
+
+def test_the_apis_own_address_is_an_allowed_origin(tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, data_dir=tmp_path, api_port=8123, allowed_origins="https://app.example/")  # type: ignore[call-arg]
+    assert settings.origins == {"http://127.0.0.1:8123", "http://localhost:8123", "https://app.example"}

@@ -19,7 +19,8 @@ from tests.events_support import stream_events
 from tests.poison_tasks import TASK_NAME
 from tests.system.faults import FaultStack, accepted_ids, submit_many
 
-pytestmark = [pytest.mark.system, pytest.mark.slow]
+#: Longer than the global 120 s: 60 s to start, then up to 90 + 60 s of waiting for jobs.
+pytestmark = [pytest.mark.system, pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 def test_a_job_that_kills_its_worker_every_time_is_failed_as_poisoned(tmp_path: Path) -> None:

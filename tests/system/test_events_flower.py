@@ -25,7 +25,8 @@ from conveyor.ops.redis_server import free_port, wait_for_port
 from tests.conftest import Stack
 from tests.support import base_env, conveyor
 
-pytestmark = pytest.mark.system
+#: Longer than the global 120 s: Flower's start (30 s), a 50 MB upload (120 s), then 60 s of progress.
+pytestmark = [pytest.mark.system, pytest.mark.timeout(240)]
 
 AUTH = ("conveyor", "flower-" + uuid.uuid4().hex[:12])
 

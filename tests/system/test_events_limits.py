@@ -169,13 +169,15 @@ def test_caps_per_topic_and_per_process_close_1013_or_answer_503(tight: Tight) -
         (a connection of the previous test not released yet) is tried again, for a while."""
         deadline = time.monotonic() + 10
         while True:
-            ws = connect(f"{tight.ws_url}/ws{query}", open_timeout=10, additional_headers=tight.headers)
-            ws.send(json.dumps({"op": "subscribe", "topic": ack}))
-            message = recv(ws)
-            if message["type"] == "subscribed":
-                stack.enter_context(ws)
-                return
-            ws.close()
+            with contextlib.ExitStack() as attempt:
+                ws = attempt.enter_context(
+                    connect(f"{tight.ws_url}/ws{query}", open_timeout=10, additional_headers=tight.headers)
+                )
+                ws.send(json.dumps({"op": "subscribe", "topic": ack}))
+                message = recv(ws)
+                if message["type"] == "subscribed":
+                    stack.enter_context(attempt.pop_all())
+                    return
             assert "limit of 8" in message["detail"] and time.monotonic() < deadline, message
             time.sleep(0.05)
 

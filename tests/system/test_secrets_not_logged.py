@@ -11,7 +11,8 @@ from websockets.sync.client import connect
 
 from tests.support import bearer, conveyor, create_key, run_env, wait_until_healthy
 
-pytestmark = [pytest.mark.system, pytest.mark.slow]
+#: Longer than the global 120 s: `conveyor run`'s start (60 s), then a few 30 s waits.
+pytestmark = [pytest.mark.system, pytest.mark.slow, pytest.mark.timeout(180)]
 
 
 def test_the_logs_of_a_full_run_hold_no_key_and_no_ticket(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ STRICT = {
     "CONVEYOR_MAX_STREAMS_PER_KEY": "2",
     "CONVEYOR_REQUEST_TIMEOUT_SECONDS": "2",
     "CONVEYOR_ALLOWED_ORIGINS": ORIGIN,
-    "CONVEYOR_SHARED_TOPICS": "news.*:editor",
+    "CONVEYOR_SHARED_TOPICS": "news.*:editor,staff.*:editor:editor",
 }
 
 
@@ -181,13 +181,19 @@ def test_another_owners_jobs_and_uploads_are_404(stack: Stack, owners: dict[str,
         assert job_id in alice.get("/jobs").text and upload_id in alice.get("/uploads").text
 
 
-def test_another_owners_job_cannot_be_followed(stack: Stack, owners: dict[str, Any]) -> None:
+@pytest.mark.parametrize("server", ["native", "asgi"])
+def test_another_owners_job_cannot_be_followed(
+    strict: dict[str, str], stack: Stack, owners: dict[str, Any], server: str
+) -> None:
     headers = bearer(owners["bob"])
-    with connect(ws_url(stack.base_url, f"job_id={owners['job_id']}"), additional_headers=headers) as ws:
+    with connect(ws_url(strict[server], f"job_id={owners['job_id']}"), additional_headers=headers) as ws:
         assert "no job" in closed_1008(ws)
-    with connect(ws_url(stack.base_url), additional_headers=headers) as ws:
+    with connect(ws_url(strict[server]), additional_headers=headers) as ws:
         ws.send(json.dumps({"op": "subscribe", "job_id": owners["job_id"]}))
         assert "no job" in closed_1008(ws)
+    assert (
+        httpx.get(f"{strict[server]}/events?job_id={owners['job_id']}", headers=headers, timeout=10).status_code == 404
+    )
 
 
 #: The three stream implementations: Conveyor's native ``/ws``, the ASGI ``/ws`` route, SSE ``/events``.
@@ -262,9 +268,11 @@ def test_topics_are_private_to_their_owner(strict: dict[str, str], stack: Stack,
         assert bob_next()["event_id"] == his[0]
 
 
-def test_shared_topics_follow_the_policy(strict: dict[str, str], stack: Stack) -> None:
+@pytest.mark.parametrize("server", ["native", "asgi"])
+def test_shared_topics_follow_the_policy(strict: dict[str, str], stack: Stack, server: str) -> None:
+    """``news.*``: only editors publish, everyone reads; ``staff.*``: only editors publish and read."""
     editor, reader = stack.new_key("editor"), stack.new_key("reader")
-    base = strict["native"]
+    base = strict[server]
     body = {"channel": "websocket", "topic": "news.today", "message": "extra"}
     refused = httpx.post(f"{base}/notifications", json=body, headers=bearer(reader), timeout=10)
     assert refused.status_code == 403 and "may not publish" in refused.json()["detail"]
@@ -272,6 +280,14 @@ def test_shared_topics_follow_the_policy(strict: dict[str, str], stack: Stack) -
         assert subscribed(ws) == []
         assert httpx.post(f"{base}/notifications", json=body, headers=bearer(editor), timeout=10).status_code == 202
         assert recv(ws)["message"] == "extra"
+    with connect(ws_url(base, "topic=staff.pay"), additional_headers=bearer(reader)) as ws:
+        assert "not readable" in closed_1008(ws)
+    with connect(ws_url(base), additional_headers=bearer(reader)) as ws:
+        ws.send(json.dumps({"op": "subscribe", "topic": "staff.pay"}))
+        assert "not readable" in closed_1008(ws)
+    assert httpx.get(f"{base}/events?topic=staff.pay", headers=bearer(reader), timeout=10).status_code == 403
+    with connect(ws_url(base, "topic=staff.pay"), additional_headers=bearer(editor)) as ws:
+        assert subscribed(ws) == []
 
 
 # --- WebSocket authentication: both /ws implementations
@@ -477,12 +493,15 @@ def test_a_chunked_body_is_413_as_soon_as_it_passes_the_limit(strict: dict[str, 
     assert reply.startswith(b"HTTP/1.1 413"), reply
 
 
-def test_streams_per_key_are_capped(strict: dict[str, str], stack: Stack) -> None:
-    headers = bearer(stack.new_key("many-tabs"))
-    base = strict["native"]
-    with connect(ws_url(base), additional_headers=headers) as one, connect(ws_url(base), additional_headers=headers):
-        one.send(json.dumps({"op": "subscribe", "topic": "t"}))
-        assert recv(one)["type"] == "subscribed"
+@pytest.mark.parametrize("server", ["native", "asgi"])
+def test_streams_per_key_are_capped(strict: dict[str, str], stack: Stack, server: str) -> None:
+    headers = bearer(stack.new_key(f"many-tabs-{server}"))
+    base = strict[server]
+    with (
+        connect(ws_url(base), additional_headers=headers) as one,
+        connect(ws_url(base), additional_headers=headers) as two,
+    ):
+        assert subscribed(one) == [] and subscribed(two) == []
         with connect(ws_url(base), additional_headers=headers) as third:
             assert "limit" in recv(third)["detail"]
             with pytest.raises(ConnectionClosed) as closed:

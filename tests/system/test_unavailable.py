@@ -210,7 +210,7 @@ class Outage:
             env={
                 "CONVEYOR_AUTH_CACHE_SECONDS": "3600",
                 "CONVEYOR_SSE_HEARTBEAT_SECONDS": "1",
-                "CONVEYOR_REQUEST_TIMEOUT_SECONDS": "12",
+                "CONVEYOR_REQUEST_TIMEOUT_SECONDS": "6",
                 "CONVEYOR_MAX_ATTEMPTS": "1",
                 "CONVEYOR_WEBHOOK_ALLOW_PRIVATE": "true",
                 "CONVEYOR_WEBHOOK_SECRET": "whsec_" + "A" * 32,

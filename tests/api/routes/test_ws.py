@@ -177,3 +177,12 @@ async def test_a_client_that_stops_reading_is_closed_1013(small_mailboxes: Api) 
                 messages.append(await slow.receive_json())
     assert closed.value.code == 1013
     assert messages[-1]["type"] == "error" and len(messages) < 150
+
+
+async def test_a_stream_follows_at_most_100_jobs_and_topics(api: Api) -> None:
+    async with api.websocket("/ws?topic=t0") as ws:
+        for i in range(1, 100):
+            await ws.send_text(json.dumps({"op": "subscribe", "topic": f"t{i}"}))
+            assert await ws.receive_json() == {"type": "subscribed", "topic": f"t{i}"}
+        await ws.send_text(json.dumps({"op": "subscribe", "topic": "one-too-many"}))
+        assert "at most 100" in await closed_with(ws, 1008)
