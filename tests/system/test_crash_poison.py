@@ -59,7 +59,7 @@ def test_a_job_that_kills_its_worker_every_time_is_failed_as_poisoned(tmp_path: 
         assert worker.alive(), "the worker itself died"
         deaths = worker.output().count("exited with 'signal 9 (SIGKILL)'")
         assert deaths == 3, f"{deaths} pool processes died\n{worker.output()[-3000:]}"
-        time.sleep(3)  # leftover messages for the job are dropped; it is not run again
+        time.sleep(3)  # the behaviour under test: for a while, leftover messages of the job run nothing
         assert worker.output().count("exited with 'signal 9 (SIGKILL)'") == 3
         client.close()
         celery.close()

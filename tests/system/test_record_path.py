@@ -158,6 +158,7 @@ def test_a_worker_killed_while_its_group_commit_holds_20_runs_repeats_no_effect(
     finally:
         stack.stop_all()
         receiver.server.shutdown()
+        receiver.server.server_close()
     assert {row["status"] for row in rows} == {"succeeded"}
     assert all(row["crashes"] == 1 for row in rows), [row["crashes"] for row in rows]
     with stack.engine.connect() as connection:

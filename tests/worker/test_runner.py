@@ -166,7 +166,7 @@ def test_a_short_retry_is_made_by_the_run_and_a_long_one_by_the_dispatcher(rt: R
     assert not caught.value.held
     assert rt.store.retries_due(timedelta(seconds=15)) == []
     assert run_job(rt, long.job_id, lambda rt, job, progress: {}).status is JobStatus.RETRYING  # type: ignore[union-attr]
-    time.sleep(0.02)
+    time.sleep(0.02)  # the behaviour under test: the short retry's 0.01 s countdown runs out
     done = run_job(rt, short.job_id, lambda rt, job, progress: {})
     assert done is not None and done.status is JobStatus.SUCCEEDED and done.attempts == 2
 
