@@ -5,7 +5,8 @@ is remembered for ``CONVEYOR_AUTH_CACHE_SECONDS``, so a busy client costs one lo
 key stops working within that period. Tickets are for browsers, which cannot set headers on a WebSocket or an
 ``EventSource``: ``POST /ws-tickets`` (with a key) stores a random ticket in Redis for a few seconds, and the
 first stream that presents it as ``?ticket=`` takes it (``GETDEL``): a ticket works once, then never again.
-Neither keys nor tickets are ever logged; Redis holds only a ticket's digest.
+Taking it leaves a marker for :data:`USED_MARKER_SECONDS`, so that a second use is told "already used" rather
+than "unknown or expired". Neither keys nor tickets are ever logged; Redis holds only a ticket's digest.
 """
 
 from __future__ import annotations
@@ -18,11 +19,23 @@ from collections.abc import Mapping
 import anyio
 import redis.asyncio as aioredis
 
+from conveyor.names import TICKET_KEY, USED_TICKET_KEY
 from conveyor.redis_client import text
 from conveyor.store.apikeys import KeyStore, Principal
 
 TICKET_PREFIX = "cvt_"
-_TICKET_KEY = "conveyor:ticket:"
+#: Seconds a taken ticket is remembered as used (only to say why a second use is refused).
+USED_MARKER_SECONDS = 600
+#: Take a ticket (KEYS[1]) and leave its used marker (KEYS[2]) in one step: ``{1, value}`` when taken, else
+#: ``{0, 1}`` when it was used before, ``{0, 0}`` when it is unknown or expired.
+_REDEEM = """
+local value = redis.call('GETDEL', KEYS[1])
+if value then
+  redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
+  return {1, value}
+end
+return {0, redis.call('EXISTS', KEYS[2])}
+"""
 #: Remembered answers per api process; the cache is emptied when it grows past this.
 CACHE_LIMIT = 10_000
 #: The owner of everything when ``CONVEYOR_AUTH=off``.
@@ -71,6 +84,7 @@ class Authenticator:
         self.enabled = enabled
         self.cache_seconds = cache_seconds
         self._cache: dict[str, tuple[Principal | None, float]] = {}
+        self._redeem = redis.register_script(_REDEEM)
 
     async def key(self, token: str | None) -> Principal:
         """The principal of a valid key. Raises :class:`Unauthenticated` for no key or a bad one."""
@@ -94,16 +108,19 @@ class Authenticator:
     async def issue_ticket(self, principal: Principal, seconds: int) -> str:
         """A new single-use ticket standing for ``principal``, valid for ``seconds``."""
         ticket = TICKET_PREFIX + secrets.token_urlsafe(32)
-        await self.redis.set(_ticket_key(ticket), f"{principal.owner}\n{principal.key_id}", ex=seconds)
+        await self.redis.set(TICKET_KEY + _digest(ticket), f"{principal.owner}\n{principal.key_id}", ex=seconds)
         return ticket
 
     async def redeem(self, ticket: str) -> Principal:
         """Take a ticket: its principal the first time, :class:`Unauthenticated` ever after (or once expired)."""
         if not ticket.startswith(TICKET_PREFIX) or len(ticket) > 100:
             raise Unauthenticated("the ticket is not valid", "invalid_token")
-        value = await self.redis.getdel(_ticket_key(ticket))
-        if value is None:
-            raise Unauthenticated("the ticket is not valid (unknown, expired or already used)", "invalid_token")
+        keys = [TICKET_KEY + _digest(ticket), USED_TICKET_KEY + _digest(ticket)]
+        taken, value = await self._redeem(keys=keys, args=[USED_MARKER_SECONDS])
+        if not int(taken):
+            if int(value):
+                raise Unauthenticated("the ticket is not valid (already used)", "invalid_token")
+            raise Unauthenticated("the ticket is not valid (unknown or expired)", "invalid_token")
         owner, _, key_id = text(value).partition("\n")
         revoked: set[str] = (
             await anyio.to_thread.run_sync(self.keys.revoked_among, [key_id], limiter=self.threads)
@@ -137,5 +154,5 @@ def origin_allowed(headers: Mapping[str, str], origins: frozenset[str]) -> bool:
     return origin is None or origin.rstrip("/").lower() in origins
 
 
-def _ticket_key(ticket: str) -> str:
-    return _TICKET_KEY + hashlib.sha256(ticket.encode()).hexdigest()
+def _digest(ticket: str) -> str:
+    return hashlib.sha256(ticket.encode()).hexdigest()

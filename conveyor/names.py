@@ -26,6 +26,9 @@ TASK_FOR_KIND: Final = {
 
 REDIS_PREFIX: Final = "conveyor:"
 EVENTS_STREAM: Final = REDIS_PREFIX + "events"
+#: A WebSocket ticket, by the SHA-256 of its value; and the marker a ticket leaves once it was taken.
+TICKET_KEY: Final = REDIS_PREFIX + "ticket:"
+USED_TICKET_KEY: Final = REDIS_PREFIX + "ticket-used:"
 #: + a queue name: a sorted set of the node names of that queue's live workers, scored by when each last said so.
 WORKERS_PREFIX: Final = REDIS_PREFIX + "workers:"
 #: Sorted sets of the leases each API key holds (api/leases.py): ``<prefix><kind>:<key id>``.

@@ -4,6 +4,7 @@ for system tests)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,14 @@ from typing import Any
 import httpx
 import pytest
 import redis
+import sqlalchemy as sa
 
 from conveyor.ops.redis_server import free_port
 from conveyor.settings import Settings
 from tests.burst import BurstWorker
 from tests.inprocess import Api, serve
+from tests.postgres import in_ci
+from tests.postgres import postgres_schema as _postgres_schema
 from tests.support import (
     Process,
     base_env,
@@ -37,7 +41,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 #: The session server's database that :func:`private_redis_url` empties for each test. The others: 0 is the session
 #: stack's (its workers consume from it, and most tests share it), 1 and 5 belong to tests that start an api of
-#: their own (test_schemathesis.py, test_messages.py).
+#: their own (test_schemathesis.py, test_messages.py), 7 to test_ws_protocol.py's idle api (no worker reads it).
 PRIVATE_DB = 3
 
 
@@ -142,3 +146,44 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
     finally:
         for process in processes.values():
             process.stop()
+
+
+@pytest.fixture
+def postgres_schema() -> Iterator[tuple[sa.URL, str]]:
+    """A fresh schema in the test PostgreSQL (tests/postgres.py); yields the server's URL and the schema's name."""
+    with _postgres_schema() as made:
+        yield made
+
+
+# --- skips: a run whose every test skipped fails; in CI (CI=true) more than CONVEYOR_TEST_MAX_SKIPS skips (0 unless
+# set) fail it too. tests/postgres.py says when a PostgreSQL test may skip at all.
+
+
+def _skip_verdict(session: pytest.Session) -> str | None:
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return None
+    stats = reporter.stats
+    skipped = len(stats.get("skipped", []))
+    ran = sum(len(stats.get(kind, [])) for kind in ("passed", "failed", "error", "xfailed", "xpassed"))
+    if skipped and not ran:
+        return f"all {skipped} tests were skipped"
+    limit = os.environ.get("CONVEYOR_TEST_MAX_SKIPS", "0" if in_ci() else None)
+    if limit is not None and skipped > int(limit):
+        return f"{skipped} tests were skipped, more than CONVEYOR_TEST_MAX_SKIPS={limit}"
+    return None
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if exitstatus == 0 and (verdict := _skip_verdict(session)) is not None:
+        session.config.stash[_VERDICT] = verdict
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    verdict = config.stash.get(_VERDICT, None)
+    if verdict is not None:
+        terminalreporter.write_line(f"FAILED: {verdict} (see the skip policy in tests/conftest.py)", red=True)
+
+
+_VERDICT = pytest.StashKey[str]()

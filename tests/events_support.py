@@ -33,6 +33,18 @@ def recv(ws: ClientConnection, timeout: float = 30) -> dict[str, Any]:
     return data
 
 
+def subscribed(ws: ClientConnection, topic: str = "ack") -> list[dict[str, Any]]:
+    """Subscribe an open WebSocket to ``topic`` and wait for the acknowledgement; returns the messages that came
+    before it. A stream takes commands only once it is admitted and subscribed to the hub, so after this the
+    connection receives every event published next."""
+    ws.send(json.dumps({"op": "subscribe", "topic": topic}))
+    before = []
+    while (message := recv(ws)) != {"type": "subscribed", "topic": topic}:
+        assert message.get("type") != "error", message
+        before.append(message)
+    return before
+
+
 def submit(base_url: str, message: str = "hello", *, headers: Mapping[str, str]) -> str:
     response = httpx.post(
         f"{base_url}/notifications", json={"channel": "log", "message": message}, headers=headers, timeout=30
@@ -107,6 +119,17 @@ def publish(
                               message="x" * size or None, owner=owner)  # fmt: skip
             ids.append(log.publish(event))
         return ids
+    finally:
+        client.close()
+
+
+def publish_job_event(redis_url: str, job_id: str, owner: str = OWNER) -> str:
+    """Append a ``job.progress`` event of ``job_id`` (``owner``'s) straight to the stream; returns its id."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        event = Event(type=EventType.PROGRESS, job_id=job_id, status=JobStatus.STARTED, progress=0.5, ts=time.time(),
+                      owner=owner)  # fmt: skip
+        return EventLog(client, max_len=100_000).publish(event)
     finally:
         client.close()
 

@@ -22,10 +22,11 @@ together with one statement.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -141,16 +142,13 @@ class Submitter:
         except Exception as exc:  # noqa: BLE001 - the error goes to every caller of the group
             self._remark(marks)
             for pending in group:
-                pending.future.set_exception(exc)
+                _settle(pending.future, exc)
             return
         fresh = [s.job for outcome in outcomes if isinstance(outcome, list) for s in outcome if s.created]
         if fresh:
             self._send(fresh)
         for pending, outcome in zip(group, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                pending.future.set_exception(outcome)
-            else:
-                pending.future.set_result(outcome)
+            _settle(pending.future, outcome)
 
     def _send(self, jobs: list[Job]) -> None:
         """Announce the jobs and push their tasks in one round trip; note them sent with the next group."""
@@ -181,6 +179,16 @@ class Submitter:
                 self._marks_since = time.monotonic()
             self._marks.extend(marks)
             self._cond.notify()
+
+
+def _settle(future: Future[list[Submitted]], outcome: list[Submitted] | BaseException) -> None:
+    """Hand a caller its outcome, unless it stopped waiting (its request timed out and cancelled the future): one
+    caller gone must not fail the others of its group."""
+    with contextlib.suppress(InvalidStateError):
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
 
 
 def _record(

@@ -12,7 +12,10 @@ import redis.asyncio as aioredis
 
 from conveyor.events import AsyncEventLog, EventLog, Retention, StreamEvent, decode, encode, id_key, predecessor
 from conveyor.ids import new_id
+from conveyor.names import EVENTS_STREAM
+from conveyor.redis_client import text
 from conveyor.schemas import Event, EventType, JobStatus
+from tests.events_support import stream_entries
 
 
 def event(job_id: str, type_: EventType = EventType.PROGRESS, progress: float = 1.0) -> Event:
@@ -58,13 +61,22 @@ def test_publish_then_read_after_any_id(redis_url: str) -> None:
     client.close()
 
 
-def test_trim_older_than_drops_only_old_events(redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url)
-    log = EventLog(client, max_len=10_000)
-    fresh = log.publish(event(new_id()))
-    log.trim_older_than(3600)
-    assert client.xrange("conveyor:events", min=fresh, max=fresh)
-    client.close()
+def test_trim_older_than_drops_only_old_events(private_redis_url: str) -> None:
+    """An event two hours old (its id says when it was added) goes; one just published stays."""
+    client = redis.Redis.from_url(private_redis_url)
+    try:
+        log = EventLog(client, max_len=10_000)
+        two_hours_ago = int((time.time() - 7200) * 1000)
+        old = text(client.xadd(EVENTS_STREAM, encode(event(new_id())), id=f"{two_hours_ago}-0"))  # type: ignore[arg-type]
+        fresh = log.publish(event(new_id()))
+        assert [entry_id for entry_id, _ in stream_entries(client.xrange(EVENTS_STREAM))] == [
+            old.encode(),
+            fresh.encode(),
+        ]
+        assert log.trim_older_than(3600) == 1
+        assert [entry_id for entry_id, _ in stream_entries(client.xrange(EVENTS_STREAM))] == [fresh.encode()]
+    finally:
+        client.close()
 
 
 @pytest.mark.parametrize(

@@ -54,3 +54,8 @@ def test_health_queues_are_checked_and_kept_in_queue_order(tmp_path: Path) -> No
     assert Settings(_env_file=None, data_dir=tmp_path).required_queues == ()  # type: ignore[call-arg]
     with pytest.raises(ValueError, match="unknown queues"):
         Settings(_env_file=None, data_dir=tmp_path, health_queues="uplods")  # type: ignore[call-arg]
+
+
+def test_the_apis_own_address_is_an_allowed_origin(tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, data_dir=tmp_path, api_port=8123, allowed_origins="https://app.example/")  # type: ignore[call-arg]
+    assert settings.origins == {"http://127.0.0.1:8123", "http://localhost:8123", "https://app.example"}

@@ -19,7 +19,8 @@ from websockets.sync.client import connect
 from tests.conftest import Stack
 from tests.support import peak_rss_kib
 
-pytestmark = [pytest.mark.system, pytest.mark.slow]
+#: Longer than the global 120 s: a 1 GiB upload may take its 300 s, then up to 120 s per event.
+pytestmark = [pytest.mark.system, pytest.mark.slow, pytest.mark.timeout(480)]
 GiB = 1024**3
 
 

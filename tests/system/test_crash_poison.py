@@ -19,7 +19,8 @@ from tests.events_support import stream_events
 from tests.poison_tasks import TASK_NAME
 from tests.system.faults import FaultStack, accepted_ids, submit_many
 
-pytestmark = [pytest.mark.system, pytest.mark.slow]
+#: Longer than the global 120 s: 60 s to start, then up to 90 + 60 s of waiting for jobs.
+pytestmark = [pytest.mark.system, pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 def test_a_job_that_kills_its_worker_every_time_is_failed_as_poisoned(tmp_path: Path) -> None:
@@ -58,7 +59,7 @@ def test_a_job_that_kills_its_worker_every_time_is_failed_as_poisoned(tmp_path: 
         assert worker.alive(), "the worker itself died"
         deaths = worker.output().count("exited with 'signal 9 (SIGKILL)'")
         assert deaths == 3, f"{deaths} pool processes died\n{worker.output()[-3000:]}"
-        time.sleep(3)  # leftover messages for the job are dropped; it is not run again
+        time.sleep(3)  # the behaviour under test: for a while, leftover messages of the job run nothing
         assert worker.output().count("exited with 'signal 9 (SIGKILL)'") == 3
         client.close()
         celery.close()

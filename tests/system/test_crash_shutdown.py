@@ -17,7 +17,8 @@ from tests.receivers import Reply, http_receiver
 from tests.support import Process, base_env, bearer, conveyor, wait_until_healthy
 from tests.system.faults import FaultStack, accepted_ids, submit_many
 
-pytestmark = [pytest.mark.system, pytest.mark.slow]
+#: Longer than the global 120 s: 60 s to start, then up to 30 + 15 + 60 s (or more steps) of waiting.
+pytestmark = [pytest.mark.system, pytest.mark.slow, pytest.mark.timeout(240)]
 
 SECRET = webhooks.new_secret()
 HOOKS = {"CONVEYOR_WEBHOOK_SECRET": SECRET, "CONVEYOR_WEBHOOK_ALLOW_PRIVATE": "true"}

@@ -14,7 +14,8 @@ from conveyor.store import db
 from tests.receivers import Reply, http_receiver
 from tests.system.faults import FaultStack, accepted_ids, finished_at, submit_many
 
-pytestmark = [pytest.mark.system, pytest.mark.slow]
+#: Longer than the global 120 s: 60 s to start, then up to 60 + 90 s of waiting for jobs.
+pytestmark = [pytest.mark.system, pytest.mark.slow, pytest.mark.timeout(240)]
 
 JOBS = 100
 SECRET = webhooks.new_secret()

@@ -25,7 +25,8 @@ from conveyor.ops.redis_server import free_port, wait_for_port
 from tests.conftest import Stack
 from tests.support import base_env, conveyor
 
-pytestmark = pytest.mark.system
+#: Longer than the global 120 s: Flower's start (30 s), a 50 MB upload (120 s), then 60 s of progress.
+pytestmark = [pytest.mark.system, pytest.mark.timeout(240)]
 
 AUTH = ("conveyor", "flower-" + uuid.uuid4().hex[:12])
 
@@ -41,6 +42,10 @@ def flower(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
     process = conveyor("flower", ["flower"], env, data_dir / "logs")
     try:
         wait_for_port(port, 30, process.popen)
+        deadline = time.monotonic() + 30
+        while 'event="flower feed started"' not in process.output():  # it first hears the workers' heartbeats
+            assert time.monotonic() < deadline, process.output()[-3000:]
+            time.sleep(0.1)
         yield f"http://127.0.0.1:{port}"
     finally:
         process.stop()
@@ -67,7 +72,6 @@ def folded_progress(flower: str) -> float:
 
 
 def test_a_50mb_upload_shows_its_progress_in_flower_before_success(stack: Stack, flower: str) -> None:
-    time.sleep(3.5)  # the feed's first read waits for the workers' heartbeats
     before = folded_progress(flower)
     body = os.urandom(50 << 20)
     response = httpx.post(

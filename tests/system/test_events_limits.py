@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import socket
 import threading
@@ -163,11 +164,26 @@ def test_caps_per_topic_and_per_process_close_1013_or_answer_503(tight: Tight) -
         detail: str = message["detail"]
         return detail
 
-    time.sleep(0.5)
-    with (
-        connect(f"{tight.ws_url}/ws?topic=busy", open_timeout=10, additional_headers=tight.headers),
-        connect(f"{tight.ws_url}/ws?topic=busy", additional_headers=tight.headers),
-    ):
+    def held(stack: contextlib.ExitStack[bool | None], query: str, ack: str) -> None:
+        """A connection the api counts: its ``subscribe`` to ``ack`` is acknowledged. A refusal at the process cap
+        (a connection of the previous test not released yet) is tried again, for a while."""
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.ExitStack() as attempt:
+                ws = attempt.enter_context(
+                    connect(f"{tight.ws_url}/ws{query}", open_timeout=10, additional_headers=tight.headers)
+                )
+                ws.send(json.dumps({"op": "subscribe", "topic": ack}))
+                message = recv(ws)
+                if message["type"] == "subscribed":
+                    stack.enter_context(attempt.pop_all())
+                    return
+            assert "limit of 8" in message["detail"] and time.monotonic() < deadline, message
+            time.sleep(0.05)
+
+    with contextlib.ExitStack() as busy:
+        held(busy, "?topic=busy", "ack-1")
+        held(busy, "?topic=busy", "ack-2")
         with connect(f"{tight.ws_url}/ws?topic=busy", open_timeout=10, additional_headers=tight.headers) as third:
             assert "topic 'busy'" in refused(third)
         response = httpx.get(f"{tight.base_url}/events?topic=busy", headers=tight.headers, timeout=10)
@@ -176,8 +192,8 @@ def test_caps_per_topic_and_per_process_close_1013_or_answer_503(tight: Tight) -
             ws.send('{"op": "subscribe", "topic": "busy"}')
             assert "topic 'busy'" in refused(ws)
         with contextlib.ExitStack() as others:
-            for _ in range(6):
-                others.enter_context(connect(f"{tight.ws_url}/ws", open_timeout=10, additional_headers=tight.headers))
+            for i in range(6):
+                held(others, "", f"ack-other-{i}")
             with connect(f"{tight.ws_url}/ws", open_timeout=10, additional_headers=tight.headers) as ninth:
                 assert "limit of 8" in refused(ninth)
             response = httpx.get(f"{tight.base_url}/events", headers=tight.headers, timeout=10)

@@ -22,7 +22,8 @@ from websockets.sync.client import connect
 from conveyor.names import QUEUE_NOTIFICATIONS
 from tests.system.faults import FaultStack, accepted_ids, submit_many
 
-pytestmark = [pytest.mark.system, pytest.mark.slow]
+#: Longer than the global 120 s: 60 s to start, then up to 60 + 40 + 30 s of waiting, and the outage.
+pytestmark = [pytest.mark.system, pytest.mark.slow, pytest.mark.timeout(240)]
 
 JOBS = 1000
 DURING_OUTAGE = 20

@@ -48,7 +48,9 @@ def test_pickled_task_message_is_never_executed(stack: Stack, tmp_path: Path) ->
     )
     assert response.status_code == 202
     receive_until(stack.ws_url, f"/ws?job_id={response.json()['job_id']}", {"job.succeeded"}, 30, headers=stack.headers)
-    time.sleep(0.5)
+    refusal = "Refusing to deserialize untrusted content of type pickle"
+    deadline = time.monotonic() + 30
+    while refusal not in (log := stack.processes["notifications"].output()):
+        assert time.monotonic() < deadline, log[-2000:]
+        time.sleep(0.05)
     assert not marker.exists(), "the pickled payload was executed"
-    log = stack.processes["notifications"].output()
-    assert "Refusing to deserialize untrusted content of type pickle" in log, log[-2000:]

@@ -13,7 +13,8 @@ from conveyor.ops.redis_server import free_port, redis_command, wait_for_port
 from tests.support import base_env, bearer, conveyor, create_key, start_process
 from tests.system.test_skeleton import receive_until
 
-pytestmark = pytest.mark.system
+#: Longer than the global 120 s: 30 s for the api, then 30 + 60 s of waiting.
+pytestmark = [pytest.mark.system, pytest.mark.timeout(180)]
 
 
 def test_submission_while_redis_is_down_runs_when_it_returns(tmp_path: Path) -> None:

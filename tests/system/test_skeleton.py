@@ -19,7 +19,8 @@ from websockets.sync.client import connect
 from tests.conftest import Stack
 from tests.support import bearer, conveyor, peak_rss_kib, processes_with_env, run_env, wait_until_healthy
 
-pytestmark = pytest.mark.system
+#: Longer than the global 120 s: `conveyor run`'s start (60 s), then up to 30 + 60 + 20 + 15 s of waiting.
+pytestmark = [pytest.mark.system, pytest.mark.timeout(240)]
 
 
 def receive_until(
@@ -124,6 +125,7 @@ def test_conveyor_run_starts_everything_and_ctrl_c_leaves_nothing(tmp_path: Path
         wait_until_healthy(base_url, 60, [run])
         print(f"conveyor run healthy after {time.monotonic() - started:.1f}s")
         # In development, ``conveyor run`` makes a key on its first start and keeps it here (and prints it).
+        assert (data_dir / "dev-api-key").stat().st_mode & 0o077 == 0  # the owner's alone
         headers = bearer((data_dir / "dev-api-key").read_text().strip())
         flower = f"http://127.0.0.1:{flower_port}"
         auth = ("conveyor", "flower-test-secret")

@@ -84,7 +84,9 @@ def test_over_the_limit_streamed_without_length_is_413_before_the_body_ends(limi
     assert reply.startswith(b"HTTP/1.1 413"), reply
     assert b"larger than the limit" in reply
     assert sent < 8 * LIMIT, f"the api read {sent} bytes before refusing"
-    time.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while spool_files(data_dir) and time.monotonic() < deadline:  # the refused upload's file is removed
+        time.sleep(0.02)
     assert spool_files(data_dir) == []
 
 
@@ -123,7 +125,10 @@ def test_client_that_disconnects_mid_upload_leaves_no_job_and_no_file(stack: Sta
                 + head
                 + os.urandom(3_000_000)
             )
-            time.sleep(0.3)
+            deadline = time.monotonic() + 10
+            while spool_is_clean():  # the upload is being written to the spool: now the client goes away
+                assert time.monotonic() < deadline, "the upload never reached the spool"
+                time.sleep(0.01)
         deadline = time.monotonic() + 10
         while not spool_is_clean() and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from conveyor.settings import Settings
 from tests.burst import BurstWorker
-from tests.inprocess import Api
+from tests.inprocess import Api, serve
 
 pytestmark = pytest.mark.anyio
 
@@ -70,3 +71,13 @@ async def test_another_owners_job_is_404(api: Api) -> None:
     assert (await api.client.get(f"/jobs/{job_id}", headers=theirs)).status_code == 404
     assert (await api.client.delete(f"/jobs/{job_id}", headers=theirs)).status_code == 404
     assert (await api.client.get("/jobs", headers=theirs)).json()["jobs"] == []
+
+
+async def test_with_auth_off_no_key_is_needed_and_everything_is_the_anonymous_owners(api_settings: Settings) -> None:
+    async with serve(api_settings.model_copy(update={"auth": "off"})) as open_api, open_api.anonymous() as client:
+        response = await client.post("/notifications", json={"channel": "log", "message": "open"})
+        assert response.status_code == 202, response.text
+        job_id = response.json()["job_id"]
+        assert (await client.get(f"/jobs/{job_id}")).status_code == 200
+        stored = open_api.state.store.get(job_id)
+        assert stored is not None and stored.owner == "anonymous"

@@ -6,11 +6,13 @@ from __future__ import annotations
 import time
 import uuid
 
+import httpx
 import pytest
 
 from tests.burst import BurstWorker
 from tests.events_support import FINISHED
 from tests.inprocess import Api
+from tests.support import bearer
 
 pytestmark = pytest.mark.anyio
 
@@ -66,6 +68,41 @@ async def test_idempotency_key_returns_the_same_job(api: Api) -> None:
     different = await api.client.post("/notifications", json=log("other"), headers=key)
     assert different.status_code == 422
     assert "Idempotency-Key" in different.json()["detail"]
+
+
+@pytest.mark.parametrize("path", ["/notifications", "/notifications:batch", "/uploads"])
+async def test_an_idempotency_key_is_the_owners_own(api: Api, path: str) -> None:
+    """The same ``Idempotency-Key`` from two owners makes two jobs: each owner's repeat replays its own job, and
+    the other owner's use of the key neither replays nor conflicts with it."""
+    key = {"Idempotency-Key": f"shared-{uuid.uuid4().hex}"}
+
+    async def post(client: httpx.AsyncClient, text: str) -> httpx.Response:
+        if path == "/uploads":
+            return await client.post(path, files={"file": ("a.txt", text.encode(), "text/plain")}, headers=key)
+        body = log(text) if path == "/notifications" else {"notifications": [log(text)]}
+        return await client.post(path, json=body, headers=key)
+
+    def job_ids(response: httpx.Response) -> list[str]:
+        assert response.status_code == 202, response.text
+        data = response.json()
+        return [job["job_id"] for job in data["jobs"]] if "jobs" in data else [data["job_id"]]
+
+    def client(owner: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=api.app)
+        return httpx.AsyncClient(transport=transport, base_url=api.client.base_url, headers=bearer(api.new_key(owner)))
+
+    async with client("bob") as bob, client("carol") as carol:
+        alices = await post(api.client, "same")
+        bobs = await post(bob, "same")  # the same request: not alice's job replayed
+        carols = await post(carol, "different")  # another request: not a conflict with alice's
+        for response in (alices, bobs, carols):
+            assert "idempotent-replayed" not in response.headers
+        assert len({*job_ids(alices), *job_ids(bobs), *job_ids(carols)}) == 3 * len(job_ids(alices))
+        for owner, first, text in ((api.client, alices, "same"), (bob, bobs, "same"), (carol, carols, "different")):
+            again = await post(owner, text)
+            assert again.headers["idempotent-replayed"] == "true" and job_ids(again) == job_ids(first)
+        for job_id in job_ids(alices):
+            assert (await bob.get(f"/jobs/{job_id}")).status_code == 404
 
 
 async def test_a_batch_is_recorded_in_order_and_every_job_runs(api: Api, burst_worker: BurstWorker) -> None:

@@ -12,7 +12,7 @@ import pytest
 from conveyor.settings import Settings
 from tests.asgi import WebSocketClosed, WebSocketSession
 from tests.burst import BurstWorker
-from tests.events_support import FINISHED, publish
+from tests.events_support import FINISHED, publish, publish_job_event
 from tests.inprocess import Api, serve
 
 pytestmark = pytest.mark.anyio
@@ -46,8 +46,9 @@ async def test_resume_and_subscribe_with_snapshot(api: Api, burst_worker: BurstW
         job_id = await submit(api)
         await ws.send_text(json.dumps({"op": "subscribe", "job_id": job_id}))
         snapshot = await ws.receive_json()
-        assert snapshot["type"] == "snapshot" and snapshot["job"]["job_id"] == job_id
-        assert snapshot["job"]["status"] == "queued"
+        assert snapshot["type"] == "snapshot" and snapshot["job_id"] == job_id
+        stored = (await api.client.get(f"/jobs/{job_id}")).json()
+        assert snapshot["job"] == stored and stored["status"] == "queued"  # no worker ran it yet
         await burst_worker.drain_async()
         events = []
         while (event := await ws.receive_json())["type"] not in FINISHED:
@@ -58,8 +59,10 @@ async def test_resume_and_subscribe_with_snapshot(api: Api, burst_worker: BurstW
         assert await ws.receive_json() == {"type": "unsubscribed", "topic": "asgi"}
 
 
-async def test_unsubscribe_stops_a_jobs_events_and_is_confirmed(api: Api, burst_worker: BurstWorker) -> None:
-    async with api.websocket("/ws?topic=nothing-here") as ws:
+async def test_unsubscribe_stops_a_jobs_events_and_is_confirmed(api: Api) -> None:
+    """After ``unsubscribed``, an event of the job published before a marker does not arrive: the marker does."""
+    redis_url = api.settings.effective_redis_url
+    async with api.websocket("/ws?topic=unsubscribe-marker") as ws:
         job_id = await submit(api)
         await ws.send_text(json.dumps({"op": "subscribe", "job_id": job_id}))
         assert (await ws.receive_json())["type"] == "snapshot"
@@ -67,12 +70,9 @@ async def test_unsubscribe_stops_a_jobs_events_and_is_confirmed(api: Api, burst_
         while (message := await ws.receive_json())["type"] != "unsubscribed":
             assert message["job_id"] == job_id
         assert message == {"type": "unsubscribed", "job_id": job_id}
-        await burst_worker.drain_async()
-        await ws.send_text(json.dumps({"op": "subscribe", "topic": "after"}))
-        assert await ws.receive_json() == {"type": "subscribed", "topic": "after"}
-        publish(api.settings.effective_redis_url, 1, topic="after")
-        message = await ws.receive_json()
-        assert message["type"] == "topic.message" and message["topic"] == "after"
+        publish_job_event(redis_url, job_id)
+        marker = publish(redis_url, 1, topic="unsubscribe-marker")
+        assert (await ws.receive_json())["event_id"] == marker[0]
 
 
 async def test_topic_messages_reach_topic_listeners_only(api: Api) -> None:
@@ -82,6 +82,8 @@ async def test_topic_messages_reach_topic_listeners_only(api: Api) -> None:
         assert [m["event_id"] for m in got] == ids and all(m["type"] == "topic.message" for m in got)
         job_id = await submit(api)
         assert (await all_jobs.receive_json())["job_id"] == job_id
+        marker = publish(api.settings.effective_redis_url, 1, topic="alerts")
+        assert (await listener.receive_json())["event_id"] == marker[0]  # no job event came before it
 
 
 async def test_websocket_resumes_after_last_event_id_without_gap_or_repeat(api: Api, burst_worker: BurstWorker) -> None:
@@ -175,3 +177,12 @@ async def test_a_client_that_stops_reading_is_closed_1013(small_mailboxes: Api) 
                 messages.append(await slow.receive_json())
     assert closed.value.code == 1013
     assert messages[-1]["type"] == "error" and len(messages) < 150
+
+
+async def test_a_stream_follows_at_most_100_jobs_and_topics(api: Api) -> None:
+    async with api.websocket("/ws?topic=t0") as ws:
+        for i in range(1, 100):
+            await ws.send_text(json.dumps({"op": "subscribe", "topic": f"t{i}"}))
+            assert await ws.receive_json() == {"type": "subscribed", "topic": f"t{i}"}
+        await ws.send_text(json.dumps({"op": "subscribe", "topic": "one-too-many"}))
+        assert "at most 100" in await closed_with(ws, 1008)
