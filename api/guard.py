@@ -2,7 +2,8 @@
 
 In order, for each request (pure ASGI, so streaming bodies and responses are untouched):
 
-1. public paths (``PUBLIC``) go straight through; every other path needs a valid API key — ``/events`` also
+1. public paths (``PUBLIC``, and a room's ``/events``, which takes the room's join token) go straight through;
+   every other path needs a valid API key — ``/events`` also
    takes a ticket, after its ``Origin`` is checked (403) — else ``401`` with ``WWW-Authenticate`` (an unknown
    path answers 401 too, so routes are not revealed to strangers);
 2. the key's token bucket (:mod:`api.ratelimit`) must hold a token, else ``429`` with ``Retry-After``;
@@ -48,6 +49,8 @@ PUBLIC = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect"
 _UPLOAD = "/uploads"
 _DOWNLOAD = re.compile(r"^/uploads/[^/]+/content$")
 _EVENTS = "/events"
+#: A room read as Server-Sent Events: its join token is checked by the route (api/routes/rooms.py), no key needed.
+_ROOM_EVENTS = re.compile(r"^/rooms/[^/]+/events$")
 
 
 # BaseException, so that no route's ``except Exception`` (FastAPI's body parsing has one) turns them into a 400.
@@ -70,7 +73,7 @@ class Guard:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC:
+        if scope["type"] != "http" or scope["path"] in PUBLIC or _ROOM_EVENTS.match(scope["path"]):
             await self.app(scope, receive, send)
             return
         state: AppState = scope["state"]["conveyor"]

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from api import errors
 from api.guard import Guard
 from api.lane import SubmissionLane
-from api.routes import attempts, health, jobs, notifications, schedules, sse, tickets, uploads, ws
+from api.routes import attempts, health, jobs, notifications, rooms, schedules, sse, tickets, uploads, ws
 from api.state import lifespan_for
 from conveyor import __version__
 from conveyor.settings import Settings, get_settings
@@ -32,7 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan_for(settings or get_settings()),
     )
     app.include_router(health.router)
-    for module in (jobs, attempts, notifications, schedules, uploads, tickets, ws, sse):
+    for module in (jobs, attempts, notifications, schedules, rooms, uploads, tickets, ws, sse):
         app.include_router(module.router, responses=GUARDED)
     errors.install(app)
     app.add_middleware(SubmissionLane)  # inside the guard: authenticated and rate-limited first

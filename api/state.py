@@ -19,6 +19,8 @@ from api.auth import Authenticator
 from api.health import Health
 from api.leases import Leases
 from api.ratelimit import RateLimiter
+from api.rooms.store import RoomStore
+from api.rooms.watch import RoomWatch
 from api.streams.hub import Hub, raise_open_file_limit
 from conveyor import logs
 from conveyor.events import AsyncEventLog, EventLog
@@ -58,6 +60,7 @@ class AppState:
     auth: Authenticator
     limiter: RateLimiter
     leases: Leases
+    rooms: RoomStore
     topics: TopicPolicy
     secrets: SecretBox
     #: Threads for job-store reads and writes, apart from every other thread the api uses (file I/O).
@@ -127,6 +130,7 @@ async def open_state(settings: Settings) -> AsyncIterator[AppState]:
         ),
         limiter=RateLimiter(async_redis, settings.rate_limit_per_second, settings.rate_limit_burst),
         leases=Leases(async_redis),
+        rooms=RoomStore(async_redis, settings.events_max_len),
         topics=topics,
         secrets=SecretBox(settings),
         db_threads=db_threads,
@@ -135,10 +139,11 @@ async def open_state(settings: Settings) -> AsyncIterator[AppState]:
     reader = asyncio.create_task(hub.run(), name="event-hub")
     revocations = asyncio.create_task(revocation.watch(hub, state.auth), name="revocations")
     renewals = asyncio.create_task(state.leases.run(), name="lease-renewals")
+    room_watch = asyncio.create_task(RoomWatch(hub, state.rooms).run(), name="room-watch")
     try:
         yield state
     finally:
-        for task in (reader, revocations, renewals):
+        for task in (reader, revocations, renewals, room_watch):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -48,13 +48,22 @@ _PREFIX = b'{"v":' + str(EVENT_VERSION).encode() + b","
 
 class StreamEvent:
     """An event as the stream holds it, not validated again: the fields that route it (``type``, ``job_id``,
-    ``owner``, ``topic``, and ``event_id``, the entry's id) and the JSON a client receives (``text``, the stored JSON
-    with ``event_id`` added, built without decoding and encoding it again)."""
+    ``owner``, ``topic``, ``room_id``, and ``event_id``, the entry's id), a room change's ``version``, and the JSON
+    a client receives (``text``, the stored JSON with ``event_id`` added, built without decoding and encoding it
+    again)."""
 
-    __slots__ = ("event_id", "job_id", "owner", "text", "topic", "type")
+    __slots__ = ("event_id", "job_id", "owner", "room_id", "text", "topic", "type", "version")
 
     def __init__(
-        self, event_id: str, type_: EventType, job_id: str | None, owner: str | None, topic: str | None, text: str
+        self,
+        event_id: str,
+        type_: EventType,
+        job_id: str | None,
+        owner: str | None,
+        topic: str | None,
+        text: str,
+        room_id: str | None = None,
+        version: int | None = None,
     ) -> None:
         self.event_id = event_id
         self.type = type_
@@ -62,6 +71,8 @@ class StreamEvent:
         self.owner = owner
         self.topic = topic
         self.text = text
+        self.room_id = room_id
+        self.version = version
 
     @classmethod
     def read(cls, entry_id: bytes | str, fields: dict[bytes, bytes]) -> StreamEvent:
@@ -81,6 +92,8 @@ class StreamEvent:
             data.get("owner"),
             data.get("topic"),
             message.decode(),
+            data.get("room_id"),
+            data.get("version"),
         )
 
     @classmethod

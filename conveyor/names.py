@@ -33,9 +33,10 @@ USED_TICKET_KEY: Final = REDIS_PREFIX + "ticket-used:"
 WORKERS_PREFIX: Final = REDIS_PREFIX + "workers:"
 #: Sorted sets of the leases each API key holds (api/leases.py): ``<prefix><kind>:<key id>``.
 LEASES_PREFIX: Final = REDIS_PREFIX + "leases:"
-#: Lease kinds: an open event stream, an upload being received.
+#: Lease kinds: an open event stream, an upload being received (both per API key), a room's participant (per room).
 LEASE_STREAM: Final = "stream"
 LEASE_UPLOAD: Final = "upload"
+LEASE_ROOM: Final = "room"
 
 
 def workers_key(queue: str) -> str:

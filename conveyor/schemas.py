@@ -38,6 +38,8 @@ class EventType(StrEnum):
     FAILED = "job.failed"
     CANCELLED = "job.cancelled"
     TOPIC_MESSAGE = "topic.message"
+    ROOM_CHANGED = "room.changed"
+    ROOM_CLOSED = "room.closed"
 
 
 EVENT_FOR_STATUS: dict[JobStatus, EventType] = {
@@ -134,16 +136,42 @@ class Event(BaseModel):
     next_attempt_at: float | None = Field(default=None, description="On job.retrying: epoch seconds of the next try")
     reason: str | None = Field(default=None, description="On job.failed: why, as a word (e.g. poisoned)")
     worker: str | None = Field(default=None, description="On job.started: the Celery worker (node name) running it")
+    room_id: str | None = Field(default=None, description="On room events: the room")
+    version: int | None = Field(default=None, description="On room.changed: the room's version after the change")
+    op: str | None = Field(default=None, description="On room.changed: add, remove, set or clear")
+    item: str | None = Field(default=None, description="On room.changed (add, remove): the item")
+    items: list[str] | None = Field(default=None, description="On room.changed: the room's items after the change")
 
 
 class StreamCommand(BaseModel):
-    """A WebSocket client's message changing what it receives; names exactly one of ``job_id`` and ``topic``."""
+    """A WebSocket client's message: ``subscribe``/``unsubscribe`` change what it receives (naming exactly one of
+    ``job_id`` and ``topic``); ``publish`` sends ``message`` to every listener of ``topic``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    op: Literal["subscribe", "unsubscribe"]
+    op: Literal["subscribe", "unsubscribe", "publish"]
     job_id: str | None = Field(default=None, min_length=1, max_length=64)
     topic: str | None = Field(default=None, min_length=1, max_length=200)
+    message: dict[str, Any] | list[Any] | str | int | float | bool | None = Field(
+        default=None, description="publish: any JSON value but null"
+    )
+
+
+class Published(BaseModel):
+    """Confirms a ``publish``: the ``topic.message`` event is in the stream, on its way to every listener."""
+
+    type: Literal["published"] = "published"
+    topic: str
+    event_id: str
+
+
+class CommandRefused(BaseModel):
+    """A client's command that was not carried out (a publish without the right, over the rate limit; a room
+    change refused); the connection stays open."""
+
+    type: Literal["refused"] = "refused"
+    op: str | None = None
+    detail: str
 
 
 class Snapshot(BaseModel):
@@ -440,3 +468,84 @@ class SchedulePage(BaseModel):
 
     schedules: list[Schedule]
     next_cursor: str | None
+
+
+#: Longest item of a room, in characters.
+ROOM_ITEM_MAX_CHARS = 200
+#: A room's item: text without control characters.
+RoomItem = Annotated[str, Field(min_length=1, max_length=ROOM_ITEM_MAX_CHARS, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
+def _unique(items: list[str] | None) -> list[str] | None:
+    if items is not None and len(set(items)) != len(items):
+        raise ValueError("items must be unique")
+    return items
+
+
+class RoomRequest(BaseModel):
+    """The body of ``POST /rooms``: how long the room lives without activity, how many may join, its first items."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ttl_seconds: int = Field(default=600, ge=1, description="Seconds without activity before the room expires")
+    max_participants: int = Field(default=10, ge=1, le=1000, description="Participants at once, across api processes")
+    state: list[RoomItem] | None = Field(default=None, description="The room's first items (unique)")
+
+    _check_state = field_validator("state")(_unique)
+
+
+class RoomCreated(BaseModel):
+    """The 201 answer to ``POST /rooms``: share ``join_url`` (it holds the join token; no API key needed)."""
+
+    room_id: str
+    join_token: str = Field(description="Whoever holds it may join, read and change the room")
+    join_url: str = Field(description="WebSocket URL to join: /rooms/{room_id}/ws?token=…")
+    events_url: str = Field(description="The same room, read only, as Server-Sent Events")
+    expires_at: datetime
+    ttl_seconds: int
+    max_participants: int
+
+
+class Room(BaseModel):
+    """A room as ``GET /rooms/{room_id}`` shows it."""
+
+    room_id: str
+    items: list[str]
+    version: int = Field(description="Changes so far; every participant sees each version once, in order")
+    participants: int
+    max_participants: int
+    ttl_seconds: int
+    expires_at: datetime
+    created_at: datetime
+
+
+class RoomCommand(BaseModel):
+    """A participant's change: ``add``/``remove`` an ``item``, ``set`` the ``items``, ``clear``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    op: Literal["add", "remove", "set", "clear"]
+    item: RoomItem | None = None
+    items: list[RoomItem] | None = None
+
+    _check_items = field_validator("items")(_unique)
+
+    @model_validator(mode="after")
+    def _operands(self) -> RoomCommand:
+        if (self.item is not None) != (self.op in ("add", "remove")):
+            raise ValueError(f"{self.op} takes an item" if self.op in ("add", "remove") else f"{self.op} takes no item")
+        if (self.items is not None) != (self.op == "set"):
+            raise ValueError("set takes items" if self.op == "set" else f"{self.op} takes no items")
+        return self
+
+
+class RoomState(BaseModel):
+    """Sent to a participant when it joins (or resumes from a version the room no longer holds): the whole room."""
+
+    type: Literal["room.state"] = "room.state"
+    room_id: str
+    version: int
+    items: list[str]
+    participants: int
+    max_participants: int
+    expires_at: datetime

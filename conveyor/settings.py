@@ -160,6 +160,11 @@ class Settings(BaseSettings):
     write_lock_timeout_seconds: float = Field(
         default=10.0, gt=0, description="Longest a writer waits for SQLite's write lock before it answers 503"
     )
+    room_max_items: int = Field(default=100, ge=1, le=10_000, description="Items one room may hold")
+    room_max_ttl_seconds: int = Field(default=86_400, ge=1, description="Longest ttl_seconds a room may be made with")
+    room_commands_per_second: float = Field(
+        default=10.0, gt=0, description="Changes one room participant may send per second (twice as many at once)"
+    )
     max_schedules_per_owner: int = Field(default=100, ge=0, description="Schedules one owner (API key's) may have")
     dispatch_grace_seconds: float = Field(default=5.0, ge=0)
     dispatch_interval_seconds: float = Field(default=5.0, gt=0)

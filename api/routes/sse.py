@@ -11,7 +11,6 @@ the job store not answering).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Annotated
 
@@ -23,8 +22,9 @@ from starlette.types import Receive, Scope, Send
 from api.deps import PrincipalDep, StateDep
 from api.errors import REDIS_DOWN, STORE_DOWN, error, unavailable
 from api.streams.request import StreamRequest, parse_request
+from api.streams.senders import SseSender, disconnected
 from api.streams.session import ClientGone, EventStream
-from api.streams.wire import CLOSE_TIMEOUT, TOO_SLOW, Outgoing, Refused
+from api.streams.wire import CLOSE_TIMEOUT, Outgoing, Refused
 from conveyor import logs
 from conveyor.redis_client import REDIS_ERRORS
 from conveyor.store.apikeys import Principal
@@ -35,37 +35,6 @@ if TYPE_CHECKING:
 
 log = logs.get("conveyor.sse")
 router = APIRouter(tags=["events"])
-
-#: Milliseconds an ``EventSource`` waits before it reconnects.
-RETRY_MS = 1000
-
-
-class _SseSender:
-    """Writes to one client; a write the client's socket does not take within ``timeout`` seconds ends the stream as
-    too slow (a last ``error`` message)."""
-
-    __slots__ = ("send_body", "timeout")
-
-    def __init__(self, send: Send, timeout: float) -> None:
-        self.send_body = send
-        self.timeout = timeout
-
-    async def send(self, item: Outgoing) -> None:
-        head = f"id: {item.event.event_id}\ndata: " if item.event is not None else "data: "
-        await self._write(f"{head}{item.text}\n\n".encode())
-
-    async def heartbeat(self) -> None:
-        await self._write(b": keep-alive\n\n")
-
-    async def _write(self, body: bytes) -> None:
-        try:
-            async with asyncio.timeout(self.timeout):
-                await self.send_body({"type": "http.response.body", "body": body, "more_body": True})
-        except TimeoutError:
-            log.info("event stream too slow; ended with an error message")
-            raise TOO_SLOW.fresh() from None
-        except OSError as exc:
-            raise ClientGone from exc
 
 
 class EventSourceResponse(Response):
@@ -94,31 +63,17 @@ class EventSourceResponse(Response):
             await unavailable(REDIS_DOWN if redis_failed else STORE_DOWN)(scope, receive, send)
             return
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
-            sender = _SseSender(send, self.state.settings.stream_send_timeout_seconds)
-            await send({"type": "http.response.body", "body": f"retry: {RETRY_MS}\n\n".encode(), "more_body": True})
+            sender = SseSender(send, self.state.settings.stream_send_timeout_seconds)
+            await sender.start()
             heartbeat = self.state.settings.sse_heartbeat_seconds
-            outcome = await stream.serve(sender, start, lambda: _disconnected(receive), heartbeat)
+            outcome = await stream.serve(sender, start, lambda: disconnected(receive), heartbeat)
             # A client too slow or gone gets what it takes in time; uvicorn then drops the connection.
             with anyio.move_on_after(CLOSE_TIMEOUT), contextlib.suppress(ClientGone, Refused, OSError):
                 if outcome is not None:
                     await sender.send(Outgoing.notice(outcome.message))
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await sender.end()
         finally:
             stream.close()
-
-
-_HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-]
-
-
-async def _disconnected(receive: Receive) -> None:
-    """Return once the client has gone (an SSE client sends nothing else)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
 
 
 @router.get(

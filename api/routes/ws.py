@@ -8,45 +8,19 @@ unless ``CONVEYOR_WS_NATIVE`` is false; this route serves it under any other ser
 
 from __future__ import annotations
 
-import asyncio
-
-import anyio
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
 from api.auth import origin_allowed
 from api.deps import StateDep
 from api.streams.request import admit, parse_request
-from api.streams.session import ClientGone, EventStream
-from api.streams.wire import CLOSE_POLICY, CLOSE_TIMEOUT, INTERNAL_ERROR, TOO_SLOW, Outgoing, Refused
+from api.streams.senders import WebSocketSender, close_websocket
+from api.streams.session import EventStream
+from api.streams.wire import CLOSE_POLICY, INTERNAL_ERROR, Refused
 from conveyor import logs
 
 log = logs.get("conveyor.ws")
 router = APIRouter()
-
-
-class _WebSocketSender:
-    """Sends to one client; a send the client's socket does not take within ``timeout`` seconds ends the stream as
-    too slow (1013)."""
-
-    __slots__ = ("timeout", "websocket")
-
-    def __init__(self, websocket: WebSocket, timeout: float) -> None:
-        self.websocket = websocket
-        self.timeout = timeout
-
-    async def send(self, item: Outgoing) -> None:
-        try:
-            async with asyncio.timeout(self.timeout):
-                await self.websocket.send_text(item.text)
-        except TimeoutError:
-            log.info("event stream too slow; closed with 1013", code=TOO_SLOW.ws_code)
-            raise TOO_SLOW.fresh() from None
-        except (WebSocketDisconnect, RuntimeError, OSError) as exc:
-            raise ClientGone from exc
-
-    async def heartbeat(self) -> None:  # pragma: no cover - WebSocket keep-alive is uvicorn's ping
-        return None
 
 
 @router.websocket("/ws")
@@ -66,10 +40,10 @@ async def events_socket(websocket: WebSocket, state: StateDep) -> None:
         # missed, even without a resume point. A refusal is still sent as a message after the handshake.
         principal = await admit(state, websocket.headers, websocket.query_params.get("ticket"))
         request = parse_request(websocket.query_params)
-        await stream.open(request.selection(principal.owner, state.topics), principal.key_id)
+        await stream.open(request.selection(principal.owner, state.topics), principal.key_id, request.text_topic)
         await websocket.accept()
         start = await stream.start_point(request)
-        sender = _WebSocketSender(websocket, state.settings.stream_send_timeout_seconds)
+        sender = WebSocketSender(websocket, state.settings.stream_send_timeout_seconds)
         outcome = await stream.serve(sender, start, lambda: _receive(websocket, stream))
     except Refused as exc:
         outcome = exc
@@ -81,7 +55,7 @@ async def events_socket(websocket: WebSocket, state: StateDep) -> None:
     if outcome is not None:
         if websocket.client_state == WebSocketState.CONNECTING:
             await websocket.accept()
-        await _close(websocket, outcome)
+        await close_websocket(websocket, outcome)
 
 
 async def _receive(websocket: WebSocket, stream: EventStream) -> Refused | None:
@@ -97,17 +71,3 @@ async def _receive(websocket: WebSocket, stream: EventStream) -> Refused | None:
             await stream.receive(message.get("text"))
         except Refused as exc:
             return exc
-
-
-async def _close(websocket: WebSocket, outcome: Refused) -> None:
-    """Send the error message and the close code, unless the client is gone or does not read in time."""
-    if websocket.application_state != WebSocketState.CONNECTED:
-        return
-    with anyio.move_on_after(CLOSE_TIMEOUT):
-        try:
-            await websocket.send_text(outcome.message)
-            await websocket.close(outcome.ws_code, outcome.close_reason)
-        except (WebSocketDisconnect, RuntimeError):
-            return
-    if outcome.ws_code != CLOSE_POLICY:
-        log.info("event stream closed", code=outcome.ws_code, detail=outcome.detail)

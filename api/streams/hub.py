@@ -35,9 +35,10 @@ class Full(Exception):
 
 class Selection:
     """What one connection listens to, as one owner: every job event of the owner's, or named jobs; plus
-    topics, by their routing keys (:meth:`conveyor.topics.TopicPolicy.key`)."""
+    topics, by their routing keys (:meth:`conveyor.topics.TopicPolicy.key`); or rooms (a room's participant, who
+    hears that room only)."""
 
-    __slots__ = ("all_jobs", "jobs", "owner", "topic_key", "topics")
+    __slots__ = ("all_jobs", "jobs", "owner", "rooms", "topic_key", "topics")
 
     def __init__(
         self,
@@ -45,16 +46,20 @@ class Selection:
         jobs: Iterable[str] = (),
         topics: Iterable[str] = (),
         topic_key: Callable[[str | None, str], str] = PRIVATE_TOPICS.key,
+        rooms: Iterable[str] = (),
     ) -> None:
         self.owner = owner
         self.jobs = set(jobs)
         self.topics = set(topics)
-        self.all_jobs = not self.jobs and not self.topics
+        self.rooms = set(rooms)
+        self.all_jobs = not self.jobs and not self.topics and not self.rooms
         self.topic_key = topic_key
 
     def matches(self, event: StreamEvent) -> bool:
-        """``topic.message`` events go to their topic's listeners only; job events to listeners of the job or
-        of all jobs — and never to another owner's."""
+        """``topic.message`` events go to their topic's listeners only; room events to the room's participants
+        only; job events to listeners of the job or of all jobs — and never to another owner's."""
+        if event.room_id is not None:
+            return event.room_id in self.rooms
         if event.type is EventType.TOPIC_MESSAGE:
             return event.topic is not None and self.topic_key(event.owner, event.topic) in self.topics
         return event.owner == self.owner and event.job_id is not None and (self.all_jobs or event.job_id in self.jobs)
@@ -209,6 +214,7 @@ class Hub:
         self._all_jobs: dict[str | None, set[Subscription]] = {}
         self._by_job: dict[str, set[Subscription]] = {}
         self._by_topic: dict[str, set[Subscription]] = {}
+        self._by_room: dict[str, set[Subscription]] = {}
         self.last_id: str | None = None
         self.ready = asyncio.Event()
         #: When the last read of the stream returned (monotonic), and how many unexpected errors the reader met.
@@ -235,6 +241,9 @@ class Hub:
             self._check_topic(topic)
         subscription = Subscription(Selection(selection.owner, topic_key=self.topic_key), self.queue_size)
         subscription.selection.all_jobs = selection.all_jobs
+        subscription.selection.rooms = set(selection.rooms)
+        for room_id in selection.rooms:
+            self._by_room.setdefault(room_id, set()).add(subscription)
         self.subscribers.add(subscription)
         if holder is not None:
             self._holders[subscription] = holder
@@ -263,6 +272,8 @@ class Hub:
             self.unwatch(subscription, job_id=job_id)
         for topic in tuple(subscription.selection.topics):
             self.unwatch(subscription, topic=topic)
+        for room_id in subscription.selection.rooms:
+            _discard(self._by_room, room_id, subscription)
 
     def holders(self) -> set[str]:
         """The holders (API key ids) with at least one subscription in this process."""
@@ -271,6 +282,17 @@ class Hub:
     def end_holder(self, holder: str, reason: Refused) -> int:
         """End every subscription held by ``holder`` with ``reason`` (their connections close); returns how many."""
         ended = [subscription for subscription, held in tuple(self._holders.items()) if held == holder]
+        for subscription in ended:
+            subscription.end(reason)
+        return len(ended)
+
+    def rooms(self) -> set[str]:
+        """The rooms with at least one participant in this process."""
+        return set(self._by_room)
+
+    def end_room(self, room_id: str, reason: Refused) -> int:
+        """End every subscription to ``room_id`` with ``reason`` (their connections close); returns how many."""
+        ended = tuple(self._by_room.get(room_id, ()))
         for subscription in ended:
             subscription.end(reason)
         return len(ended)
@@ -302,6 +324,10 @@ class Hub:
     def publish_local(self, event: StreamEvent) -> None:
         """Hand ``event`` to every subscription that listens to it, each once."""
         item = Outgoing.of(event)
+        if event.room_id is not None:
+            for subscription in tuple(self._by_room.get(event.room_id, ())):
+                subscription.offer(item)
+            return
         if event.type is EventType.TOPIC_MESSAGE:
             if event.topic is not None:
                 for subscription in tuple(self._by_topic.get(self.topic_key(event.owner, event.topic), ())):

@@ -262,7 +262,8 @@ class WebSocketProtocol(asyncio.Protocol):
         try:
             principal = await admit(state, request.headers, query.get("ticket"))
             stream_request = parse_request(query)
-            await stream.open(stream_request.selection(principal.owner, state.topics), principal.key_id)
+            selection = stream_request.selection(principal.owner, state.topics)
+            await stream.open(selection, principal.key_id, stream_request.text_topic)
         except Exception as exc:  # noqa: BLE001 - see _failed
             self._opened()
             self._failed(exc)

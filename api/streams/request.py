@@ -30,6 +30,8 @@ class StreamRequest:
     jobs: tuple[str, ...] = ()
     topics: tuple[str, ...] = ()
     resume: str | None = None
+    #: With ``publish=text``: the (one) topic the client's plain text messages are published to.
+    text_topic: str | None = None
 
     def selection(self, owner: str | None, topics: TopicPolicy) -> Selection:
         """What the stream listens to as ``owner``. Raises :class:`Refused` (1008 / 403) for a shared topic
@@ -64,6 +66,14 @@ def parse_request(query: Mapping[str, str], last_event_id_header: str | None = N
     topics = _values(query, "topic", 200)
     if len(jobs) + len(topics) > MAX_FOLLOWED:
         raise Refused(f"at most {MAX_FOLLOWED} job_id and topic filters")
+    text_topic = None
+    publish = query.get("publish")
+    if publish is not None:
+        if publish != "text":
+            raise Refused("publish takes one value: text (each plain text message is published to the topic)")
+        if len(topics) != 1:
+            raise Refused("publish=text needs exactly one topic (?topic=…&publish=text)")
+        text_topic = topics[0]
     resume = last_event_id_header if last_event_id_header is not None else query.get("last_event_id")
     if resume is not None:
         try:
@@ -72,7 +82,7 @@ def parse_request(query: Mapping[str, str], last_event_id_header: str | None = N
             id_key(resume)
         except ValueError:
             raise Refused("last_event_id is not an event id") from None
-    return StreamRequest(jobs, topics, resume)
+    return StreamRequest(jobs, topics, resume, text_topic)
 
 
 async def admit(state: AppState, headers: Mapping[str, str], ticket: str | None) -> Principal:

@@ -21,6 +21,8 @@ transports that run a task per connection (the ASGI route and SSE), and the nati
 from __future__ import annotations
 
 import asyncio
+import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -30,12 +32,31 @@ import anyio
 from api.leases import Lease
 from api.streams.hub import Full, Selection, Subscription
 from api.streams.request import MAX_FOLLOWED, StreamRequest, check_subscribe
-from api.streams.wire import INTERNAL_ERROR, Outgoing, Refused, StreamState, full, parse_command
+from api.streams.wire import (
+    INTERNAL_ERROR,
+    MAX_COMMAND_BYTES,
+    TOO_BIG,
+    Outgoing,
+    Refused,
+    StreamState,
+    full,
+    parse_command,
+)
 from conveyor import logs
 from conveyor.events import StreamEvent, id_key, predecessor
 from conveyor.names import LEASE_STREAM
-from conveyor.redis_client import text
-from conveyor.schemas import Job, Resync, Snapshot, StreamCommand, SubscriptionNotice
+from conveyor.redis_client import REDIS_ERRORS, text
+from conveyor.schemas import (
+    CommandRefused,
+    Event,
+    EventType,
+    Job,
+    Published,
+    Resync,
+    Snapshot,
+    StreamCommand,
+    SubscriptionNotice,
+)
 
 if TYPE_CHECKING:
     from api.state import AppState
@@ -77,6 +98,9 @@ class EventStream:
         self._subscription: Subscription | None = None
         self._lease: Lease | None = None
         self._commands: list[_Command] = []
+        self._holder: str | None = None
+        #: With ``publish=text``: the topic each plain text message is published to.
+        self.text_topic: str | None = None
 
     @property
     def subscription(self) -> Subscription:
@@ -84,10 +108,13 @@ class EventStream:
         assert self._subscription is not None, "the stream is not open"
         return self._subscription
 
-    async def open(self, selection: Selection, holder: str | None) -> Subscription:
+    async def open(self, selection: Selection, holder: str | None, text_topic: str | None = None) -> Subscription:
         """Subscribe to the hub for ``selection``, counted against ``holder`` (an API key id: at most
         ``CONVEYOR_MAX_STREAMS_PER_KEY`` across every api process, :mod:`api.leases`); from now on live events
-        collect in the mailbox. Raises :class:`Refused` (1013 / 503) at a connection cap."""
+        collect in the mailbox. With ``text_topic`` (``publish=text``), each plain text message the client sends is
+        published to that topic. Raises :class:`Refused` (1013 / 503) at a connection cap."""
+        self._holder = holder
+        self.text_topic = text_topic
         if holder is not None:
             cap = self.app.settings.max_streams_per_key
             self._lease = await self.app.leases.take(LEASE_STREAM, holder, cap)
@@ -151,8 +178,16 @@ class EventStream:
         """Take a client's message (``None`` or bytes: a binary one): queue its command for the sending loop,
         which applies it before anything else still waiting; the future is done once it is applied. Raises
         :class:`Refused` for a message that is not an acceptable command."""
-        command = parse_command(data)
-        if (command.job_id is None) == (command.topic is None):
+        if self.text_topic is not None and isinstance(data, str):
+            if len(data) > MAX_COMMAND_BYTES or len(data.encode()) > MAX_COMMAND_BYTES:
+                raise TOO_BIG.fresh()
+            command = StreamCommand(op="publish", topic=self.text_topic, message=data)
+        else:
+            command = parse_command(data)
+        if command.op == "publish":
+            if command.job_id is not None or command.topic is None or command.message is None:
+                raise Refused("publish names a topic and a message (any JSON value but null), and no job_id")
+        elif (command.job_id is None) == (command.topic is None):
             raise Refused("a command names exactly one of job_id and topic")
         if len(self._commands) >= MAX_PENDING_COMMANDS:
             raise Refused("too many commands waiting; wait for the answers")
@@ -249,6 +284,29 @@ class EventStream:
             await sender.send(item)
             sent = key
 
+    async def _publish(self, command: StreamCommand) -> str:
+        """Publish a client's message to its topic, when the key may publish there (``CONVEYOR_SHARED_TOPICS``) and
+        its rate limit holds a token: a ``topic.message`` event for every listener on every api process, resumable
+        like every event. Returns the answer for the client: ``published`` (with the event's id) or ``refused``."""
+        assert command.topic is not None
+        owner = self.subscription.selection.owner
+        if not _TOPIC.match(command.topic):
+            return _refused("publish", "a topic is letters, digits and _ . : - only")
+        if not self.app.topics.may_publish(owner, command.topic):
+            return _refused("publish", f"topic {command.topic!r} is shared and this key may not publish to it")
+        if self._holder is not None and await self.app.limiter.take(self._holder) > 0:
+            limit = self.app.settings.rate_limit_per_second
+            return _refused("publish", f"rate limit of {limit:g} requests/s per key reached; nothing was published")
+        event = Event(
+            type=EventType.TOPIC_MESSAGE, topic=command.topic, message=command.message, ts=time.time(), owner=owner
+        )
+        try:
+            event_id = await self.app.events.publish(event)
+        except REDIS_ERRORS as exc:
+            log.warning("publish refused: Redis unavailable", topic=command.topic, error=repr(exc))
+            return _refused("publish", "Redis is unavailable; nothing was published, try again shortly")
+        return Published(topic=command.topic, event_id=event_id).model_dump_json()
+
     async def _backlog(self, sender: Sender, start: str) -> tuple[int, int]:
         events = self.app.events
         matches = self.subscription.selection.matches
@@ -280,6 +338,11 @@ class EventStream:
 
     async def _apply(self, sender: Sender, pending: _Command) -> None:
         command = pending.command
+        if command.op == "publish":
+            await sender.send(Outgoing.notice(await self._publish(command)))
+            if not pending.done.done():
+                pending.done.set_result(None)
+            return
         hub = self.app.hub
         subscription = self.subscription
         selection = subscription.selection
@@ -310,3 +373,11 @@ class EventStream:
                 await sender.send(Outgoing.notice(answer.model_dump_json(exclude_none=True)))
         if not pending.done.done():
             pending.done.set_result(None)
+
+
+#: What a topic may be named when a client publishes to it (as for a ``websocket`` notification).
+_TOPIC = re.compile(r"^[A-Za-z0-9_.:-]+$")
+
+
+def _refused(op: str, detail: str) -> str:
+    return CommandRefused(op=op, detail=detail).model_dump_json()
