@@ -181,7 +181,9 @@ class EventStream:
         if self.text_topic is not None and isinstance(data, str):
             if len(data) > MAX_COMMAND_BYTES or len(data.encode()) > MAX_COMMAND_BYTES:
                 raise TOO_BIG.fresh()
-            command = StreamCommand(op="publish", topic=self.text_topic, message=data)
+            # A command-line client sends the line it read with its line break: the message is the line.
+            line = data[:-2] if data.endswith("\r\n") else data[:-1] if data.endswith("\n") else data
+            command = StreamCommand(op="publish", topic=self.text_topic, message=line)
         else:
             command = parse_command(data)
         if command.op == "publish":
