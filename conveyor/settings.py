@@ -136,6 +136,8 @@ class Settings(BaseSettings):
     smtp_password: SecretStr | None = None
     smtp_from: str = "conveyor@localhost"
     smtp_timeout: float = Field(default=30.0, gt=0)
+    catcher_smtp_port: int = Field(default=1025, ge=1, le=65535, description="Development: the catcher's SMTP port")
+    catcher_http_port: int = Field(default=1080, ge=1, le=65535, description="Development: the catcher's HTTP port")
 
     @field_validator("webhook_secret")
     @classmethod

@@ -98,6 +98,8 @@ def run_env(data_dir: Path, **extra: str) -> tuple[dict[str, str], int, int]:
         CONVEYOR_API_PORT=str(api_port),
         CONVEYOR_FLOWER_PORT=str(flower_port),
         CONVEYOR_REDIS_PORT=str(free_port()),
+        CONVEYOR_CATCHER_SMTP_PORT=str(free_port()),
+        CONVEYOR_CATCHER_HTTP_PORT=str(free_port()),
         **extra,
     )
     return env, api_port, flower_port

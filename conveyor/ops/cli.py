@@ -193,6 +193,14 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
     return run_stack(settings)
 
 
+def cmd_catcher(settings: Settings, _args: argparse.Namespace) -> int:
+    """Catch e-mail and HTTP requests for development: print them instead of sending them on."""
+    from conveyor.ops.catcher import serve
+
+    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret is not None else None
+    return serve(settings.catcher_smtp_port, settings.catcher_http_port, secret)
+
+
 COMMANDS = {
     "run": cmd_run,
     "api": cmd_api,
@@ -202,6 +210,7 @@ COMMANDS = {
     "redis": cmd_redis,
     "migrate": cmd_migrate,
     "keys": cmd_keys,
+    "catcher": cmd_catcher,
 }
 
 
