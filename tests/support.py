@@ -52,20 +52,28 @@ class Process:
         return self.popen.wait(5)
 
 
-def start_process(name: str, argv: list[str], env: Mapping[str, str], log_dir: Path) -> Process:
+def start_process(
+    name: str, argv: list[str], env: Mapping[str, str], log_dir: Path, cwd: Path | None = None
+) -> Process:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     handle = log_path.open("ab")
     popen = subprocess.Popen(
-        argv, env=dict(env), stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        argv,
+        env=dict(env),
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=cwd,
     )
     handle.close()
     return Process(name, popen, log_path)
 
 
-def conveyor(name: str, args: list[str], env: Mapping[str, str], log_dir: Path) -> Process:
-    """Start ``conveyor ARGS`` as a child process."""
-    return start_process(name, [sys.executable, "-m", "conveyor", *args], env, log_dir)
+def conveyor(name: str, args: list[str], env: Mapping[str, str], log_dir: Path, cwd: Path | None = None) -> Process:
+    """Start ``conveyor ARGS`` as a child process (in ``cwd``, default this one's)."""
+    return start_process(name, [sys.executable, "-m", "conveyor", *args], env, log_dir, cwd)
 
 
 @contextlib.contextmanager
