@@ -95,7 +95,11 @@ async def get_schedule(state: StateDep, principal: PrincipalDep, schedule_id: Sc
 @router.patch(
     "/schedules/{schedule_id}",
     response_model=Schedule,
-    responses={404: {"description": "No such schedule"}, 409: {"description": "Another schedule has this name"}},
+    responses={
+        404: {"description": "No such schedule"},
+        409: {"description": "Another schedule has this name"},
+        422: {"description": "A bad body: the cadence, the time zone, or a notification the api refuses"},
+    },
 )
 async def change_schedule(
     state: StateDep, principal: PrincipalDep, schedule_id: ScheduleId, body: SchedulePatch

@@ -56,12 +56,31 @@ OPERATIONS = [
     ("WS", "/ws"),
     ("WS", "/ws?job_id"),
     ("WS", "/ws?last_event_id"),
+    ("POST", "/schedules"),
+    ("GET", "/schedules"),
+    ("GET", "/schedules/{schedule_id}"),
+    ("PATCH", "/schedules/{schedule_id}"),
+    ("DELETE", "/schedules/{schedule_id}"),
+    ("POST", "/rooms"),
+    ("GET", "/rooms/{room_id}"),
+    ("DELETE", "/rooms/{room_id}"),
+    ("GET", "/rooms/{room_id}/events"),
+    ("WS", "/rooms/{room_id}/ws"),
 ]
+
+#: A room's operations: Redis only.
+ROOMS_UP: dict[tuple[str, str], int | str] = {
+    ("POST", "/rooms"): 201,
+    ("GET", "/rooms/{room_id}"): 200,
+    ("DELETE", "/rooms/{room_id}"): 204,
+    ("GET", "/rooms/{room_id}/events"): ADMITTED,
+    ("WS", "/rooms/{room_id}/ws"): ADMITTED,
+}
 
 REDIS_STOPPED: dict[tuple[str, str], int | str] = {
     ("GET", "/health"): 503,
     ("GET", "/jobs/{job_id}"): 200,
-    ("DELETE", "/jobs/{job_id}"): 503,  # the cancel is recorded, its event cannot be published
+    ("DELETE", "/jobs/{job_id}"): 202,  # the cancel is recorded (the job store is the truth); its event is lost
     ("GET", "/jobs"): 200,
     ("GET", "/jobs/{job_id}/attempts"): 200,
     ("POST", "/jobs/{job_id}/retry"): 202,  # recorded; the dispatcher sends it when Redis is back
@@ -77,6 +96,16 @@ REDIS_STOPPED: dict[tuple[str, str], int | str] = {
     ("WS", "/ws"): ADMITTED,
     ("WS", "/ws?job_id"): CLOSED_1011,
     ("WS", "/ws?last_event_id"): CLOSED_1011,
+    ("POST", "/schedules"): 201,  # the job store only
+    ("GET", "/schedules"): 200,
+    ("GET", "/schedules/{schedule_id}"): 200,
+    ("PATCH", "/schedules/{schedule_id}"): 200,
+    ("DELETE", "/schedules/{schedule_id}"): 204,
+    ("POST", "/rooms"): 503,  # Redis only
+    ("GET", "/rooms/{room_id}"): 503,
+    ("DELETE", "/rooms/{room_id}"): 503,
+    ("GET", "/rooms/{room_id}/events"): 503,
+    ("WS", "/rooms/{room_id}/ws"): CLOSED_1011,
 }
 
 STORE_LOCKED: dict[tuple[str, str], int | str] = {
@@ -93,6 +122,10 @@ STORE_LOCKED: dict[tuple[str, str], int | str] = {
     ("WS", "/ws"): ADMITTED,
     ("WS", "/ws?job_id"): ADMITTED,
     ("WS", "/ws?last_event_id"): ADMITTED,
+    ("POST", "/schedules"): 503,
+    ("PATCH", "/schedules/{schedule_id}"): 503,
+    ("DELETE", "/schedules/{schedule_id}"): 503,
+    **ROOMS_UP,
 }
 
 POSTGRES_CUT: dict[tuple[str, str], int | str] = {
@@ -102,16 +135,22 @@ POSTGRES_CUT: dict[tuple[str, str], int | str] = {
     ("WS", "/ws"): ADMITTED,
     ("WS", "/ws?job_id"): CLOSED_1011,  # the job is looked up in the store
     ("WS", "/ws?last_event_id"): ADMITTED,  # the backlog is Redis's
+    **ROOMS_UP,
 }
 
 
 @dataclass
 class Subjects:
-    """What the operations act on: a queued job (read, cancelled), a failed one (retried), a stored upload."""
+    """What the operations act on: a queued job (read, cancelled), a failed one (retried), a stored upload; a
+    schedule and a room read, changed or joined, and one of each deleted (``(room id, join token)``)."""
 
     queued: str
     failed: str
     upload: str
+    schedule: str
+    doomed_schedule: str
+    room: tuple[str, str]
+    doomed_room: str
 
 
 Call = Callable[[httpx.Client, Subjects], int | str]
@@ -146,6 +185,18 @@ def ws_outcome(url: str, headers: dict[str, str]) -> str:
         return f"closed {closed.value.rcvd.code}"
 
 
+def room_outcome(url: str) -> str:
+    """A room's WebSocket: admitted (the room's state arrives) or closed with 1011 after an error."""
+    with connect(url, open_timeout=30) as ws:
+        message = recv(ws)
+        if message["type"] == "room.state":
+            return ADMITTED
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=30)
+        assert closed.value.rcvd is not None, message
+        return f"closed {closed.value.rcvd.code}"
+
+
 def calls(ws_url: str, headers: dict[str, str]) -> dict[tuple[str, str], Call]:
     def status(method: str, path: Callable[[Subjects], str], **kwargs: object) -> Call:
         return lambda client, s: client.request(method, path(s), **kwargs).status_code  # type: ignore[arg-type]
@@ -159,6 +210,14 @@ def calls(ws_url: str, headers: dict[str, str]) -> dict[tuple[str, str], Call]:
 
     def ws(query: Callable[[Subjects], str]) -> Call:
         return lambda _client, s: ws_outcome(f"{ws_url}/ws{query(s)}", headers)
+
+    def room_events(client: httpx.Client, s: Subjects) -> int | str:
+        room_id, token = s.room
+        with client.stream("GET", f"/rooms/{room_id}/events?token={token}") as response:
+            return sse_outcome(response)
+
+    def schedule() -> dict[str, object]:
+        return {"name": f"s-{secrets.token_hex(4)}", "every_seconds": 3600, "notification": log}
 
     log = {"channel": "log", "message": "during the outage"}
     return {
@@ -182,6 +241,20 @@ def calls(ws_url: str, headers: dict[str, str]) -> dict[tuple[str, str], Call]:
         ("WS", "/ws"): ws(lambda s: ""),
         ("WS", "/ws?job_id"): ws(lambda s: f"?job_id={s.queued}"),
         ("WS", "/ws?last_event_id"): ws(lambda s: "?last_event_id=0-0"),
+        ("POST", "/schedules"): lambda client, s: client.post("/schedules", json=schedule()).status_code,
+        ("GET", "/schedules"): status("GET", lambda s: "/schedules"),
+        ("GET", "/schedules/{schedule_id}"): status("GET", lambda s: f"/schedules/{s.schedule}"),
+        ("PATCH", "/schedules/{schedule_id}"): status(
+            "PATCH", lambda s: f"/schedules/{s.schedule}", json={"paused": True}
+        ),
+        ("DELETE", "/schedules/{schedule_id}"): status("DELETE", lambda s: f"/schedules/{s.doomed_schedule}"),
+        ("POST", "/rooms"): status("POST", lambda s: "/rooms", json={"ttl_seconds": 600}),
+        ("GET", "/rooms/{room_id}"): status("GET", lambda s: f"/rooms/{s.room[0]}"),
+        ("DELETE", "/rooms/{room_id}"): status("DELETE", lambda s: f"/rooms/{s.doomed_room}"),
+        ("GET", "/rooms/{room_id}/events"): room_events,
+        ("WS", "/rooms/{room_id}/ws"): lambda _client, s: room_outcome(
+            f"{ws_url}/rooms/{s.room[0]}/ws?token={s.room[1]}"
+        ),
     }
 
 
@@ -249,6 +322,30 @@ class Outage:
         job_id: str = response.json()["job_id"]
         return job_id
 
+    def subjects(self, failed: str) -> Subjects:
+        """Fresh subjects for one outage (see :class:`Subjects`), made while everything is up."""
+        made = []
+        with self.client() as client:
+            for _ in range(2):
+                body = {
+                    "name": f"s-{secrets.token_hex(4)}",
+                    "every_seconds": 3600,
+                    "notification": {"channel": "log", "message": "m"},
+                }
+                schedule = client.post("/schedules", json=body)
+                assert schedule.status_code == 201, schedule.text
+                made.append(schedule.json()["schedule_id"])
+            rooms = [client.post("/rooms", json={"ttl_seconds": 600}).json() for _ in range(2)]
+        return Subjects(
+            self.queued_job(),
+            failed,
+            self.upload,
+            made[0],
+            made[1],
+            (rooms[0]["room_id"], rooms[0]["join_token"]),
+            rooms[1]["room_id"],
+        )
+
     def check(self, expected: dict[tuple[str, str], int | str], subjects: Subjects) -> None:
         """Ask every operation at once (writes may wait for the store's lock: the request timeout then answers) and
         compare with ``expected``; then a key the api has never seen."""
@@ -271,13 +368,13 @@ def test_redis_stopped_and_sqlite_locked(tmp_path: Path) -> None:
         failed = outage.start(failed_jobs=2)
         unseen = outage.unseen_key()
 
-        subjects = Subjects(outage.queued_job(), failed[0], outage.upload)
+        subjects = outage.subjects(failed[0])
         stack.processes["redis"].stop()
         outage.check(REDIS_STOPPED, subjects)
         stack.start_redis()
         wait_until_healthy(stack.base_url, 60, [stack.processes["api"]])
 
-        subjects = Subjects(outage.queued_job(), failed[1], outage.upload)
+        subjects = outage.subjects(failed[1])
         with sqlite_locked(stack.data_dir / "conveyor.db"):
             outage.check(STORE_LOCKED, subjects)
             answer = httpx.post(
@@ -311,7 +408,7 @@ def test_postgres_cut_off(tmp_path: Path, postgres_schema: tuple[sa.URL, str]) -
         try:
             (failed,) = outage.start(failed_jobs=1)
             unseen = outage.unseen_key()
-            subjects = Subjects(outage.queued_job(), failed, outage.upload)
+            subjects = outage.subjects(failed)
             proxy.cut()
             outage.check(POSTGRES_CUT, subjects)
             answer = httpx.get(f"{outage.stack.base_url}/jobs", headers=unseen, timeout=60)
