@@ -367,7 +367,7 @@ def test_http_get_records_the_parsed_json_in_the_result(notify: NotifyStack) -> 
 
 
 def test_http_503_then_200_retries_once_and_succeeds(notify: NotifyStack) -> None:
-    url = notify.receiver.script("/busy", Reply(503), Reply(200, JSON, b"{}"))
+    url = notify.receiver.script("/busy-http", Reply(503), Reply(200, JSON, b"{}"))
     job_id = submit(notify, {"channel": "http", "method": "POST", "url": url, "json": {"refund": 7}})
     assert types(job_events(notify, job_id)) == [
         "job.queued",
@@ -377,7 +377,7 @@ def test_http_503_then_200_retries_once_and_succeeds(notify: NotifyStack) -> Non
         "job.succeeded",
     ]
     assert attempts(notify, job_id) == [("transient", 503), ("delivered", 200)]
-    assert [json.loads(r.body) for r in notify.receiver.requests("/busy")] == [{"refund": 7}, {"refund": 7}]
+    assert [json.loads(r.body) for r in notify.receiver.requests("/busy-http")] == [{"refund": 7}, {"refund": 7}]
 
 
 def test_http_404_fails_at_once(notify: NotifyStack) -> None:

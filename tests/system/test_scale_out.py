@@ -27,6 +27,7 @@ from conveyor.names import QUEUE_HOUSEKEEPING, QUEUE_NOTIFICATIONS, QUEUE_UPLOAD
 from conveyor.ops.redis_server import free_port
 from conveyor.store import db
 from tests.events_support import FINISHED, job_events_after, recv, subscribed
+from tests.postgres import schema_url
 from tests.receivers import Reply, http_receiver
 from tests.support import wait_until_healthy
 from tests.system.faults import FaultStack, finished_at
@@ -94,8 +95,7 @@ class Follower:
 @pytest.fixture
 def pg_store(postgres_schema: tuple[sa.URL, str]) -> Iterator[str]:
     """The job store's URL in this test's own schema."""
-    url, schema = postgres_schema
-    yield url.set(query={"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+    yield schema_url(*postgres_schema)
 
 
 def _submit_all(bases: list[str], headers: dict[str, str], hook: str, accepted: set[str]) -> list[tuple[str, str, str]]:
