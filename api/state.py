@@ -28,7 +28,7 @@ from conveyor.files.storage import LocalStorage, Storage
 from conveyor.queue.app import create_celery
 from conveyor.queue.dispatch import Dispatcher
 from conveyor.queue.submitter import Submitter
-from conveyor.redis_client import redis_client
+from conveyor.redis_client import display_url, redis_client
 from conveyor.secrets import SecretBox
 from conveyor.settings import Settings
 from conveyor.store.apikeys import KeyStore
@@ -164,7 +164,7 @@ def lifespan_for(settings: Settings) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[State]:
         async with open_state(settings) as state:
-            log.info("api ready", redis=settings.effective_redis_url.split("@")[-1])
+            log.info("api ready", redis=display_url(settings.effective_redis_url))
             yield {"conveyor": state}
 
     return lifespan

@@ -29,7 +29,11 @@ class Settings(BaseSettings):
     environment: Literal["development", "production"] = "development"
     data_dir: Path = Path("var")
 
-    redis_url: str | None = Field(default=None, description="External Redis; unset starts the embedded one")
+    redis_url: str | None = Field(
+        default=None,
+        description="External Redis (redis://…, or sentinel://host:port,host:port/db?master=NAME for one managed by "
+        "Sentinel); unset starts the embedded one",
+    )
     redis_port: int = Field(default=6380, description="Port of the embedded Redis (only when redis_url is unset)")
 
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; unset means SQLite under data_dir")
@@ -188,6 +192,15 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith("sentinel://"):
+            from conveyor.redis_client import parse_sentinel_url
+
+            parse_sentinel_url(value)
+        return value
 
     @field_validator("shared_topics")
     @classmethod

@@ -11,16 +11,32 @@ from celery import Celery
 from kombu.entity import Exchange, Queue
 
 from conveyor import names
+from conveyor.redis_client import is_sentinel, parse_sentinel_url
 from conveyor.settings import Settings, get_settings
+
+
+def _broker(url: str) -> tuple[str, str, dict[str, object]]:
+    """The broker URL, transport and extra transport options for ``url``: kombu's Redis transport, or its Sentinel
+    transport for a ``sentinel://`` URL (every Sentinel in the URL, the master's name in the options)."""
+    if not is_sentinel(url):
+        return url, "conveyor.queue.transport:Transport", {}
+    target = parse_sentinel_url(url)
+    options: dict[str, object] = {
+        "master_name": target.master,
+        "sentinel_kwargs": {"socket_timeout": 3, "socket_connect_timeout": 3},
+    }
+    return target.kombu_url(), "conveyor.queue.transport:SentinelTransport", options
 
 
 def create_celery(settings: Settings) -> Celery:
     """A configured Celery app. Creating it opens no connection."""
     app = Celery("conveyor", set_as_current=False)
+    broker_url, transport, sentinel_options = _broker(settings.effective_redis_url)
     app.conf.update(
-        broker_url=settings.effective_redis_url,
-        # kombu's Redis transport, minus a restore-on-close that can kill a worker after a Redis restart.
-        broker_transport="conveyor.queue.transport:Transport",
+        broker_url=broker_url,
+        # kombu's Redis transport (or its Sentinel transport), minus a restore-on-close that can kill a worker after a
+        # Redis restart.
+        broker_transport=transport,
         # A worker (and beat) that loses Redis keeps reconnecting, however long it is gone.
         broker_connection_retry_on_startup=True,
         broker_connection_retry=True,
@@ -43,6 +59,7 @@ def create_celery(settings: Settings) -> Celery:
             "unacked_mutex_expire": 30,
             # Connecting to a Redis host that is gone fails in seconds instead of hanging.
             "socket_connect_timeout": 5,
+            **sentinel_options,
         },
         # JSON only: a pickled message pushed into a queue is refused, never executed.
         task_serializer="json",

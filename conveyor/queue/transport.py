@@ -13,7 +13,8 @@ lost-message check (``Dispatcher.resend_lost``).
 
 It also keeps one Redis client per channel instead of kombu's new one per command (:class:`Channel`).
 
-Selected by ``broker_transport = "conveyor.queue.transport:Transport"`` (``conveyor/queue/app.py``).
+Selected by ``broker_transport = "conveyor.queue.transport:Transport"`` (``conveyor/queue/app.py``), or
+``…:SentinelTransport`` for a Redis managed by Sentinel (the same changes over kombu's Sentinel transport).
 """
 
 from __future__ import annotations
@@ -83,3 +84,13 @@ class Transport(redis.Transport):
     """kombu's Redis transport with :class:`Channel`."""
 
     Channel = Channel
+
+
+class SentinelChannel(Channel, redis.SentinelChannel):
+    """:class:`Channel` on kombu's Sentinel channel: its connections go to the master the Sentinels name."""
+
+
+class SentinelTransport(redis.SentinelTransport):
+    """kombu's Redis Sentinel transport with :class:`SentinelChannel`."""
+
+    Channel = SentinelChannel
