@@ -208,6 +208,7 @@ class RoomEventsResponse(Response):
     status_code=200,
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "The room, then its changes"},
+        401: {"description": "No join token given"},
         404: {"description": "No such room, or not its token"},
         409: {"description": "The room is full"},
         503: {"description": "A connection cap is reached, or Redis does not answer"},
@@ -218,6 +219,8 @@ async def room_events(
 ) -> Response:
     """The room read-only, as Server-Sent Events: ``room.state``, then each ``room.changed`` (its ``id:`` is its
     version: an ``EventSource`` resumes by itself), then ``room.closed``. Needs the join token, not a key."""
+    if token is None:
+        return error(401, "this stream needs the room's join token: ?token= from its join_url")
     last = request.headers.get("last-event-id")
     since = version
     if last is not None:
