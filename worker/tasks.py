@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -40,12 +41,15 @@ def _close(**_kwargs: Any) -> None:
 
 
 @task_postrun.connect
-def _count_housekeeping(task: Any = None, state: str | None = None, **_kwargs: Any) -> None:
-    """Count each housekeeping run (``conveyor_housekeeping_runs_total``): housekeeping sends no task events and
-    publishes no job events, so Flower never lists it; logs and metrics still show it."""
+def _count_housekeeping(task: Any = None, state: str | None = None, retval: Any = None, **_kwargs: Any) -> None:
+    """Count each housekeeping run (``conveyor_housekeeping_runs_total``) and log it (INFO when it did something or
+    failed, DEBUG when it found nothing to do): housekeeping sends no task events and publishes no job events, so
+    Flower never lists it; logs and metrics still show it."""
     name = getattr(task, "name", None) or ""
     if not name.startswith("housekeeping."):
         return
+    level = logging.INFO if retval or state != "SUCCESS" else logging.DEBUG
+    log.log(level, "housekeeping ran", task=name, outcome=state, done=retval if isinstance(retval, int) else None)
     try:
         metrics.count(runtime().redis, metrics.HOUSEKEEPING, task=name.partition(".")[2], outcome=(state or "").lower())
     except REDIS_ERRORS as exc:
