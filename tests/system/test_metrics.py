@@ -4,6 +4,8 @@ parser; counters kept in Redis read the same from both api processes; per-proces
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conveyor.ops.redis_server import free_port
 from tests.events_support import wait_finished
-from tests.support import Process, base_env, bearer, conveyor, create_key, redis_server, wait_until_healthy
+from tests.support import ROOT, Process, base_env, bearer, conveyor, create_key, redis_server, wait_until_healthy
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(180)]
 
@@ -180,3 +182,22 @@ def test_queue_depth_age_and_workers_per_queue(two_apis: TwoApis, tmp_path: Path
         assert httpx.delete(f"{two_apis.apis[0]}/jobs/{job_id}", headers=two_apis.headers).status_code == 202
     assert value(scrape(two_apis.apis[1])[1], "conveyor_jobs_total", kind="upload", status="cancelled") == 3
     assert value(scrape(two_apis.apis[1])[1], "conveyor_queue_oldest_age_seconds", queue="uploads") == 0
+
+
+def test_the_grafana_dashboard_queries_only_metrics_we_export(two_apis: TwoApis) -> None:
+    """docs/grafana/conveyor.json is valid JSON, and every metric name its queries use is one a real ``/metrics``
+    answer exposes, with the suffix its type has (``_total`` for counters, ``_bucket`` for histograms)."""
+    dashboard = json.loads((ROOT / "docs" / "grafana" / "conveyor.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    assert len(exprs) >= 10
+    used = {name for expr in exprs for name in re.findall(r"\bconveyor_[a-z_]+\b", expr)}
+    types, samples = scrape(two_apis.apis[0])
+    queried = {re.sub(r"_(total|bucket|count|sum)$", "", name) for name in used}
+    assert queried <= set(types), queried - set(types)
+    for name in used:  # and each with the suffix its family's type has
+        family = re.sub(r"_(total|bucket|count|sum)$", "", name)
+        suffix = name[len(family) :]
+        assert suffix in {"counter": {"_total"}, "histogram": {"_bucket", "_count", "_sum"}}.get(types[family], {""})
+    assert {name for name, _labels in samples} >= {"conveyor_job_queue_seconds_bucket", "conveyor_jobs_total"}
+    for needed in ("conveyor_queue_depth", "conveyor_job_queue_seconds", "conveyor_jobs"):
+        assert needed in queried  # queue depth, time-in-queue p50/p95, throughput by outcome
