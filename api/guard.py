@@ -34,6 +34,7 @@ from api.auth import Unauthenticated, bearer, origin_allowed
 from api.bodies import BodyRefused, NotJson, check_json, read_body, replay
 from api.connections import authenticated
 from api.errors import REDIS_DOWN, STORE_DOWN, error, unavailable
+from api.instruments import PATH as METRICS_PATH
 from api.ratelimit import retry_after
 from conveyor import logs
 from conveyor.redis_client import REDIS_ERRORS
@@ -73,7 +74,9 @@ class Guard:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC or _ROOM_EVENTS.match(scope["path"]):
+        path_ = scope.get("path")
+        # /metrics checks its own token (api/metrics.py): a scraper holds no API key.
+        if scope["type"] != "http" or path_ in PUBLIC or path_ == METRICS_PATH or _ROOM_EVENTS.match(scope["path"]):
             await self.app(scope, receive, send)
             return
         state: AppState = scope["state"]["conveyor"]

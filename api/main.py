@@ -6,8 +6,9 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from api import errors
+from api import errors, metrics
 from api.guard import Guard
+from api.instruments import CountRequests
 from api.lane import SubmissionLane
 from api.routes import attempts, health, jobs, notifications, rooms, schedules, sse, tickets, uploads, ws
 from api.state import lifespan_for
@@ -32,9 +33,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan_for(settings or get_settings()),
     )
     app.include_router(health.router)
+    app.include_router(metrics.router)
     for module in (jobs, attempts, notifications, schedules, rooms, uploads, tickets, ws, sse):
         app.include_router(module.router, responses=GUARDED)
     errors.install(app)
     app.add_middleware(SubmissionLane)  # inside the guard: authenticated and rate-limited first
     app.add_middleware(Guard)
+    app.add_middleware(CountRequests)  # outermost: counts every answer, the guard's refusals too
     return app

@@ -172,6 +172,12 @@ class Settings(BaseSettings):
     dispatch_interval_seconds: float = Field(default=5.0, gt=0)
     spool_max_age_seconds: int = Field(default=86400, ge=60)
 
+    # Observability (docs/OBSERVABILITY.md).
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token a Prometheus scraper sends to GET /metrics (unset: /metrics answers 401)",
+    )
+
     health_queues: str = Field(
         default="",
         description="Comma-separated queues that must have a live worker for /health to say ok (conveyor run: all)",
