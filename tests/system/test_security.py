@@ -49,9 +49,18 @@ def strict(stack: Stack) -> Iterator[dict[str, str]]:
     """Base URLs of two strict api processes: ``native`` and ``asgi`` (``/ws`` through FastAPI)."""
     with ExitStack() as stacked:
         urls = {
-            "native": stacked.enter_context(api_process("api-strict", stack.redis_url, stack.data_dir, **STRICT)),
+            "native": stacked.enter_context(
+                api_process("api-strict", stack.redis_url, stack.data_dir, stack.database_url, **STRICT)
+            ),
             "asgi": stacked.enter_context(
-                api_process("api-strict-asgi", stack.redis_url, stack.data_dir, CONVEYOR_WS_NATIVE="false", **STRICT)
+                api_process(
+                    "api-strict-asgi",
+                    stack.redis_url,
+                    stack.data_dir,
+                    stack.database_url,
+                    CONVEYOR_WS_NATIVE="false",
+                    **STRICT,
+                )
             ),
         }
         yield urls
@@ -311,7 +320,9 @@ def test_a_stream_without_valid_credentials_is_closed_1008(strict: dict[str, str
 def ticket_apis(stack: Stack) -> Iterator[dict[str, str]]:
     """Two api processes with the default ticket lifetime (30 s) on one Redis: the stack's (``/ws`` native) and
     one serving ``/ws`` through the ASGI route."""
-    with api_process("api-tickets-asgi", stack.redis_url, stack.data_dir, CONVEYOR_WS_NATIVE="false") as asgi:
+    with api_process(
+        "api-tickets-asgi", stack.redis_url, stack.data_dir, stack.database_url, CONVEYOR_WS_NATIVE="false"
+    ) as asgi:
         yield {"native": stack.base_url, "asgi": asgi}
 
 
