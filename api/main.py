@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from api import errors
 from api.guard import Guard
 from api.lane import SubmissionLane
-from api.routes import attempts, health, jobs, notifications, rooms, schedules, sse, tickets, uploads, ws
+from api.routes import attempts, console, health, jobs, notifications, rooms, schedules, sse, tickets, uploads, ws
 from api.state import lifespan_for
 from conveyor import __version__
 from conveyor.settings import Settings, get_settings
@@ -30,10 +30,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Conveyor",
         version=__version__,
         lifespan=lifespan_for(settings or get_settings()),
+        docs_url=None,  # served by api.routes.console, from vendored files
     )
     app.include_router(health.router)
     for module in (jobs, attempts, notifications, schedules, rooms, uploads, tickets, ws, sse):
         app.include_router(module.router, responses=GUARDED)
+    console.install(app)
     errors.install(app)
     app.add_middleware(SubmissionLane)  # inside the guard: authenticated and rate-limited first
     app.add_middleware(Guard)

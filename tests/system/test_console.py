@@ -1,0 +1,225 @@
+"""The web console in real headless Chromium against ``conveyor run``: sign in, a log notification reaching
+``succeeded`` live, a 20 MB upload's two bars, Retry and Cancel, an api killed and restarted mid-job, ``/docs``
+offline. Every page must log no JavaScript error and request nothing outside the api's origin (other requests are
+aborted, so the pages are checked as they work offline).
+
+Screenshots go to each test's directory; with ``CONVEYOR_SCREENSHOTS=docs/screenshots`` they also replace the
+README's (``make screenshots``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser
+
+from tests.browser import Tab, chromium, require_chromium, tab
+from tests.receivers import HttpReceiver, Reply, http_receiver
+from tests.support import Process, bearer, conveyor, run_env, wait_until_healthy
+
+pytestmark = [pytest.mark.system, pytest.mark.timeout(180)]
+
+#: What Chromium logs for a request the api could not answer while it was down (the restart test only).
+_OUTAGE = (
+    "net::ERR_CONNECTION_REFUSED",
+    "net::ERR_EMPTY_RESPONSE",
+    "net::ERR_CONNECTION_RESET",
+    "net::ERR_INCOMPLETE_CHUNKED_ENCODING",
+)
+
+
+class ConsoleStack:
+    """``conveyor run`` on free ports (every failure final at once: ``CONVEYOR_MAX_ATTEMPTS=1``), its key, and an
+    HTTP receiver for webhooks."""
+
+    def __init__(self, run: Process, data_dir: Path, base_url: str, key: str, receiver: HttpReceiver) -> None:
+        self.run = run
+        self.data_dir = data_dir
+        self.base_url = base_url
+        self.key = key
+        self.receiver = receiver
+
+    def part_pids(self, name: str) -> list[int]:
+        """Pids of this stack's part ``name`` (``api``, ``worker-notifications``…), from their environments."""
+        wanted = {f"CONVEYOR_PROCESS_NAME={name}".encode(), f"CONVEYOR_DATA_DIR={self.data_dir}".encode()}
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                variables = set((entry / "environ").read_bytes().split(b"\0"))
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if wanted <= variables and b"conveyor" in cmdline:
+                found.append(int(entry.name))
+        return found
+
+    def job(self, job_id: str) -> dict[str, object]:
+        response = httpx.get(f"{self.base_url}/jobs/{job_id}", headers=bearer(self.key), timeout=10)
+        response.raise_for_status()
+        result: dict[str, object] = response.json()
+        return result
+
+
+@pytest.fixture(scope="module")
+def console_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleStack]:
+    require_chromium()
+    work = tmp_path_factory.mktemp("console")
+    data_dir = work / "var"
+    env, api_port, _ = run_env(data_dir, CONVEYOR_MAX_ATTEMPTS="1")
+    run = conveyor("run", ["run"], env, work, cwd=work)
+    base_url = f"http://127.0.0.1:{api_port}"
+    try:
+        with http_receiver() as receiver:
+            wait_until_healthy(base_url, 120, [run])
+            key = (data_dir / "dev-api-key").read_text().strip()
+            yield ConsoleStack(run, data_dir, base_url, key, receiver)
+    finally:
+        run.stop(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with chromium() as launched:
+        yield launched
+
+
+@pytest.fixture
+def page(browser: Browser, console_stack: ConsoleStack, tmp_path: Path) -> Iterator[Tab]:
+    with tab(browser, console_stack.base_url, tmp_path / "screenshots") as opened:
+        yield opened
+
+
+def sign_in(tab: Tab, key: str) -> None:
+    tab.page.goto("/")
+    tab.page.fill("#api-key", key)
+    tab.page.click("#sign-in-form button[type=submit]")
+    tab.page.wait_for_selector("#connection[data-state=live]")
+
+
+def submit(tab: Tab, body: dict[str, object]) -> str:
+    """Submit ``body`` with the console's form; the new job's id."""
+    tab.page.select_option("#channel", str(body["channel"]))
+    tab.page.fill("#body", json.dumps(body))
+    tab.page.click("#submit-button")
+    tab.page.wait_for_selector("#submit-result[data-job-id]")
+    job_id = tab.page.get_attribute("#submit-result", "data-job-id")
+    assert job_id
+    tab.page.locator("#submit-result").evaluate("element => element.removeAttribute('data-job-id')")
+    return job_id
+
+
+def row_status(tab: Tab, job_id: str, status: str, timeout: float = 30) -> None:
+    tab.page.wait_for_selector(f"#job-{job_id}[data-status={status}]", timeout=timeout * 1000)
+
+
+def clean(tab: Tab, allowed: Callable[[str], bool] = lambda _: False) -> None:
+    """No JavaScript error (but ``allowed`` ones), nothing requested outside the api's origin."""
+    errors = [error for error in tab.errors if not allowed(error)]
+    assert not errors, errors
+    assert not tab.foreign(), tab.foreign()
+
+
+def test_sign_in_and_a_log_notification_reaches_succeeded_live(page: Tab, console_stack: ConsoleStack) -> None:
+    sign_in(page, console_stack.key)
+    navigations = []
+    page.page.on("framenavigated", lambda frame: navigations.append(frame.url))
+    job_id = submit(page, {"channel": "log", "message": "hello from the browser test"})
+    row_status(page, job_id, "succeeded")
+    assert navigations == [], "the page reloaded"
+    timeline = page.page.get_attribute(f"#job-{job_id}", "data-timeline")
+    assert timeline is not None and timeline.split()[-1] == "job.succeeded", timeline
+    page.page.click(f"#job-{job_id} button.link")
+    page.page.wait_for_selector("#detail-attempts:not(:empty)")
+    page.screenshot("console")
+    clean(page)
+
+
+def test_an_upload_of_20_mb_fills_both_bars(page: Tab, console_stack: ConsoleStack, tmp_path: Path) -> None:
+    big = tmp_path / "twenty.bin"
+    big.write_bytes(os.urandom(20 * 1024 * 1024))
+    sign_in(page, console_stack.key)
+    page.page.set_input_files("#file", str(big))
+    page.page.click("#upload-button")
+    # <progress> reflects its value as an attribute (the page's CSP forbids wait_for_function's evaluated predicates)
+    page.page.wait_for_selector("#upload-sending[value='100']")
+    page.page.wait_for_selector("#upload-ingest[value='100']")
+    job_id = page.page.get_attribute("#upload-result", "data-job-id")
+    assert job_id is not None
+    row_status(page, job_id, "succeeded")
+    assert page.page.text_content("#upload-sending-text") == "100 %"
+    assert page.page.text_content("#upload-ingest-text") == "100 %"
+    page.screenshot("console-upload")
+    clean(page)
+
+
+def test_a_failed_webhook_is_listed_and_retry_runs_it_again(page: Tab, console_stack: ConsoleStack) -> None:
+    url = console_stack.receiver.script("/always-500", Reply(status=500, body=b"down"))
+    sign_in(page, console_stack.key)
+    page.page.click("#tab-failed")
+    job_id = submit(page, {"channel": "webhook", "url": url, "data": {"n": 1}})
+    row_status(page, job_id, "failed")
+    assert len(console_stack.receiver.requests("/always-500")) == 1
+    page.screenshot("console-failed")
+    page.page.click(f"#job-{job_id} button.action-retry")
+    console_stack.receiver.wait_for("/always-500", 2)
+    row_status(page, job_id, "failed")
+    timeline = page.page.get_attribute(f"#job-{job_id}", "data-timeline") or ""
+    assert timeline.split().count("job.failed") == 2, timeline
+    clean(page)
+
+
+def test_cancel_on_a_queued_job_shows_cancelled(page: Tab, console_stack: ConsoleStack) -> None:
+    workers = console_stack.part_pids("worker-notifications")
+    assert workers, "no notifications worker found"
+    sign_in(page, console_stack.key)
+    for pid in workers:  # no worker takes the notifications queue's jobs meanwhile
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        job_id = submit(page, {"channel": "log", "message": "never sent"})
+        row_status(page, job_id, "queued")
+        page.page.click(f"#job-{job_id} button.action-cancel")
+        row_status(page, job_id, "cancelled")
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+    assert console_stack.job(job_id)["status"] == "cancelled"
+    clean(page)
+
+
+def test_the_page_catches_up_after_the_api_is_killed_and_restarted(page: Tab, console_stack: ConsoleStack) -> None:
+    url = console_stack.receiver.script("/slow", Reply(status=200, hang=4))
+    sign_in(page, console_stack.key)
+    job_id = submit(page, {"channel": "webhook", "url": url, "data": {"slow": True}})
+    row_status(page, job_id, "started")
+    (api,) = console_stack.part_pids("api")
+    os.kill(api, signal.SIGKILL)
+    page.page.wait_for_selector("#connection[data-state=reconnecting]")
+    wait_until_healthy(console_stack.base_url, 60, [console_stack.run])
+    assert console_stack.part_pids("api") != [api]
+    row_status(page, job_id, "succeeded", timeout=60)
+    page.page.wait_for_selector("#connection[data-state=live]")
+    timeline = (page.page.get_attribute(f"#job-{job_id}", "data-timeline") or "").split()
+    statuses = [event for event in timeline if event != "job.progress"]
+    assert statuses == ["job.queued", "job.started", "job.succeeded"], timeline
+    clean(page, allowed=lambda error: any(code in error for code in _OUTAGE))
+
+
+def test_docs_render_the_operations_offline(page: Tab, console_stack: ConsoleStack) -> None:
+    started = time.monotonic()
+    page.page.goto("/docs")
+    page.page.wait_for_selector(".opblock")
+    operations = page.page.locator(".opblock").count()
+    assert operations >= 20, operations
+    assert page.page.locator("[data-path='/jobs/{job_id}/retry']").count() >= 1
+    page.screenshot("docs")
+    clean(page)
+    assert time.monotonic() - started < 30
