@@ -13,7 +13,7 @@ const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
 const TEMPLATES = {
   log: { channel: "log", message: "hello from the console" },
   webhook: { channel: "webhook", url: "http://127.0.0.1:1080/hooks", data: { event: "console.test" } },
-  email: { channel: "email", to: "someone@example.com", subject: "Hello", body: "Sent from the console" },
+  email: { channel: "email", to: ["someone@example.com"], subject: "Hello", text: "Sent from the console" },
   websocket: { channel: "websocket", topic: "console", message: { text: "hello" } },
   http: { channel: "http", method: "GET", url: "http://127.0.0.1:1080/menu" },
 };

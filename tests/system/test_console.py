@@ -16,13 +16,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.sync_api import Browser
 
-from tests.browser import Tab, chromium, require_chromium, tab
-from tests.receivers import HttpReceiver, Reply, http_receiver
-from tests.support import Process, bearer, conveyor, run_env, wait_until_healthy
+from tests.browser import Tab, chromium, tab
+from tests.devstack import DevStack
+from tests.receivers import Reply
+from tests.support import wait_until_healthy
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(180)]
 
@@ -35,57 +35,6 @@ _OUTAGE = (
 )
 
 
-class ConsoleStack:
-    """``conveyor run`` on free ports (every failure final at once: ``CONVEYOR_MAX_ATTEMPTS=1``), its key, and an
-    HTTP receiver for webhooks."""
-
-    def __init__(self, run: Process, data_dir: Path, base_url: str, key: str, receiver: HttpReceiver) -> None:
-        self.run = run
-        self.data_dir = data_dir
-        self.base_url = base_url
-        self.key = key
-        self.receiver = receiver
-
-    def part_pids(self, name: str) -> list[int]:
-        """Pids of this stack's part ``name`` (``api``, ``worker-notifications``…), from their environments."""
-        wanted = {f"CONVEYOR_PROCESS_NAME={name}".encode(), f"CONVEYOR_DATA_DIR={self.data_dir}".encode()}
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                variables = set((entry / "environ").read_bytes().split(b"\0"))
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if wanted <= variables and b"conveyor" in cmdline:
-                found.append(int(entry.name))
-        return found
-
-    def job(self, job_id: str) -> dict[str, object]:
-        response = httpx.get(f"{self.base_url}/jobs/{job_id}", headers=bearer(self.key), timeout=10)
-        response.raise_for_status()
-        result: dict[str, object] = response.json()
-        return result
-
-
-@pytest.fixture(scope="module")
-def console_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleStack]:
-    require_chromium()
-    work = tmp_path_factory.mktemp("console")
-    data_dir = work / "var"
-    env, api_port, _ = run_env(data_dir, CONVEYOR_MAX_ATTEMPTS="1")
-    run = conveyor("run", ["run"], env, work, cwd=work)
-    base_url = f"http://127.0.0.1:{api_port}"
-    try:
-        with http_receiver() as receiver:
-            wait_until_healthy(base_url, 120, [run])
-            key = (data_dir / "dev-api-key").read_text().strip()
-            yield ConsoleStack(run, data_dir, base_url, key, receiver)
-    finally:
-        run.stop(timeout=30)
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     with chromium() as launched:
@@ -93,8 +42,8 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def page(browser: Browser, console_stack: ConsoleStack, tmp_path: Path) -> Iterator[Tab]:
-    with tab(browser, console_stack.base_url, tmp_path / "screenshots") as opened:
+def page(browser: Browser, dev_stack: DevStack, tmp_path: Path) -> Iterator[Tab]:
+    with tab(browser, dev_stack.base_url, tmp_path / "screenshots") as opened:
         yield opened
 
 
@@ -128,8 +77,8 @@ def clean(tab: Tab, allowed: Callable[[str], bool] = lambda _: False) -> None:
     assert not tab.foreign(), tab.foreign()
 
 
-def test_sign_in_and_a_log_notification_reaches_succeeded_live(page: Tab, console_stack: ConsoleStack) -> None:
-    sign_in(page, console_stack.key)
+def test_sign_in_and_a_log_notification_reaches_succeeded_live(page: Tab, dev_stack: DevStack) -> None:
+    sign_in(page, dev_stack.key)
     navigations = []
     page.page.on("framenavigated", lambda frame: navigations.append(frame.url))
     job_id = submit(page, {"channel": "log", "message": "hello from the browser test"})
@@ -143,10 +92,10 @@ def test_sign_in_and_a_log_notification_reaches_succeeded_live(page: Tab, consol
     clean(page)
 
 
-def test_an_upload_of_20_mb_fills_both_bars(page: Tab, console_stack: ConsoleStack, tmp_path: Path) -> None:
+def test_an_upload_of_20_mb_fills_both_bars(page: Tab, dev_stack: DevStack, tmp_path: Path) -> None:
     big = tmp_path / "twenty.bin"
     big.write_bytes(os.urandom(20 * 1024 * 1024))
-    sign_in(page, console_stack.key)
+    sign_in(page, dev_stack.key)
     page.page.set_input_files("#file", str(big))
     page.page.click("#upload-button")
     # <progress> reflects its value as an attribute (the page's CSP forbids wait_for_function's evaluated predicates)
@@ -161,26 +110,26 @@ def test_an_upload_of_20_mb_fills_both_bars(page: Tab, console_stack: ConsoleSta
     clean(page)
 
 
-def test_a_failed_webhook_is_listed_and_retry_runs_it_again(page: Tab, console_stack: ConsoleStack) -> None:
-    url = console_stack.receiver.script("/always-500", Reply(status=500, body=b"down"))
-    sign_in(page, console_stack.key)
+def test_a_failed_webhook_is_listed_and_retry_runs_it_again(page: Tab, dev_stack: DevStack) -> None:
+    url = dev_stack.receiver.script("/always-500", Reply(status=500, body=b"down"))
+    sign_in(page, dev_stack.key)
     page.page.click("#tab-failed")
     job_id = submit(page, {"channel": "webhook", "url": url, "data": {"n": 1}})
     row_status(page, job_id, "failed")
-    assert len(console_stack.receiver.requests("/always-500")) == 1
+    assert len(dev_stack.receiver.requests("/always-500")) == 1
     page.screenshot("console-failed")
     page.page.click(f"#job-{job_id} button.action-retry")
-    console_stack.receiver.wait_for("/always-500", 2)
+    dev_stack.receiver.wait_for("/always-500", 2)
     row_status(page, job_id, "failed")
     timeline = page.page.get_attribute(f"#job-{job_id}", "data-timeline") or ""
     assert timeline.split().count("job.failed") == 2, timeline
     clean(page)
 
 
-def test_cancel_on_a_queued_job_shows_cancelled(page: Tab, console_stack: ConsoleStack) -> None:
-    workers = console_stack.part_pids("worker-notifications")
+def test_cancel_on_a_queued_job_shows_cancelled(page: Tab, dev_stack: DevStack) -> None:
+    workers = dev_stack.part_pids("worker-notifications")
     assert workers, "no notifications worker found"
-    sign_in(page, console_stack.key)
+    sign_in(page, dev_stack.key)
     for pid in workers:  # no worker takes the notifications queue's jobs meanwhile
         os.kill(pid, signal.SIGSTOP)
     try:
@@ -191,20 +140,20 @@ def test_cancel_on_a_queued_job_shows_cancelled(page: Tab, console_stack: Consol
     finally:
         for pid in workers:
             os.kill(pid, signal.SIGCONT)
-    assert console_stack.job(job_id)["status"] == "cancelled"
+    assert dev_stack.job(job_id)["status"] == "cancelled"
     clean(page)
 
 
-def test_the_page_catches_up_after_the_api_is_killed_and_restarted(page: Tab, console_stack: ConsoleStack) -> None:
-    url = console_stack.receiver.script("/slow", Reply(status=200, hang=4))
-    sign_in(page, console_stack.key)
+def test_the_page_catches_up_after_the_api_is_killed_and_restarted(page: Tab, dev_stack: DevStack) -> None:
+    url = dev_stack.receiver.script("/slow", Reply(status=200, hang=4))
+    sign_in(page, dev_stack.key)
     job_id = submit(page, {"channel": "webhook", "url": url, "data": {"slow": True}})
     row_status(page, job_id, "started")
-    (api,) = console_stack.part_pids("api")
+    (api,) = dev_stack.part_pids("api")
     os.kill(api, signal.SIGKILL)
     page.page.wait_for_selector("#connection[data-state=reconnecting]")
-    wait_until_healthy(console_stack.base_url, 60, [console_stack.run])
-    assert console_stack.part_pids("api") != [api]
+    wait_until_healthy(dev_stack.base_url, 60, [dev_stack.run])
+    assert dev_stack.part_pids("api") != [api]
     row_status(page, job_id, "succeeded", timeout=60)
     page.page.wait_for_selector("#connection[data-state=live]")
     timeline = (page.page.get_attribute(f"#job-{job_id}", "data-timeline") or "").split()
@@ -213,7 +162,7 @@ def test_the_page_catches_up_after_the_api_is_killed_and_restarted(page: Tab, co
     clean(page, allowed=lambda error: any(code in error for code in _OUTAGE))
 
 
-def test_docs_render_the_operations_offline(page: Tab, console_stack: ConsoleStack) -> None:
+def test_docs_render_the_operations_offline(page: Tab, dev_stack: DevStack) -> None:
     started = time.monotonic()
     page.page.goto("/docs")
     page.page.wait_for_selector(".opblock")
