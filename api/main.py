@@ -30,7 +30,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Conveyor",
         version=__version__,
         lifespan=lifespan_for(settings or get_settings()),
-        docs_url=None,  # served by api.routes.console, from vendored files
+        docs_url=None,  # /docs and /redoc: api.routes.console serves them from vendored files
+        redoc_url=None,
     )
     app.include_router(health.router)
     for module in (jobs, attempts, notifications, schedules, rooms, uploads, tickets, ws, sse):

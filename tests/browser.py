@@ -65,8 +65,10 @@ class Tab:
     failed: list[str] = field(default_factory=list)
 
     def foreign(self) -> list[str]:
-        """Requests that went anywhere but the api's origin (``data:`` URLs stay in the page)."""
-        return [url for url in self.requests if not url.startswith("data:") and _origin(url) != self.origin]
+        """Requests that went anywhere but the api's origin (``data:`` and this origin's ``blob:`` URLs stay in the
+        page)."""
+        local = ("data:", f"blob:{self.origin}/")
+        return [url for url in self.requests if not url.startswith(local) and _origin(url) != self.origin]
 
     def screenshot(self, name: str, full_page: bool = False) -> Path:
         """Save the page as ``NAME.png`` in the test's directory, and under ``$CONVEYOR_SCREENSHOTS`` when set."""

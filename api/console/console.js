@@ -250,13 +250,19 @@ function row(job) {
   const link = document.createElement("button");
   link.type = "button";
   link.className = "link";
-  link.textContent = job.job_id.slice(0, 13) + "…";
-  link.title = job.job_id;
+  link.textContent = job.job_id;
+  link.title = "Show this job";
   link.addEventListener("click", () => showDetail(job.job_id, true));
   idCell.append(link);
   const kind = cell(job.kind || "");
   const status = cell(job.status);
   status.className = `status status-${job.status}`;
+  if (job.error && job.status !== "succeeded") {
+    const reason = document.createElement("div");
+    reason.className = "reason";
+    reason.textContent = job.error;
+    status.append(reason);
+  }
   const progressCell = document.createElement("td");
   const bar = document.createElement("progress");
   bar.max = 100;
@@ -268,7 +274,6 @@ function row(job) {
   if (job.status === "failed") actions.append(actionButton("Retry", () => retry(job.job_id)));
   if (ACTIVE.has(job.status)) actions.append(actionButton("Cancel", () => cancel(job.job_id)));
   tr.append(idCell, kind, status, progressCell, created, actions);
-  if (job.error && FINISHED.has(job.status)) tr.title = job.error;
   return tr;
 }
 
@@ -469,6 +474,13 @@ function start() {
     $("#detail").hidden = true;
   });
   fillTemplate();
+  // `conveyor run` prints a link with the development key in the fragment (never sent to a server): keep it in
+  // this tab and take it out of the address bar and the history.
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  if (fragment.get("key")) {
+    sessionStorage.setItem(KEY_STORAGE, fragment.get("key"));
+    history.replaceState(null, "", location.pathname);
+  }
   const saved = sessionStorage.getItem(KEY_STORAGE);
   if (saved) signIn(saved).catch(() => sessionStorage.removeItem(KEY_STORAGE));
 }

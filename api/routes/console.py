@@ -1,7 +1,7 @@
-"""The web console (``/console``), its static files, and ``/docs`` served without any outside resource.
+"""The web console (``/console``), its static files, and ``/docs`` and ``/redoc`` served without any outside resource.
 
 Everything a browser loads from these pages comes from this api: the console is plain HTML, CSS and JavaScript
-under ``api/console/`` and Swagger UI is vendored there (``api/console/vendor/swagger-ui``, with its licence). The
+under ``api/console/``; Swagger UI and ReDoc are vendored there (``api/console/vendor/``, with their licences). The
 pages hold no secret: the console asks for an API key and keeps it in the tab's ``sessionStorage``; its event
 stream is opened with a ticket (``POST /ws-tickets``). :class:`api.guard.Guard` lets these paths through without a
 key (:data:`PATHS`).
@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
-from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -21,8 +21,9 @@ from fastapi.staticfiles import StaticFiles
 ROOT = Path(__file__).resolve().parent.parent / "console"
 ASSETS = "/console/assets"
 SWAGGER = f"{ASSETS}/vendor/swagger-ui"
+REDOC = f"{ASSETS}/vendor/redoc"
 #: Paths the guard lets through without a key: the pages and their static files.
-PATHS = re.compile(r"^/$|^/console/?$|^/console/assets/[A-Za-z0-9_./-]+$|^/docs$")
+PATHS = re.compile(r"^/$|^/console/?$|^/console/assets/[A-Za-z0-9_./-]+$|^/docs$|^/redoc$")
 #: The console's page may load nothing but this api's own files and talk to nothing else.
 CONSOLE_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
@@ -60,7 +61,19 @@ async def docs() -> HTMLResponse:
     )
 
 
+@router.get("/redoc")
+async def redoc() -> HTMLResponse:
+    """ReDoc for ``/openapi.json``, from the vendored file and without Google Fonts: it renders offline too."""
+    return get_redoc_html(
+        openapi_url="/openapi.json",
+        title="Conveyor - API reference",
+        redoc_js_url=f"{REDOC}/redoc.standalone.js",
+        redoc_favicon_url=f"{ASSETS}/favicon.svg",
+        with_google_fonts=False,
+    )
+
+
 def install(app: FastAPI) -> None:
-    """Serve the console, its files and ``/docs`` on ``app`` (created with ``docs_url=None``)."""
+    """Serve the console, its files, ``/docs`` and ``/redoc`` on ``app`` (made with ``docs_url=redoc_url=None``)."""
     app.include_router(router)
     app.mount(ASSETS, StaticFiles(directory=ROOT), name="console-assets")

@@ -46,3 +46,13 @@ async def test_docs_use_the_vendored_swagger_ui(api: Api) -> None:
         script = await anonymous.get("/console/assets/vendor/swagger-ui/swagger-ui-bundle.js")
         assert script.status_code == 200 and len(script.content) > 500_000
         assert (await anonymous.get("/console/assets/vendor/swagger-ui/LICENSE")).status_code == 200
+
+
+async def test_redoc_uses_the_vendored_bundle_without_google_fonts(api: Api) -> None:
+    async with api.anonymous() as anonymous:
+        page = await anonymous.get("/redoc")
+        assert page.status_code == 200
+        assert "/console/assets/vendor/redoc/redoc.standalone.js" in page.text
+        assert "://" not in page.text.replace("http://www.w3.org", ""), page.text
+        bundle = await anonymous.get("/console/assets/vendor/redoc/redoc.standalone.js")
+        assert bundle.status_code == 200 and b"cdn.redoc.ly" not in bundle.content
