@@ -190,6 +190,14 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["kv", "json"] = "kv"
 
+    # The command-line client: conveyor submit, upload, watch, jobs… (conveyor/client/).
+    api_url: str | None = Field(
+        default=None, description="The api the client commands talk to (--api); unset: http://api_host:api_port"
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="The key the client commands send (--key); unset: data_dir/dev-api-key if any"
+    )
+
     @field_validator("data_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
