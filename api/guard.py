@@ -2,11 +2,10 @@
 
 In order, for each request (pure ASGI, so streaming bodies and responses are untouched):
 
-1. public paths (``PUBLIC``, the console's pages and files, and a room's ``/events``, which takes the room's join
-   token) go straight through;
-   every other path needs a valid API key — ``/events`` also
-   takes a ticket, after its ``Origin`` is checked (403) — else ``401`` with ``WWW-Authenticate`` (an unknown
-   path answers 401 too, so routes are not revealed to strangers);
+1. public paths (``PUBLIC``, the console's pages and files, ``/metrics`` with its own scrape token, and a room's
+   ``/events``, which takes the room's join token) go straight through; every other path needs a valid API
+   key — ``/events`` also takes a ticket, after its ``Origin`` is checked (403) — else ``401`` with
+   ``WWW-Authenticate`` (an unknown path answers 401 too, so routes are not revealed to strangers);
 2. the key's token bucket (:mod:`api.ratelimit`) must hold a token, else ``429`` with ``Retry-After``;
 3. a body other than an upload's may be at most ``CONVEYOR_MAX_JSON_BYTES``, else ``413`` (at once when
    ``Content-Length`` says so, otherwise as soon as the body passes the limit);
