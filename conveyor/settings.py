@@ -176,6 +176,12 @@ class Settings(BaseSettings):
     dispatch_interval_seconds: float = Field(default=5.0, gt=0)
     spool_max_age_seconds: int = Field(default=86400, ge=60)
 
+    # Observability (docs/OBSERVABILITY.md).
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token a Prometheus scraper sends to GET /metrics (unset: /metrics answers 401)",
+    )
+
     health_queues: str = Field(
         default="",
         description="Comma-separated queues that must have a live worker for /health to say ok (conveyor run: all)",
@@ -187,6 +193,14 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_format: Literal["kv", "json"] = "kv"
+
+    # The command-line client: conveyor submit, upload, watch, jobs… (conveyor/client/).
+    api_url: str | None = Field(
+        default=None, description="The api the client commands talk to (--api); unset: http://api_host:api_port"
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="The key the client commands send (--key); unset: data_dir/dev-api-key if any"
+    )
 
     @field_validator("data_dir")
     @classmethod
