@@ -51,6 +51,9 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
         ws_per_message_deflate=False,
         ws_ping_interval=settings.ws_ping_interval or None,
         ws_ping_timeout=settings.ws_ping_timeout,
+        # N processes on one port, each with its own connections, event reader and caches; everything they must
+        # agree on (jobs, events, rate limits, stream caps, tickets) lives in the job store and Redis.
+        workers=args.workers,
     )
     return 0
 
@@ -183,11 +186,11 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
         engine.dispose()
 
 
-def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     """Run the whole stack, supervised: embedded Redis (unless configured), api, one worker per queue, beat, Flower."""
     from conveyor.ops.run import run_stack
 
-    return run_stack(settings)
+    return run_stack(settings, api_workers=args.api_workers)
 
 
 def cmd_catcher(settings: Settings, _args: argparse.Namespace) -> int:
@@ -231,6 +234,11 @@ def parser() -> argparse.ArgumentParser:
         if name == "api":
             command.add_argument("--host")
             command.add_argument("--port", type=int)
+            command.add_argument(
+                "--workers", type=int, default=1, help="api processes serving the port (uvicorn's; default 1)"
+            )
+        if name == "run":
+            command.add_argument("--api-workers", type=int, default=1, help="api processes (conveyor api --workers)")
         if name == "worker":
             command.add_argument("--queues", required=True, help=f"comma-separated, of {','.join(names.QUEUES)}")
             command.add_argument("--concurrency", type=int, help="processes (prefork) or threads of the pool")

@@ -263,10 +263,10 @@ def secure_data_dir(settings: Settings) -> None:
     )
 
 
-def run_stack(settings: Settings, supervisor: Supervisor | None = None) -> int:
+def run_stack(settings: Settings, supervisor: Supervisor | None = None, api_workers: int = 1) -> int:
     """Run the whole stack until Ctrl-C, SIGTERM or SIGHUP (returns 0), or until a part is given up on or a port is
-    taken (returns 1). Embedded Redis (unless ``CONVEYOR_REDIS_URL`` is set), api, a worker per queue, beat,
-    Flower."""
+    taken (returns 1). Embedded Redis (unless ``CONVEYOR_REDIS_URL`` is set), api (``api_workers`` processes on its
+    port), a worker per queue, beat, Flower."""
     began = time.monotonic()
     supervisor = supervisor or Supervisor()
     supervisor.install_signal_handlers()
@@ -304,7 +304,8 @@ def run_stack(settings: Settings, supervisor: Supervisor | None = None) -> int:
         if signing is not None:
             env["CONVEYOR_WEBHOOK_SECRET"] = signing.value
         me = [sys.executable, "-m", "conveyor"]
-        parts = [("api", ["api"]), *((f"worker-{q}", ["worker", "--queues", q]) for q in names.QUEUES)]
+        api = ["api"] if api_workers == 1 else ["api", "--workers", str(api_workers)]
+        parts = [("api", api), *((f"worker-{q}", ["worker", "--queues", q]) for q in names.QUEUES)]
         if allows_private(settings):
             env["CONVEYOR_WEBHOOK_ALLOW_PRIVATE"] = "true"
         if catching(settings):
