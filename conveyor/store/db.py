@@ -186,9 +186,33 @@ def _engine(url: str, **kwargs: Any) -> Engine:
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 10}, **kwargs)
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+    if parsed.get_backend_name() == "postgresql":
+        kwargs["connect_args"] = _postgres_connect_args(parsed, dict(kwargs.get("connect_args", {})))
     # No ping before each checkout (a round trip per transaction): a connection found dead on first use is
     # invalidated by SQLAlchemy, and the group writer runs the transaction again once on a fresh one.
     return sa.create_engine(url, **kwargs)
+
+
+#: PostgreSQL: seconds a new connection may take, and the longest a statement may run (a lock wait included) before
+#: it fails as the job store being unavailable (503 at the api, tried again by workers). A URL's own
+#: ``connect_timeout`` or ``options=-c statement_timeout=…`` wins; migrations run without the statement limit.
+POSTGRES_CONNECT_TIMEOUT = 10
+POSTGRES_STATEMENT_TIMEOUT_MS = 30_000
+
+
+def _postgres_connect_args(url: sa.URL, connect_args: dict[str, Any]) -> dict[str, Any]:
+    """``connect_args`` with the connect and statement timeouts added, keeping the URL's and the caller's
+    ``options`` (a ``search_path``, say): a connect argument replaces the URL's parameter of the same name."""
+    if "connect_timeout" not in url.query:
+        connect_args.setdefault("connect_timeout", POSTGRES_CONNECT_TIMEOUT)
+    given = url.query.get("options", ())
+    options = [*([given] if isinstance(given, str) else given)]
+    if connect_args.get("options"):
+        options.append(connect_args["options"])
+    if not any("statement_timeout" in option for option in options):
+        options.append(f"-c statement_timeout={POSTGRES_STATEMENT_TIMEOUT_MS}")
+    connect_args["options"] = " ".join(options)
+    return connect_args
 
 
 #: Longest a writer waits for the SQLite write lock by default before its transaction fails as the job store being
@@ -315,12 +339,14 @@ def _migration_lock(engine: Engine) -> Iterator[sa.Connection]:
                 finally:
                     fcntl.flock(lock_file, fcntl.LOCK_UN)
         elif engine.dialect.name == "postgresql":
+            connection.execute(sa.text("SET statement_timeout = 0"))  # waiting for another process's migration
             connection.execute(sa.text("SELECT pg_advisory_lock(7311001)"))
             connection.commit()
             try:
                 yield connection
             finally:
                 connection.execute(sa.text("SELECT pg_advisory_unlock(7311001)"))
+                connection.execute(sa.text("RESET statement_timeout"))  # the connection's own limit again
                 connection.commit()
         else:
             yield connection
