@@ -24,7 +24,7 @@ from tests.system.faults import FaultStack, accepted_ids, submit_many
 from tests.system.tcp_proxy import tcp_proxy
 
 #: Longer than the global 120 s: 60 s to start, then up to 60 + 90 s of waiting, and the outage.
-pytestmark = [pytest.mark.system, pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.system, pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(240)]
 
 JOBS = 40
 OUTAGE_SECONDS = 5.0

@@ -397,6 +397,7 @@ def sqlite_locked(path: Path) -> Iterator[None]:
         holder.close()
 
 
+@pytest.mark.postgres
 @pytest.mark.timeout(240)
 def test_postgres_cut_off(tmp_path: Path, postgres_schema: tuple[sa.URL, str]) -> None:
     url, schema = postgres_schema

@@ -13,7 +13,7 @@ from conveyor.store.db import create_engine, migrate
 from tests.postgres import CONNECT_TIMEOUT, postgres_schema
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     """A migrated job-store database of each backend."""
     if request.param == "sqlite":
