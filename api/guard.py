@@ -2,10 +2,10 @@
 
 In order, for each request (pure ASGI, so streaming bodies and responses are untouched):
 
-1. public paths (``PUBLIC``, and a room's ``/events``, which takes the room's join token) go straight through;
-   every other path needs a valid API key — ``/events`` also
-   takes a ticket, after its ``Origin`` is checked (403) — else ``401`` with ``WWW-Authenticate`` (an unknown
-   path answers 401 too, so routes are not revealed to strangers);
+1. public paths (``PUBLIC``, the console's pages and files, ``/metrics`` with its own scrape token, and a room's
+   ``/events``, which takes the room's join token) go straight through; every other path needs a valid API
+   key — ``/events`` also takes a ticket, after its ``Origin`` is checked (403) — else ``401`` with
+   ``WWW-Authenticate`` (an unknown path answers 401 too, so routes are not revealed to strangers);
 2. the key's token bucket (:mod:`api.ratelimit`) must hold a token, else ``429`` with ``Retry-After``;
 3. a body other than an upload's may be at most ``CONVEYOR_MAX_JSON_BYTES``, else ``413`` (at once when
    ``Content-Length`` says so, otherwise as soon as the body passes the limit);
@@ -36,6 +36,7 @@ from api.connections import authenticated
 from api.errors import REDIS_DOWN, STORE_DOWN, error, unavailable
 from api.instruments import PATH as METRICS_PATH
 from api.ratelimit import retry_after
+from api.routes.console import PATHS as CONSOLE_PATHS
 from conveyor import logs
 from conveyor.redis_client import REDIS_ERRORS
 from conveyor.store.jobstore import UNAVAILABLE
@@ -52,6 +53,17 @@ _DOWNLOAD = re.compile(r"^/uploads/[^/]+/content$")
 _EVENTS = "/events"
 #: A room read as Server-Sent Events: its join token is checked by the route (api/routes/rooms.py), no key needed.
 _ROOM_EVENTS = re.compile(r"^/rooms/[^/]+/events$")
+
+
+def _public(path: str) -> bool:
+    """Paths the guard lets through without a key: each checks its own credentials or has none to check (``/metrics``
+    its scrape token, a room's ``/events`` its join token, the console's static files none)."""
+    return (
+        path in PUBLIC
+        or path == METRICS_PATH
+        or _ROOM_EVENTS.match(path) is not None
+        or CONSOLE_PATHS.match(path) is not None
+    )
 
 
 # BaseException, so that no route's ``except Exception`` (FastAPI's body parsing has one) turns them into a 400.
@@ -74,9 +86,7 @@ class Guard:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path_ = scope.get("path")
-        # /metrics checks its own token (api/metrics.py): a scraper holds no API key.
-        if scope["type"] != "http" or path_ in PUBLIC or path_ == METRICS_PATH or _ROOM_EVENTS.match(scope["path"]):
+        if scope["type"] != "http" or _public(scope["path"]):
             await self.app(scope, receive, send)
             return
         state: AppState = scope["state"]["conveyor"]

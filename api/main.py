@@ -10,7 +10,7 @@ from api import errors, metrics
 from api.guard import Guard
 from api.instruments import CountRequests
 from api.lane import SubmissionLane
-from api.routes import attempts, health, jobs, notifications, rooms, schedules, sse, tickets, uploads, ws
+from api.routes import attempts, console, health, jobs, notifications, rooms, schedules, sse, tickets, uploads, ws
 from api.state import lifespan_for
 from conveyor import __version__
 from conveyor.settings import Settings, get_settings
@@ -31,11 +31,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Conveyor",
         version=__version__,
         lifespan=lifespan_for(settings or get_settings()),
+        docs_url=None,  # /docs and /redoc: api.routes.console serves them from vendored files
+        redoc_url=None,
     )
     app.include_router(health.router)
     app.include_router(metrics.router)
     for module in (jobs, attempts, notifications, schedules, rooms, uploads, tickets, ws, sse):
         app.include_router(module.router, responses=GUARDED)
+    console.install(app)
     errors.install(app)
     app.add_middleware(SubmissionLane)  # inside the guard: authenticated and rate-limited first
     app.add_middleware(Guard)

@@ -190,6 +190,14 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["kv", "json"] = "kv"
 
+    # The command-line client: conveyor submit, upload, watch, jobs… (conveyor/client/).
+    api_url: str | None = Field(
+        default=None, description="The api the client commands talk to (--api); unset: http://api_host:api_port"
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="The key the client commands send (--key); unset: data_dir/dev-api-key if any"
+    )
+
     @field_validator("data_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
@@ -297,6 +305,8 @@ class Settings(BaseSettings):
 #: ``CONVEYOR_`` variables that are not settings (read elsewhere: process names, the test suite, compose, clients).
 OTHER_VARIABLES = frozenset(
     {"CONVEYOR_PROCESS_NAME", "CONVEYOR_TEST_POSTGRES_URL", "CONVEYOR_IMAGE", "CONVEYOR_API_KEY", "CONVEYOR_API_URL"}
+    # The test suite's job store (tests/postgres.py), compose's PostgreSQL password (compose.yaml).
+    | {"CONVEYOR_TEST_STORE", "CONVEYOR_POSTGRES_PASSWORD"}
 )
 
 

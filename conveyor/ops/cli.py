@@ -12,19 +12,16 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from conveyor import logs, names
+from conveyor.client import commands as client
 from conveyor.settings import Settings, env_file_names, get_settings, unknown_variables
 
 log = logs.get("conveyor.ops.cli")
 
 
 def _migrate(settings: Settings) -> None:
-    from conveyor.store.db import create_engine, migrate
+    from conveyor.store.db import migrate_database
 
-    engine = create_engine(settings.effective_database_url)
-    try:
-        migrate(engine)
-    finally:
-        engine.dispose()
+    migrate_database(settings.effective_database_url)
 
 
 def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
@@ -201,6 +198,13 @@ def cmd_catcher(settings: Settings, _args: argparse.Namespace) -> int:
     return serve(settings.catcher_smtp_port, settings.catcher_http_port, secret)
 
 
+def cmd_client(settings: Settings, args: argparse.Namespace) -> int:
+    """Talk to an api as a client (conveyor/client/): submit, upload, watch, jobs, job, retry, cancel, tail."""
+    from conveyor.client.commands import run
+
+    return run(settings, args)
+
+
 COMMANDS = {
     "run": cmd_run,
     "api": cmd_api,
@@ -211,6 +215,8 @@ COMMANDS = {
     "migrate": cmd_migrate,
     "keys": cmd_keys,
     "catcher": cmd_catcher,
+    # The command-line client: one handler, the command names and arguments are conveyor.client.commands'.
+    **dict.fromkeys(client.NAMES, cmd_client),
 }
 
 
@@ -218,6 +224,9 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="conveyor", description="Conveyor job service")
     sub = root.add_subparsers(dest="command", required=True)
     for name, func in COMMANDS.items():
+        if name in client.NAMES:
+            client.add_arguments(name, sub.add_parser(name, help=client.summary(name)))
+            continue
         command = sub.add_parser(name, help=(func.__doc__ or "").splitlines()[0])
         if name == "api":
             command.add_argument("--host")
@@ -246,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     settings = get_settings()
     process_name = args.command if args.command != "worker" else f"worker-{args.queues}"
-    if args.command == "keys":
+    if args.command == "keys" or args.command in client.NAMES:
         logging.disable(logging.INFO)
     started_by_conveyor = "CONVEYOR_PROCESS_NAME" in os.environ
     os.environ.setdefault("CONVEYOR_PROCESS_NAME", process_name)

@@ -186,6 +186,14 @@ def banner(
         lines.append(("redis", without_password(settings.effective_redis_url)))
     if key is not None:
         lines.append(("key", f"{key}  (owner dev; {key.where()}; send Authorization: Bearer <key>)"))
+        # Whole only when the key is (new: shown whole above anyway). It rides in the fragment, which the browser
+        # never sends; the page moves it to the tab's sessionStorage.
+        if key.new:
+            lines.append(("console", f"{base}/console#key={key.value}  (opens signed in with the development key)"))
+        else:
+            lines.append(("console", f"{base}/console  (sign in with the key in {display(key.path)})"))
+    else:
+        lines.append(("console", f"{base}/console  (sign in with an API key)"))
     if signing is not None:
         lines.append(("webhook", f"signing secret {signing}  ({signing.where()}; receivers verify with it)"))
     if catching(settings):
@@ -231,13 +239,9 @@ class Readiness:
 
 
 def _migrate(settings: Settings) -> None:
-    from conveyor.store.db import create_engine, migrate
+    from conveyor.store.db import migrate_database
 
-    engine = create_engine(settings.effective_database_url)
-    try:
-        migrate(engine)
-    finally:
-        engine.dispose()
+    migrate_database(settings.effective_database_url)
 
 
 def secure_data_dir(settings: Settings) -> None:

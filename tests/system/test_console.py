@@ -1,0 +1,187 @@
+"""The web console in real headless Chromium against ``conveyor run``: sign in, a log notification reaching
+``succeeded`` live, a 20 MB upload's two bars, Retry and Cancel, an api killed and restarted mid-job, ``/docs``
+offline. Every page must log no JavaScript error and request nothing outside the api's origin (other requests are
+aborted, so the pages are checked as they work offline).
+
+Screenshots go to each test's directory; with ``CONVEYOR_SCREENSHOTS=docs/screenshots`` they also replace the
+README's (``make screenshots``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser
+
+from tests.browser import Tab, chromium, tab
+from tests.devstack import DevStack
+from tests.receivers import Reply
+from tests.support import wait_until_healthy
+
+pytestmark = [pytest.mark.system, pytest.mark.timeout(180)]
+
+#: What Chromium logs for a request the api could not answer while it was down (the restart test only).
+_OUTAGE = (
+    "net::ERR_CONNECTION_REFUSED",
+    "net::ERR_EMPTY_RESPONSE",
+    "net::ERR_CONNECTION_RESET",
+    "net::ERR_INCOMPLETE_CHUNKED_ENCODING",
+)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with chromium() as launched:
+        yield launched
+
+
+@pytest.fixture
+def page(browser: Browser, dev_stack: DevStack, tmp_path: Path) -> Iterator[Tab]:
+    with tab(browser, dev_stack.base_url, tmp_path / "screenshots") as opened:
+        yield opened
+
+
+def sign_in(tab: Tab, key: str) -> None:
+    tab.page.goto("/")
+    tab.page.fill("#api-key", key)
+    tab.page.click("#sign-in-form button[type=submit]")
+    tab.page.wait_for_selector("#connection[data-state=live]")
+
+
+def submit(tab: Tab, body: dict[str, object]) -> str:
+    """Submit ``body`` with the console's form; the new job's id."""
+    tab.page.select_option("#channel", str(body["channel"]))
+    tab.page.fill("#body", json.dumps(body))
+    tab.page.click("#submit-button")
+    tab.page.wait_for_selector("#submit-result[data-job-id]")
+    job_id = tab.page.get_attribute("#submit-result", "data-job-id")
+    assert job_id
+    tab.page.locator("#submit-result").evaluate("element => element.removeAttribute('data-job-id')")
+    return job_id
+
+
+def row_status(tab: Tab, job_id: str, status: str, timeout: float = 30) -> None:
+    tab.page.wait_for_selector(f"#job-{job_id}[data-status={status}]", timeout=timeout * 1000)
+
+
+def clean(tab: Tab, allowed: Callable[[str], bool] = lambda _: False) -> None:
+    """No JavaScript error (but ``allowed`` ones), nothing requested outside the api's origin."""
+    errors = [error for error in tab.errors if not allowed(error)]
+    assert not errors, errors
+    assert not tab.foreign(), tab.foreign()
+
+
+def test_sign_in_and_a_log_notification_reaches_succeeded_live(page: Tab, dev_stack: DevStack) -> None:
+    sign_in(page, dev_stack.key)
+    navigations = []
+    page.page.on("framenavigated", lambda frame: navigations.append(frame.url))
+    job_id = submit(page, {"channel": "log", "message": "hello from the browser test"})
+    row_status(page, job_id, "succeeded")
+    assert navigations == [], "the page reloaded"
+    timeline = page.page.get_attribute(f"#job-{job_id}", "data-timeline")
+    assert timeline is not None and timeline.split()[-1] == "job.succeeded", timeline
+    page.page.click(f"#job-{job_id} button.link")
+    page.page.wait_for_selector("#detail-attempts:not(:empty)")
+    page.screenshot("console")
+    clean(page)
+
+
+def test_an_upload_of_20_mb_fills_both_bars(page: Tab, dev_stack: DevStack, tmp_path: Path) -> None:
+    big = tmp_path / "twenty.bin"
+    big.write_bytes(os.urandom(20 * 1024 * 1024))
+    sign_in(page, dev_stack.key)
+    page.page.set_input_files("#file", str(big))
+    page.page.click("#upload-button")
+    # <progress> reflects its value as an attribute (the page's CSP forbids wait_for_function's evaluated predicates)
+    page.page.wait_for_selector("#upload-sending[value='100']")
+    page.page.wait_for_selector("#upload-ingest[value='100']")
+    job_id = page.page.get_attribute("#upload-result", "data-job-id")
+    assert job_id is not None
+    row_status(page, job_id, "succeeded")
+    assert page.page.text_content("#upload-sending-text") == "100 %"
+    assert page.page.text_content("#upload-ingest-text") == "100 %"
+    page.screenshot("console-upload")
+    clean(page)
+
+
+def test_a_failed_webhook_is_listed_and_retry_runs_it_again(page: Tab, dev_stack: DevStack) -> None:
+    url = dev_stack.receiver.script("/always-500", Reply(status=500, body=b"down"))
+    sign_in(page, dev_stack.key)
+    page.page.click("#tab-failed")
+    job_id = submit(page, {"channel": "webhook", "url": url, "data": {"n": 1}})
+    row_status(page, job_id, "failed")
+    assert len(dev_stack.receiver.requests("/always-500")) == 1
+    page.screenshot("console-failed")
+    page.page.click(f"#job-{job_id} button.action-retry")
+    dev_stack.receiver.wait_for("/always-500", 2)
+    row_status(page, job_id, "failed")
+    timeline = page.page.get_attribute(f"#job-{job_id}", "data-timeline") or ""
+    assert timeline.split().count("job.failed") == 2, timeline
+    clean(page)
+
+
+def test_cancel_on_a_queued_job_shows_cancelled(page: Tab, dev_stack: DevStack) -> None:
+    workers = dev_stack.part_pids("worker-notifications")
+    assert workers, "no notifications worker found"
+    sign_in(page, dev_stack.key)
+    for pid in workers:  # no worker takes the notifications queue's jobs meanwhile
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        job_id = submit(page, {"channel": "log", "message": "never sent"})
+        row_status(page, job_id, "queued")
+        page.page.click(f"#job-{job_id} button.action-cancel")
+        row_status(page, job_id, "cancelled")
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+    assert dev_stack.job(job_id)["status"] == "cancelled"
+    clean(page)
+
+
+def test_the_page_catches_up_after_the_api_is_killed_and_restarted(page: Tab, dev_stack: DevStack) -> None:
+    url = dev_stack.receiver.script("/slow", Reply(status=200, hang=4))
+    sign_in(page, dev_stack.key)
+    job_id = submit(page, {"channel": "webhook", "url": url, "data": {"slow": True}})
+    row_status(page, job_id, "started")
+    (api,) = dev_stack.part_pids("api")
+    os.kill(api, signal.SIGKILL)
+    page.page.wait_for_selector("#connection[data-state=reconnecting]")
+    wait_until_healthy(dev_stack.base_url, 60, [dev_stack.run])
+    assert dev_stack.part_pids("api") != [api]
+    row_status(page, job_id, "succeeded", timeout=60)
+    page.page.wait_for_selector("#connection[data-state=live]")
+    timeline = (page.page.get_attribute(f"#job-{job_id}", "data-timeline") or "").split()
+    statuses = [event for event in timeline if event != "job.progress"]
+    assert statuses == ["job.queued", "job.started", "job.succeeded"], timeline
+    clean(page, allowed=lambda error: any(code in error for code in _OUTAGE))
+
+
+def test_docs_and_redoc_render_the_operations_offline(page: Tab, dev_stack: DevStack) -> None:
+    page.page.goto("/docs")
+    page.page.wait_for_selector(".opblock")
+    operations = page.page.locator(".opblock").count()
+    assert operations >= 20, operations
+    assert page.page.locator("[data-path='/jobs/{job_id}/retry']").count() >= 1
+    page.screenshot("docs")
+    page.page.goto("/redoc")
+    page.page.wait_for_selector("[data-section-id^='operation/']", state="attached")
+    assert page.page.locator("[data-section-id^='operation/']").count() >= 20
+    clean(page)
+
+
+def test_the_link_conveyor_run_prints_opens_the_console_signed_in(page: Tab, dev_stack: DevStack) -> None:
+    (link,) = [
+        line.split()[3]
+        for line in dev_stack.run.output().splitlines()
+        if line.startswith("conveyor ") and " console " in line
+    ]
+    assert link.endswith(f"/console#key={dev_stack.key}"), link
+    page.page.goto(link)
+    page.page.wait_for_selector("#connection[data-state=live]")
+    assert "#" not in page.page.url, "the key stayed in the address bar"
+    clean(page)
