@@ -106,7 +106,7 @@ def count_job(pipe: Any, job: Job) -> None:
         count(pipe, DELIVERIES, channel=channel, outcome=outcome)
 
 
-def families(stored: Mapping[bytes | str, bytes | str]) -> list[Metric]:
+def families(stored: Mapping[bytes, bytes] | Mapping[str, str]) -> list[Metric]:
     """The Prometheus metric families in the hash ``stored`` (``HGETALL`` of :data:`METRICS_KEY`). Every family of
     :data:`COUNTERS` and :data:`HISTOGRAMS` is present, empty when nothing was counted yet."""
     counters: dict[str, dict[tuple[str, ...], float]] = {name: {} for name in COUNTERS}
