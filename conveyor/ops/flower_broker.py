@@ -28,6 +28,17 @@ from tornado.web import RequestHandler
 from conveyor import names
 
 
+def flower_redis_url(url: str) -> str:
+    """The URL Flower's own Redis client takes for Conveyor's Redis: ``url`` itself, or for a ``sentinel://`` URL
+    the first Sentinel's in kombu's form (Flower's Sentinel client asks that one for the master, whose name it reads
+    from Celery's transport options)."""
+    from conveyor.redis_client import is_sentinel, parse_sentinel_url
+
+    if not is_sentinel(url):
+        return url
+    return parse_sentinel_url(url).kombu_url().split(";")[0]
+
+
 def masked(url: str) -> str:
     """``url`` with its password (if any) shown as ``**``."""
     parts = urlsplit(url)

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from websockets.sync.client import connect
 
 from conveyor.names import QUEUE_HOUSEKEEPING, QUEUE_NOTIFICATIONS
+from conveyor.ops.redis_server import free_port
 from conveyor.store import db
 from tests.events_support import FINISHED, recv, subscribed
 from tests.sentinels import sentinel_group
@@ -29,6 +30,7 @@ from tests.system.faults import FaultStack
 pytestmark = [pytest.mark.system, pytest.mark.slow, pytest.mark.timeout(360)]
 
 JOBS = 150
+FLOWER = "sentinel-test-flower"
 
 
 class Submitter:
@@ -111,6 +113,8 @@ def test_master_killed_sentinel_promotes_and_nothing_accepted_is_lost(tmp_path: 
                 stack.start(name, ["worker", "--queues", queue, "--hostname", f"{name}@%h"])
             stack.start("housekeeping", ["worker", "--queues", QUEUE_HOUSEKEEPING, "--hostname", "housekeeping@%h"])
             stack.start("beat", ["beat"])
+            flower_port = free_port()
+            stack.start("flower", ["flower"], CONVEYOR_FLOWER_PORT=str(flower_port), CONVEYOR_FLOWER_PASSWORD=FLOWER)
             wait_until_healthy(stack.base_url, 60, list(stack.processes.values()))
             wait_for_workers(group.url, ["notify-1", "notify-2", "housekeeping"], 60)
 
@@ -141,6 +145,10 @@ def test_master_killed_sentinel_promotes_and_nothing_accepted_is_lost(tmp_path: 
                 )
                 logged = Counter(connection.execute(sa.select(db.notification_log.c.job_id)).scalars())
             health = httpx.get(f"{stack.base_url}/health", timeout=10)
+            # Flower's Broker page reads the queues through the Sentinels too, on the promoted master.
+            depths = httpx.get(
+                f"http://127.0.0.1:{flower_port}/api/queues/length", auth=("conveyor", FLOWER), timeout=30
+            )
         finally:
             stack.stop_all()
 
@@ -151,6 +159,8 @@ def test_master_killed_sentinel_promotes_and_nothing_accepted_is_lost(tmp_path: 
         f"meanwhile); the event follower reconnected {follower.reconnects} time(s)"
     )
     assert health.status_code == 200, health.text
+    assert depths.status_code == 200, depths.text
+    assert {queue["name"] for queue in depths.json()["active_queues"]} >= {"notifications", "housekeeping"}
     assert len(job_ids) == JOBS
     assert effects == Counter(job_ids), "an accepted job was lost or ran twice"
     assert logged == Counter(job_ids)
