@@ -35,8 +35,10 @@ import psutil
 import redis
 import sqlalchemy as sa
 
+from conveyor.events import encode
 from conveyor.names import EVENTS_STREAM
 from conveyor.ops.redis_server import free_port, redis_command, wait_for_port
+from conveyor.schemas import Event, EventType, JobStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_INPUTS = ROOT / "docs" / "scaling-inputs.json"
@@ -70,6 +72,9 @@ class Inputs:
     #: at 10,000 clients).
     ws_delivery_us: float = 6.7
     ws_connection_kib: float = 7.0
+    #: CPU microseconds one api process spends reading one event of the stream that none of its clients wants (every
+    #: api process reads every event).
+    stream_read_us: float = 0.0
     machine: str = ""
     measured_at: str = ""
     notes: list[str] = field(default_factory=list)
@@ -217,6 +222,7 @@ def measure(jobs: int, postgres: str | None, warmup: int = 200) -> Inputs:
             events = int(client.xlen(EVENTS_STREAM))
             stream_bytes = int(client.memory_usage(EVENTS_STREAM) or 0) / max(events, 1)
             engine.dispose()
+            read_us = _stream_read_us(client, processes["api"].pid)
         finally:
             for process in processes.values():
                 _stop(process)
@@ -234,12 +240,42 @@ def measure(jobs: int, postgres: str | None, warmup: int = 200) -> Inputs:
         store_transactions=round(transactions / (warmup + jobs), 2),
         events=round((events - events_before) / jobs, 2),
         stream_bytes_per_event=round(stream_bytes),
+        stream_read_us=round(read_us, 2),
         jobs_per_s_measured=round(jobs / elapsed, 1),
         store="postgresql" if postgres else "sqlite",
         jobs=jobs,
         machine=f"{os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.1f} GiB",
         measured_at=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     )
+
+
+#: Events :func:`_stream_read_us` appends, and how long it lets the api read them.
+STREAM_EVENTS, STREAM_SETTLE_S = 50_000, 3.0
+
+
+def _stream_read_us(client: redis.Redis, api_pid: int) -> float:
+    """The api's CPU per event read from the stream when no client of it wants the event: its CPU while
+    :data:`STREAM_EVENTS` ``job.started`` events of an unknown owner are appended and read, minus its CPU over as
+    long a time idle, per event."""
+    event = Event(type=EventType.STARTED, job_id="capacity", status=JobStatus.STARTED, ts=time.time(), owner="nobody")
+    fields = encode(event)
+
+    def publish() -> None:
+        for start in range(0, STREAM_EVENTS, 1000):
+            pipe = client.pipeline(transaction=False)
+            for _ in range(start, min(start + 1000, STREAM_EVENTS)):
+                pipe.xadd(EVENTS_STREAM, fields)  # type: ignore[arg-type]
+            pipe.execute()
+
+    before = _tree_cpu(api_pid)
+    started = time.monotonic()
+    publish()
+    time.sleep(STREAM_SETTLE_S)
+    busy, took = _tree_cpu(api_pid) - before, time.monotonic() - started
+    before = _tree_cpu(api_pid)
+    time.sleep(took)
+    idle = _tree_cpu(api_pid) - before
+    return max(0.0, busy - idle) * 1e6 / STREAM_EVENTS
 
 
 def _healthy(base: str) -> bool:
@@ -257,7 +293,9 @@ class Fleet:
     """Processes and servers for one rate (jobs per second), and what each tier carries."""
 
     rate: float
+    #: 0 when reading the stream alone leaves an api process (almost) nothing: the stream must be sharded first.
     api_processes: int
+    stream_read_share: float
     worker_processes: int
     redis_broker_servers: int
     redis_events_servers: int
@@ -273,15 +311,20 @@ def fleet(inputs: Inputs, rate: float) -> Fleet:
     core per process (a Redis server is one core too). The broker's and the event stream's Redis CPU are split by the
     share of commands each serves (the stream: one ``XADD`` per event, and the api processes' ``XREAD``s)."""
 
-    def processes(cpu_ms: float) -> int:
-        return max(1, math.ceil(rate * cpu_ms / 1000 / TARGET_UTILISATION))
+    def processes(cpu_ms: float, spare: float = TARGET_UTILISATION) -> int:
+        return max(1, math.ceil(rate * cpu_ms / 1000 / spare))
+
+    # Every api process reads every event of the stream, whoever it is for: that share of its core is gone first.
+    read_share = rate * inputs.events * inputs.stream_read_us / 1e6
+    api_spare = TARGET_UTILISATION - read_share
 
     event_share = min(0.9, inputs.events / max(inputs.redis_commands, 1))
     redis_cores = rate * inputs.redis_cpu_ms / 1000
     tps = rate * inputs.store_transactions
     return Fleet(
         rate=rate,
-        api_processes=processes(inputs.api_cpu_ms),
+        api_processes=processes(inputs.api_cpu_ms, api_spare) if api_spare > 0.05 else 0,
+        stream_read_share=read_share,
         worker_processes=processes(inputs.worker_cpu_ms),
         redis_broker_servers=max(1, math.ceil(redis_cores * (1 - event_share) / TARGET_UTILISATION)),
         redis_events_servers=max(1, math.ceil(redis_cores * event_share / TARGET_UTILISATION)),
@@ -296,14 +339,17 @@ def fleet(inputs: Inputs, rate: float) -> Fleet:
 def table(inputs: Inputs, rates: list[float]) -> str:
     """The fleet table (Markdown) for each rate."""
     rows = [
-        "| jobs/s | api processes | worker processes | Redis servers: broker + events | Redis commands/s "
+        "| jobs/s | api processes (each one's core share reading the stream) | worker processes "
+        "| Redis servers: broker + events | Redis commands/s "
         f"| PostgreSQL commits/s (cores) | stream entries for a {RESUME_WINDOW_S // 60}-minute resume (GiB) |",
         "|---|---|---|---|---|---|---|",
     ]
     for rate in rates:
         f = fleet(inputs, rate)
         rows.append(
-            f"| {rate:,.0f} | {f.api_processes:,} | {f.worker_processes:,} "
+            f"| {rate:,.0f} | {f'{f.api_processes:,}' if f.api_processes else 'shard the stream first'} "
+            f"({f.stream_read_share:.0%}) "
+            f"| {f.worker_processes:,} "
             f"| {f.redis_broker_servers} + {f.redis_events_servers} | {f.redis_commands_per_s:,.0f} "
             f"| {f.postgres_tps:,.0f} ({f.postgres_cores}) | {f.stream_entries:,} ({f.stream_gib:,.1f}) |"
         )
