@@ -55,10 +55,14 @@ class _Families(Collector):
 async def cluster_families(state: AppState) -> list[Metric]:
     """The cluster-wide series, read now from Redis and the job store."""
     pipe = state.redis.pipeline(transaction=False)
+    queues = pipe if state.broker_redis is None else state.broker_redis.pipeline(transaction=False)
     for queue in names.QUEUES:
-        pipe.llen(queue)
+        queues.llen(queue)
     pipe.hgetall(metrics.METRICS_KEY)
-    *depths, stored = await pipe.execute()
+    if queues is pipe:
+        *depths, stored = await pipe.execute()
+    else:
+        depths, (stored,) = await queues.execute(), await pipe.execute()
     alive = await liveness.live_workers(state.redis, names.QUEUES)
     oldest = await state.db(_oldest_queued, state.store.engine)
     now = datetime.now(UTC)

@@ -74,6 +74,8 @@ class AppState:
     health: Health
     #: This process's own metrics series (``api/metrics.py``), fed by its middleware and its hub.
     process_metrics: ProcessMetrics = field(default_factory=ProcessMetrics)
+    #: The Redis holding the queues when it is not :attr:`redis` (``CONVEYOR_BROKER_URL``): queue depths are read there.
+    broker_redis: aioredis.Redis | None = None
 
     def __post_init__(self) -> None:
         self.process_metrics.hub = self.hub
@@ -111,6 +113,8 @@ async def open_state(settings: Settings) -> AsyncIterator[AppState]:
     raise_open_file_limit()
     settings.spool_dir.mkdir(parents=True, exist_ok=True)
     sync_events = EventLog(sync_redis, settings.events_max_len)
+    # Task messages go to the broker's own Redis when it is not the events' (CONVEYOR_BROKER_URL).
+    broker = redis_client(settings.effective_broker_url) if settings.separate_broker else None
     # /health's own Redis pool and job-store engine: user traffic can exhaust the shared ones, never these.
     health_redis = redis_client(settings.effective_redis_url, asynchronous=True, max_connections=2)
     health_engine = create_engine(settings.effective_database_url, pool_size=1, max_overflow=1, pool_timeout=2)
@@ -121,8 +125,8 @@ async def open_state(settings: Settings) -> AsyncIterator[AppState]:
         ledger=Ledger(engine, store.writer),
         schedules=ScheduleStore(engine, store.writer),
         events=events,
-        dispatcher=Dispatcher(store, sync_events, celery),
-        submitter=Submitter(store, sync_events, celery),
+        dispatcher=Dispatcher(store, sync_events, celery, broker),
+        submitter=Submitter(store, sync_events, celery, broker),
         hub=hub,
         redis=async_redis,
         celery=celery,
@@ -141,6 +145,11 @@ async def open_state(settings: Settings) -> AsyncIterator[AppState]:
         secrets=SecretBox(settings),
         db_threads=db_threads,
         health=Health(health_redis, health_engine, hub, lambda: reader, settings.required_queues),
+        broker_redis=(
+            redis_client(settings.effective_broker_url, asynchronous=True, max_connections=4)
+            if settings.separate_broker
+            else None
+        ),
     )
     reader = asyncio.create_task(hub.run(), name="event-hub")
     revocations = asyncio.create_task(revocation.watch(hub, state.auth), name="revocations")
@@ -159,6 +168,10 @@ async def open_state(settings: Settings) -> AsyncIterator[AppState]:
         health_engine.dispose()
         sync_redis.close()
         state.submitter.close()
+        if broker is not None:
+            broker.close()
+        if state.broker_redis is not None:
+            await state.broker_redis.aclose()
         celery.close()
         store.writer.close()
         engine.dispose()

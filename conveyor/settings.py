@@ -34,6 +34,11 @@ class Settings(BaseSettings):
         description="External Redis (redis://…, or sentinel://host:port,host:port/db?master=NAME for one managed by "
         "Sentinel); unset starts the embedded one",
     )
+    broker_url: str | None = Field(
+        default=None,
+        description="Redis for Celery's queues alone (redis:// or sentinel://); unset: the one Redis (redis_url) "
+        "serves the queues, the event stream and everything else",
+    )
     redis_port: int = Field(default=6380, description="Port of the embedded Redis (only when redis_url is unset)")
 
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; unset means SQLite under data_dir")
@@ -207,7 +212,7 @@ class Settings(BaseSettings):
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
 
-    @field_validator("redis_url")
+    @field_validator("redis_url", "broker_url")
     @classmethod
     def _redis_url(cls, value: str | None) -> str | None:
         if value is not None and value.startswith("sentinel://"):
@@ -266,6 +271,16 @@ class Settings(BaseSettings):
         password = read_secret(self.redis_password_file)
         auth = f":{quote(password, safe='')}@" if password else ""
         return f"redis://{auth}127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def effective_broker_url(self) -> str:
+        """The Redis holding Celery's queues: ``broker_url``, else the one Redis (:attr:`effective_redis_url`)."""
+        return self.broker_url or self.effective_redis_url
+
+    @property
+    def separate_broker(self) -> bool:
+        """True when the queues live on another Redis than the event stream (``CONVEYOR_BROKER_URL`` set)."""
+        return self.effective_broker_url != self.effective_redis_url
 
     @property
     def required_queues(self) -> tuple[str, ...]:

@@ -37,6 +37,8 @@ class Runtime:
     def close(self) -> None:
         self.store.writer.close()
         self.redis.close()
+        if self.dispatcher.broker is not None:
+            self.dispatcher.broker.close()
         self.store.engine.dispose()
 
 
@@ -62,7 +64,12 @@ def open_runtime(settings: Settings, celery: Celery | None = None) -> Runtime:
         schedules=ScheduleStore(engine, store.writer),
         events=events,
         storage=LocalStorage(settings.storage_dir),
-        dispatcher=Dispatcher(store, events, celery or celery_app),
+        dispatcher=Dispatcher(
+            store,
+            events,
+            celery or celery_app,
+            redis_client(settings.effective_broker_url, patience="background") if settings.separate_broker else None,
+        ),
         redis=client,
         secrets=SecretBox(settings),
         pid=os.getpid(),

@@ -147,7 +147,7 @@ def locked_flower(settings: Settings, auth: BasicAuth, io_loop: IOLoop) -> tuple
     options.enable_events = False
     options.tasks_columns = TASKS_COLUMNS
     app = flower_broker.ConveyorFlower(
-        redis_url=flower_broker.flower_redis_url(settings.effective_redis_url),
+        redis_url=flower_broker.flower_redis_url(settings.effective_broker_url),
         capp=create_celery(settings),
         options=options,
         io_loop=io_loop,

@@ -31,7 +31,7 @@ def _broker(url: str) -> tuple[str, str, dict[str, object]]:
 def create_celery(settings: Settings) -> Celery:
     """A configured Celery app. Creating it opens no connection."""
     app = Celery("conveyor", set_as_current=False)
-    broker_url, transport, sentinel_options = _broker(settings.effective_redis_url)
+    broker_url, transport, sentinel_options = _broker(settings.effective_broker_url)
     app.conf.update(
         broker_url=broker_url,
         # kombu's Redis transport (or its Sentinel transport), minus a restore-on-close that can kill a worker after a

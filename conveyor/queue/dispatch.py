@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 
+import redis
 from celery import Celery
 from kombu.exceptions import ChannelError
 
@@ -27,10 +28,13 @@ log = logs.get("conveyor.queue.dispatch")
 class Dispatcher:
     """Records jobs and hands their tasks to the broker."""
 
-    def __init__(self, store: JobStore, events: EventLog, celery: Celery) -> None:
+    def __init__(self, store: JobStore, events: EventLog, celery: Celery, broker: redis.Redis | None = None) -> None:
         self.store = store
         self.events = events
         self.celery = celery
+        #: The broker's Redis when it is not the events' (``CONVEYOR_BROKER_URL``): task messages go there, in a
+        #: second round trip after the events.
+        self.broker = broker
 
     def submit(self, new: NewJob) -> tuple[Job, bool]:
         """Record the job, announce it and send its task. Returns ``(job, created)``.
@@ -65,16 +69,19 @@ class Dispatcher:
         If Redis refuses, nothing is noted and :meth:`dispatch_pending` sends them later. ``new`` jobs (just
         recorded) are counted as queued (:mod:`conveyor.metrics`) in the same round trip."""
         pipe = self.events.client.pipeline(transaction=False)
+        tasks = pipe if self.broker is None else self.broker.pipeline(transaction=False)
         if announce:
             for dispatch in dispatches:
                 self.events.add_to(pipe, job_event(dispatch.job))
         for dispatch in dispatches:
             job_id = dispatch.job.job_id
-            pipe.lpush(dispatch.queue, task_message(self.celery, dispatch.task_name, job_id, dispatch.queue))
+            tasks.lpush(dispatch.queue, task_message(self.celery, dispatch.task_name, job_id, dispatch.queue))
         for dispatch in dispatches if new else ():  # after the events: the first replies are their ids
             metrics.count_job(pipe, dispatch.job)
         try:
             replies = pipe.execute()
+            if tasks is not pipe:  # after the events: a worker's job.started never comes before job.queued
+                tasks.execute()
         except Exception as exc:  # noqa: BLE001 - any Redis failure leaves the rows for dispatch_pending
             log.warning("dispatch deferred", jobs=len(dispatches), error=repr(exc))
             return 0

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import redis
 import sqlalchemy as sa
 from celery import Celery
 
@@ -82,10 +83,13 @@ class _Pending:
 class Submitter:
     """The api process's group submitter (see the module docstring). Thread-safe; its thread starts on first use."""
 
-    def __init__(self, store: JobStore, events: EventLog, celery: Celery) -> None:
+    def __init__(self, store: JobStore, events: EventLog, celery: Celery, broker: redis.Redis | None = None) -> None:
         self.store = store
         self.events = events
         self.celery = celery
+        #: The broker's Redis when it is not the events' (``CONVEYOR_BROKER_URL``): task messages go there, in a
+        #: second round trip after the events.
+        self.broker = broker
         self._pending: list[_Pending] = []
         self._marks: list[dict[str, Any]] = []
         self._marks_since = 0.0
@@ -153,15 +157,18 @@ class Submitter:
     def _send(self, jobs: list[Job]) -> None:
         """Announce the jobs and push their tasks in one round trip; note them sent with the next group."""
         pipe = self.events.client.pipeline(transaction=False)
+        tasks = pipe if self.broker is None else self.broker.pipeline(transaction=False)
         for job in jobs:
             self.events.add_to(pipe, job_event(job))
         for job in jobs:
             task_name, queue = TASK_FOR_KIND[job.kind]
-            pipe.lpush(queue, task_message(self.celery, task_name, job.job_id, queue))
+            tasks.lpush(queue, task_message(self.celery, task_name, job.job_id, queue))
         for job in jobs:  # after the events: the first replies are their ids
             metrics.count_job(pipe, job)
         try:
             replies = pipe.execute()
+            if tasks is not pipe:  # after the events: a worker's job.started never comes before job.queued
+                tasks.execute()
         except Exception as exc:  # noqa: BLE001 - any Redis failure leaves the rows to the dispatcher
             log.warning("dispatch deferred", jobs=len(jobs), error=repr(exc))
             return

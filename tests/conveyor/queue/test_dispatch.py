@@ -7,6 +7,7 @@ from datetime import timedelta
 import redis
 
 from conveyor.events import EventLog
+from conveyor.names import EVENTS_STREAM
 from conveyor.ops.redis_server import free_port
 from conveyor.queue.app import create_celery
 from conveyor.queue.dispatch import Dispatcher
@@ -93,3 +94,23 @@ def test_a_job_whose_message_was_lost_is_sent_again_once_its_queue_is_empty(
     client.delete("housekeeping")
     assert dispatcher.resend_lost(timedelta(minutes=1)) == 0, "a claimed job counted as lost"
     client.close()
+
+
+def test_with_a_broker_of_its_own_the_task_goes_there_and_the_event_stays(settings: Settings, redis_url: str) -> None:
+    events_url, broker_url = (f"{redis_url.rsplit('/', 1)[0]}/{db}" for db in (9, 10))
+    for url in (events_url, broker_url):
+        redis.Redis.from_url(url).flushdb()
+    engine = create_engine(settings.effective_database_url)
+    migrate(engine)
+    events, broker = redis.Redis.from_url(events_url), redis.Redis.from_url(broker_url)
+    celery = create_celery(settings.model_copy(update={"redis_url": events_url, "broker_url": broker_url}))
+    dispatcher = Dispatcher(JobStore(engine), EventLog(events, 10_000), celery, broker)
+    try:
+        job, _ = dispatcher.submit(NEW)
+        assert job.job_id in queued_message_ids(broker_url, "housekeeping")
+        assert queued_message_ids(events_url, "housekeeping") == []
+        assert dispatcher.store.queued_event_id(job.job_id) is not None
+        assert events.xlen(EVENTS_STREAM) == 1 and not broker.exists(EVENTS_STREAM)
+    finally:
+        events.close()
+        broker.close()
