@@ -70,13 +70,14 @@ class Tab:
         local = ("data:", f"blob:{self.origin}/")
         return [url for url in self.requests if not url.startswith(local) and _origin(url) != self.origin]
 
-    def screenshot(self, name: str, full_page: bool = False) -> Path:
-        """Save the page as ``NAME.png`` in the test's directory, and under ``$CONVEYOR_SCREENSHOTS`` when set."""
+    def screenshot(self, name: str, readme: bool = False) -> Path:
+        """Save the page as ``NAME.png`` in the test's directory; one the README shows (``readme``) also under
+        ``$CONVEYOR_SCREENSHOTS`` when that is set."""
         self.shots.mkdir(parents=True, exist_ok=True)
         path = self.shots / f"{name}.png"
-        self.page.screenshot(path=str(path), full_page=full_page)
+        self.page.screenshot(path=str(path))
         target = os.environ.get(SCREENSHOTS_VARIABLE)
-        if target:
+        if target and readme:
             where = Path(target) if Path(target).is_absolute() else ROOT / target
             where.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, where / path.name)
