@@ -172,6 +172,24 @@ def test_the_page_catches_up_after_the_api_is_killed_and_restarted(page: Tab, de
     clean(page, allowed=lambda error: any(code in error for code in _OUTAGE))
 
 
+def test_the_console_is_usable_at_390_px_and_by_keyboard(browser: Browser, dev_stack: DevStack, tmp_path: Path) -> None:
+    with tab(browser, dev_stack.base_url, tmp_path / "screenshots", width=390, height=844) as narrow:
+        narrow.page.goto("/console")
+        narrow.page.focus("#api-key")
+        narrow.page.keyboard.type(dev_stack.key)
+        narrow.page.keyboard.press("Enter")
+        narrow.page.wait_for_selector("#connection[data-state=live]")
+        narrow.page.focus("#submit-button")
+        narrow.page.keyboard.press("Enter")
+        narrow.page.wait_for_selector("#submit-result[data-job-id]")
+        job_id = narrow.page.get_attribute("#submit-result", "data-job-id")
+        narrow.page.wait_for_selector(f"#job-{job_id}[data-status=succeeded]")
+        width = narrow.page.evaluate("() => document.documentElement.scrollWidth")
+        assert width <= 390, f"the page is {width} px wide at 390"
+        narrow.screenshot("console-390")
+        clean(narrow)
+
+
 def test_docs_and_redoc_render_the_operations_offline(page: Tab, dev_stack: DevStack) -> None:
     page.page.goto("/docs")
     page.page.wait_for_selector(".opblock")
