@@ -32,6 +32,10 @@ const state = {
   pending: null, // events received before the first list was read
   upload: null, // { jobId } of the upload whose processing bar is shown
   detail: null, // job id shown in the detail panel
+  topics: [], // topics subscribed to, on a stream of their own
+  topicSource: null,
+  topicLastEventId: null,
+  topicTimer: null,
 };
 
 const $ = (selector) => document.querySelector(selector);
@@ -422,6 +426,75 @@ function upload(event) {
   request.send(form);
 }
 
+// --- topics ------------------------------------------------------------------------------------------------------
+
+async function connectTopics() {
+  clearTimeout(state.topicTimer);
+  if (state.topicSource) state.topicSource.close();
+  state.topicSource = null;
+  if (state.topics.length === 0) return;
+  let ticket;
+  try {
+    ticket = (await api("/ws-tickets", { method: "POST" })).ticket;
+  } catch {
+    state.topicTimer = setTimeout(connectTopics, 1000);
+    return;
+  }
+  const params = new URLSearchParams({ ticket });
+  for (const topic of state.topics) params.append("topic", topic);
+  if (state.topicLastEventId) params.set("last_event_id", state.topicLastEventId);
+  const source = new EventSource(`/events?${params}`);
+  state.topicSource = source;
+  source.onmessage = (message) => {
+    let data;
+    try {
+      data = JSON.parse(message.data);
+    } catch {
+      return;
+    }
+    if (message.lastEventId) state.topicLastEventId = message.lastEventId;
+    if (data.type !== "topic.message") return;
+    const item = document.createElement("li");
+    item.textContent = `${data.topic}: ${typeof data.message === "string" ? data.message : JSON.stringify(data.message)}`;
+    $("#topic-messages").append(item);
+  };
+  source.onerror = () => {
+    source.close();
+    if (state.topicSource === source) state.topicTimer = setTimeout(connectTopics, 1000);
+  };
+}
+
+function subscribe(event) {
+  event.preventDefault();
+  const topic = $("#topic").value.trim();
+  if (!topic || state.topics.includes(topic)) return;
+  state.topics.push(topic);
+  $("#topic-list").textContent = state.topics.join(", ");
+  connectTopics();
+}
+
+async function publish(event) {
+  event.preventDefault();
+  const topic = $("#topic").value.trim();
+  const text = $("#topic-message").value;
+  let message = text;
+  try {
+    message = JSON.parse(text);
+  } catch {
+    // plain text is a message too
+  }
+  try {
+    await api("/notifications", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ channel: "websocket", topic, message }),
+    });
+    $("#topic-message").value = "";
+  } catch (error) {
+    $("#topic-list").textContent = `${state.topics.join(", ") || "none"} (publish refused: ${error.message})`;
+  }
+}
+
 // --- a job's page ------------------------------------------------------------------------------------------------
 
 async function showDetail(id, fetchAll) {
@@ -469,6 +542,8 @@ function start() {
     tab.addEventListener("click", () => setFilter(tab.dataset.status, ""));
   }
   $("#more").addEventListener("click", () => loadJobs(false));
+  $("#topic-form").addEventListener("submit", subscribe);
+  $("#publish-form").addEventListener("submit", publish);
   $("#detail-close").addEventListener("click", () => {
     state.detail = null;
     $("#detail").hidden = true;

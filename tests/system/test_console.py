@@ -172,6 +172,17 @@ def test_the_page_catches_up_after_the_api_is_killed_and_restarted(page: Tab, de
     clean(page, allowed=lambda error: any(code in error for code in _OUTAGE))
 
 
+def test_a_topic_subscribed_on_the_page_shows_what_is_published(page: Tab, dev_stack: DevStack) -> None:
+    sign_in(page, dev_stack.key)
+    page.page.fill("#topic", "console-demo")
+    page.page.click("#subscribe-button")
+    page.page.wait_for_selector("#topic-list:has-text('console-demo')")
+    page.page.fill("#topic-message", '{"text": "deploy 42 finished"}')
+    page.page.click("#publish-button")
+    page.page.wait_for_selector('#topic-messages li:has-text(\'console-demo: {"text":"deploy 42 finished"}\')')
+    clean(page)
+
+
 def test_the_console_is_usable_at_390_px_and_by_keyboard(browser: Browser, dev_stack: DevStack, tmp_path: Path) -> None:
     with tab(browser, dev_stack.base_url, tmp_path / "screenshots", width=390, height=844) as narrow:
         narrow.page.goto("/console")
