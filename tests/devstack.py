@@ -60,11 +60,19 @@ class DevStack:
         return [sys.executable, "-m", "conveyor"]
 
 
+#: Starts tried: ``run_env`` picks each port free on its own, so two parts may now and then get the same one.
+STARTS = 3
+
+
 @contextlib.contextmanager
 def dev_stack(work: Path) -> Iterator[DevStack]:
     """``conveyor run`` in ``work`` (data under ``work/var``) until the block ends."""
     data_dir = work / "var"
-    env, api_port, _ = run_env(data_dir, CONVEYOR_MAX_ATTEMPTS="1")
+    for start in range(STARTS):
+        env, api_port, _ = run_env(data_dir, CONVEYOR_MAX_ATTEMPTS="1")
+        ports = [value for name, value in env.items() if name.endswith("_PORT")]
+        if len(set(ports)) == len(ports) or start == STARTS - 1:
+            break
     run = conveyor("run", ["run"], env, work, cwd=work)
     base_url = f"http://127.0.0.1:{api_port}"
     try:

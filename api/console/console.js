@@ -36,7 +36,10 @@ const state = {
   topicSource: null,
   topicLastEventId: null,
   topicTimer: null,
+  seconds: [], // the last CHART_SECONDS seconds: { at, succeeded, failed, cancelled, active }
 };
+const CHART_SECONDS = 60;
+const CHART_COLOURS = { succeeded: "#1a7f37", failed: "#cf222e", cancelled: "#8c959f", active: "#fb8500" };
 
 const $ = (selector) => document.querySelector(selector);
 
@@ -77,6 +80,8 @@ async function signIn(key) {
   $("#app").hidden = false;
   $("#nav").hidden = false;
   connect();
+  drawChart();
+  setInterval(drawChart, 1000);
 }
 
 function signOut() {
@@ -142,6 +147,11 @@ function scheduleReconnect() {
 
 function applyEvent(event) {
   const id = event.job_id;
+  const outcome = event.type.slice(4);
+  if (FINISHED.has(outcome)) {
+    currentSecond()[outcome] += 1;
+    setTimeout(drawChart, 0); // after the row's state below has changed
+  }
   const timeline = state.timelines.get(id) || [];
   timeline.push(event.type);
   state.timelines.set(id, timeline);
@@ -424,6 +434,64 @@ function upload(event) {
     result.className = "result error";
   };
   request.send(form);
+}
+
+// --- the chart: jobs finished per second by outcome, and the jobs not finished, from the events the page sees -----
+
+function currentSecond() {
+  const now = Math.floor(Date.now() / 1000);
+  let last = state.seconds[state.seconds.length - 1];
+  while (!last || last.at < now) {
+    last = { at: last ? last.at + 1 : now, succeeded: 0, failed: 0, cancelled: 0, active: activeCount() };
+    state.seconds.push(last);
+  }
+  state.seconds = state.seconds.slice(-CHART_SECONDS);
+  return last;
+}
+
+function activeCount() {
+  let count = 0;
+  for (const job of state.jobs.values()) if (ACTIVE.has(job.status)) count += 1;
+  return count;
+}
+
+function drawChart() {
+  const second = currentSecond();
+  second.active = activeCount();
+  $("#active-count").textContent = String(second.active);
+  for (const outcome of FINISHED) {
+    $("#chart").dataset[outcome] = String(state.seconds.reduce((sum, s) => sum + s[outcome], 0));
+  }
+  const canvas = $("#chart");
+  const context = canvas.getContext("2d");
+  const { width, height } = canvas;
+  context.clearRect(0, 0, width, height);
+  const top = Math.max(1, ...state.seconds.map((s) => Math.max(s.succeeded + s.failed + s.cancelled, s.active)));
+  const slot = width / CHART_SECONDS;
+  const scale = (height - 12) / top;
+  const offset = CHART_SECONDS - state.seconds.length;
+  state.seconds.forEach((s, index) => {
+    let y = height;
+    for (const outcome of ["succeeded", "failed", "cancelled"]) {
+      const h = s[outcome] * scale;
+      context.fillStyle = CHART_COLOURS[outcome];
+      context.fillRect((offset + index) * slot + 1, y - h, slot - 2, h);
+      y -= h;
+    }
+  });
+  context.strokeStyle = CHART_COLOURS.active;
+  context.lineWidth = 2;
+  context.beginPath();
+  state.seconds.forEach((s, index) => {
+    const x = (offset + index + 0.5) * slot;
+    const y = height - s.active * scale;
+    if (index === 0) context.moveTo(x, y);
+    else context.lineTo(x, y);
+  });
+  context.stroke();
+  context.fillStyle = "#57606a";
+  context.font = "11px system-ui, sans-serif";
+  context.fillText(`${top}`, 2, 10);
 }
 
 // --- topics ------------------------------------------------------------------------------------------------------

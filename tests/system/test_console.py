@@ -97,6 +97,7 @@ def test_sign_in_and_a_log_notification_reaches_succeeded_live(page: Tab, dev_st
     # the row's status may come from reading the job; its events arrive all the same
     page.page.wait_for_selector(f"#job-{job_id}[data-timeline$='job.succeeded']")
     assert navigations == [], "the page reloaded"
+    page.page.wait_for_selector("#chart:not([data-succeeded='0'])")  # counted in the last minute's chart
     page.page.click(f"#job-{job_id} button.link")
     page.page.wait_for_selector("#detail-attempts:not(:empty)")
     page.screenshot("console-job")
