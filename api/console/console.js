@@ -625,7 +625,14 @@ function start() {
     history.replaceState(null, "", location.pathname);
   }
   const saved = sessionStorage.getItem(KEY_STORAGE);
-  if (saved) signIn(saved).catch(() => sessionStorage.removeItem(KEY_STORAGE));
+  if (saved) {
+    signIn(saved).catch((failure) => {
+      state.key = null;
+      if (failure.status === 401) sessionStorage.removeItem(KEY_STORAGE); // kept when the api is just away
+      $("#sign-in-error").textContent =
+        failure.status === 401 ? "That key is no longer valid." : `The api did not answer (${failure.message}); sign in again.`;
+    });
+  }
 }
 
 document.addEventListener("DOMContentLoaded", start);
