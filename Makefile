@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 LOCK := requirements/dev.lock
 LOCKFLAGS ?=
 
-.PHONY: run test test-fast test-system lint lock format bench clean
+.PHONY: run test test-fast test-system test-postgres lint lock format bench clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ is needed (PYTHON=$(PYTHON))"; exit 1; }
@@ -36,6 +36,18 @@ test-fast: $(VENV)/.dev
 
 test-system: $(VENV)/.dev
 	$(BIN)/pytest -m system
+
+# The suite's PostgreSQL pass (CI runs it after `make test`): the tests whose job store is the default one run again
+# with CONVEYOR_TEST_STORE=postgresql, each in a schema of its own (tests/postgres.py): the in-process api, the
+# worker's plain functions, and the system tests whose processes go through the job store. `make test` already runs
+# the store's own tests on both backends and the PostgreSQL-only system tests (-m postgres).
+PG_TESTS := tests/api tests/worker tests/system/test_skeleton.py tests/system/test_notifications.py \
+	tests/system/test_events_resume.py tests/system/test_revocation.py tests/system/test_security.py \
+	tests/system/test_ws_protocol.py tests/system/test_ws_asgi.py
+PG_DESELECT := --deselect tests/system/test_skeleton.py::test_conveyor_run_starts_everything_and_ctrl_c_leaves_nothing
+
+test-postgres: $(VENV)/.dev
+	CONVEYOR_TEST_STORE=postgresql $(BIN)/pytest $(PG_TESTS) $(PG_DESELECT)
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench

@@ -2,11 +2,10 @@
 
 In order, for each request (pure ASGI, so streaming bodies and responses are untouched):
 
-1. public paths (``PUBLIC``, the console's pages and files, and a room's ``/events``, which takes the room's join
-   token) go straight through;
-   every other path needs a valid API key — ``/events`` also
-   takes a ticket, after its ``Origin`` is checked (403) — else ``401`` with ``WWW-Authenticate`` (an unknown
-   path answers 401 too, so routes are not revealed to strangers);
+1. public paths (``PUBLIC``, the console's pages and files, ``/metrics`` with its own scrape token, and a room's
+   ``/events``, which takes the room's join token) go straight through; every other path needs a valid API
+   key — ``/events`` also takes a ticket, after its ``Origin`` is checked (403) — else ``401`` with
+   ``WWW-Authenticate`` (an unknown path answers 401 too, so routes are not revealed to strangers);
 2. the key's token bucket (:mod:`api.ratelimit`) must hold a token, else ``429`` with ``Retry-After``;
 3. a body other than an upload's may be at most ``CONVEYOR_MAX_JSON_BYTES``, else ``413`` (at once when
    ``Content-Length`` says so, otherwise as soon as the body passes the limit);
@@ -35,6 +34,7 @@ from api.auth import Unauthenticated, bearer, origin_allowed
 from api.bodies import BodyRefused, NotJson, check_json, read_body, replay
 from api.connections import authenticated
 from api.errors import REDIS_DOWN, STORE_DOWN, error, unavailable
+from api.instruments import PATH as METRICS_PATH
 from api.ratelimit import retry_after
 from api.routes.console import PATHS as CONSOLE_PATHS
 from conveyor import logs
@@ -56,7 +56,14 @@ _ROOM_EVENTS = re.compile(r"^/rooms/[^/]+/events$")
 
 
 def _public(path: str) -> bool:
-    return path in PUBLIC or _ROOM_EVENTS.match(path) is not None or CONSOLE_PATHS.match(path) is not None
+    """Paths the guard lets through without a key: each checks its own credentials or has none to check (``/metrics``
+    its scrape token, a room's ``/events`` its join token, the console's static files none)."""
+    return (
+        path in PUBLIC
+        or path == METRICS_PATH
+        or _ROOM_EVENTS.match(path) is not None
+        or CONSOLE_PATHS.match(path) is not None
+    )
 
 
 # BaseException, so that no route's ``except Exception`` (FastAPI's body parsing has one) turns them into a 400.

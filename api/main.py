@@ -6,8 +6,9 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from api import errors
+from api import errors, metrics
 from api.guard import Guard
+from api.instruments import CountRequests
 from api.lane import SubmissionLane
 from api.routes import attempts, console, health, jobs, notifications, rooms, schedules, sse, tickets, uploads, ws
 from api.state import lifespan_for
@@ -45,10 +46,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.include_router(health.router)
+    app.include_router(metrics.router)
     for module in (jobs, attempts, notifications, schedules, rooms, uploads, tickets, ws, sse):
         app.include_router(module.router, responses=GUARDED)
     console.install(app)
     errors.install(app)
     app.add_middleware(SubmissionLane)  # inside the guard: authenticated and rate-limited first
     app.add_middleware(Guard)
+    app.add_middleware(CountRequests)  # outermost: counts every answer, the guard's refusals too
     return app

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypedDict, TypeVar
 
 import anyio
@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from api import revocation
 from api.auth import Authenticator
 from api.health import Health
+from api.instruments import ProcessMetrics
 from api.leases import Leases
 from api.ratelimit import RateLimiter
 from api.rooms.store import RoomStore
@@ -71,6 +72,11 @@ class AppState:
         return await anyio.to_thread.run_sync(func, *args, limiter=self.db_threads)
 
     health: Health
+    #: This process's own metrics series (``api/metrics.py``), fed by its middleware and its hub.
+    process_metrics: ProcessMetrics = field(default_factory=ProcessMetrics)
+
+    def __post_init__(self) -> None:
+        self.process_metrics.hub = self.hub
 
 
 class State(TypedDict):

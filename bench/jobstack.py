@@ -3,13 +3,17 @@
 A run starts one real redis-server, then each subject on it in turn, so that only the measured subject's processes
 run while it is measured:
 
-- :func:`conveyor`: ``conveyor api`` and ``conveyor worker --queues notifications --concurrency 2``, with an API key
-  made by ``conveyor keys create`` (:func:`bench.procs.api_key`) and rate limits far above what a benchmark asks;
-- :func:`plain_celery`: ``celery -A bench.plain_celery worker`` with the same pool: prefork, 2 processes.
+- :func:`conveyor`: ``conveyor api``, ``conveyor worker --queues notifications`` (its default pool: threads) and
+  ``conveyor flower`` (fed from the job event stream), with an API key made by ``conveyor keys create``
+  (:func:`bench.procs.api_key`) and rate limits far above what a benchmark asks; each process appends its job-store
+  counts (transactions, SQLite write-lock time) to ``stats.jsonl`` at exit (:func:`read_stats`);
+- :func:`plain_celery`: ``celery -A bench.plain_celery worker``, prefork, 2 processes;
+- :func:`tutorial`: the tutorial stack (:mod:`bench.tutorial_stack`) under uvicorn, with its Celery worker.
 
-Both log at ``LOG_LEVEL``. Each process runs in its own session; :class:`Meter` reads the CPU time of whole process
-trees (a prefork worker's pool included) and of this process, the client, and counts the commands Redis ran;
-:func:`wait_quiet` holds a measurement back while other work keeps the machine busy. With ``BENCH_PROFILE=DIR`` set,
+All log at ``LOG_LEVEL``. Each process runs in its own session; :class:`Meter` reads the CPU time of whole process
+trees (a prefork worker's pool included) and of this process, the client, the machine's idle time, and counts the
+commands Redis ran; :func:`wait_quiet` holds a measurement back while other work keeps the machine busy. Clients
+use :mod:`bench.loadgen` (kept-alive raw HTTP/1.1), whose CPU is reported apart. With ``BENCH_PROFILE=DIR`` set,
 the measured phases are recorded by py-spy (``pip install py-spy``) as raw collapsed stacks in ``DIR`` (see
 :func:`profiled`).
 """
@@ -31,14 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-import httpx
 import orjson
 import psutil
 import redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from bench import procs
+from bench import loadgen, procs
 from bench.report import Metric, Report, Row
 from conveyor.ops.redis_server import free_port
 
@@ -56,7 +59,9 @@ WARMUP_TIMEOUT = 90.0
 BASELINE = "celery"
 #: Before a subject is measured, wait up to ``QUIET_WAIT`` seconds for the rest of the machine to use less than
 #: ``QUIET_LOAD`` of a core (other people's work on a shared machine skews every figure).
-QUIET_WAIT, QUIET_LOAD = 120.0, 0.25
+QUIET_WAIT, QUIET_LOAD = 10.0, 0.25
+#: The Flower password of the benchmark's stacks (loopback only, thrown away with the run).
+FLOWER_PASSWORD = "bench-flower"
 
 
 def machine_busy_seconds() -> float:
@@ -96,6 +101,8 @@ class Meter:
     redis_commands: int = 0
     others: float = 0.0
     seconds: float = 0.0
+    #: The machine's idle share over the measurement (0.0 to 1.0 of all its cores).
+    idle: float = 0.0
     _before: dict[str, float] = field(default_factory=dict)
 
     def _now(self) -> dict[str, float]:
@@ -122,6 +129,8 @@ class Meter:
         machine = delta.pop("machine")
         self.used = delta
         self.others = max(0.0, machine - sum(delta.values()))
+        capacity = self.seconds * (os.cpu_count() or 1)
+        self.idle = max(0.0, 1.0 - machine / capacity) if capacity else 0.0
 
     def per_1000(self, jobs: int, *, client: bool) -> float:
         """CPU seconds per 1,000 jobs over every process, this one only when ``client``."""
@@ -132,7 +141,10 @@ class Meter:
         """Each process's CPU seconds per 1,000 jobs, Redis commands per job, the rest of the machine's load."""
         mine = ", ".join(f"{name} {seconds * 1000 / jobs:.2f}" for name, seconds in self.used.items())
         load = self.others / self.seconds if self.seconds else 0.0
-        return f"{mine}; Redis commands per job {self.redis_commands / jobs:.1f}; other processes {load:.0%} of a core"
+        return (
+            f"{mine}; Redis commands per job {self.redis_commands / jobs:.1f}; other processes {load:.0%} of a core; "
+            f"machine idle {self.idle:.0%}"
+        )
 
 
 def new_report(name: str, description: str, metrics: list[Metric], goals: list[str]) -> Report:
@@ -215,39 +227,47 @@ def profiled(label: str, pids: Mapping[str, int]) -> Iterator[None]:
 
 @dataclass
 class Conveyor:
-    """A running Conveyor stack: its processes, addresses and the headers every request carries."""
+    """A running Conveyor stack: its processes, addresses, the headers every request carries, its counts file."""
 
     group: procs.Group
     base_url: str
     ws_url: str
     headers: dict[str, str]
     authenticated: bool
+    stats: Path
 
-    def http(self, connections: int) -> httpx.AsyncClient:
-        """An HTTP client for the api with up to ``connections`` kept-alive connections."""
-        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-        return httpx.AsyncClient(base_url=self.base_url, headers=self.headers, timeout=60, limits=limits)
+    def pool(self, connections: int) -> contextlib.AbstractAsyncContextManager[loadgen.Pool]:
+        """``connections`` kept-alive raw HTTP connections to the api."""
+        return loadgen.pool(self.base_url, self.headers, connections)
 
 
 @contextlib.contextmanager
-def conveyor(redis_url: str, root: Path) -> Iterator[Conveyor]:
-    """``conveyor api`` and one notifications worker (prefork, ``CONCURRENCY``) on ``redis_url``, SQLite under
-    ``root``; stopped on exit."""
+def conveyor(redis_url: str, root: Path, workers: int = 1, flower: bool = True) -> Iterator[Conveyor]:
+    """``conveyor api``, ``workers`` notifications workers (their default pool) and ``conveyor flower`` (unless
+    ``flower`` is false) on ``redis_url``, SQLite under ``root``; stopped on exit, after which ``stats`` holds
+    every process's job-store counts (:func:`read_stats`)."""
     port = free_port()
+    stats = root / "stats.jsonl"
     environ = procs.env(
         CONVEYOR_DATA_DIR=str(root / "var"),
         CONVEYOR_REDIS_URL=redis_url,
         CONVEYOR_API_PORT=str(port),
+        CONVEYOR_FLOWER_PORT=str(free_port()),
+        CONVEYOR_FLOWER_PASSWORD=FLOWER_PASSWORD,
         CONVEYOR_LOG_LEVEL=LOG_LEVEL,
         CONVEYOR_WS_SEND_QUEUE=str(SEND_QUEUE),
+        CONVEYOR_STATS_FILE=str(stats),
         **procs.generous_limits(),
     )
     group = procs.Group(root, environ)
     try:
-        key = procs.api_key(environ)
+        key = procs.api_key({**environ, "CONVEYOR_STATS_FILE": str(root / "keys-stats.jsonl")})
         me = [procs.PYTHON, "-m", "conveyor"]
         group.start("api", [*me, "api"])
-        group.start("worker", [*me, "worker", "--queues", "notifications"])
+        for n in range(workers):
+            group.start(f"worker{n + 1}" if n else "worker", [*me, "worker", "--queues", "notifications"])
+        if flower:
+            group.start("flower", [*me, "flower"])
         procs.wait_healthy(f"http://127.0.0.1:{port}/health", group.processes["api"])
         yield Conveyor(
             group=group,
@@ -255,7 +275,50 @@ def conveyor(redis_url: str, root: Path) -> Iterator[Conveyor]:
             ws_url=f"ws://127.0.0.1:{port}/ws",
             headers=procs.auth_headers(key),
             authenticated=key is not None,
+            stats=stats,
         )
+        group.check()
+    finally:
+        group.stop()
+
+
+def read_stats(path: Path) -> dict[str, dict[str, float]]:
+    """The job-store counts each process of a stopped stack wrote at exit, by process name (empty if none)."""
+    if not path.exists():
+        return {}
+    lines = [orjson.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {line["name"]: line for line in lines}
+
+
+@dataclass
+class Tutorial:
+    """A running tutorial stack (:mod:`bench.tutorial_stack`): its processes and address."""
+
+    group: procs.Group
+    base_url: str
+
+    def pool(self, connections: int) -> contextlib.AbstractAsyncContextManager[loadgen.Pool]:
+        return loadgen.pool(self.base_url, {}, connections)
+
+
+@contextlib.contextmanager
+def tutorial(redis_url: str, root: Path, worker: bool = True) -> Iterator[Tutorial]:
+    """The tutorial stack's FastAPI app under uvicorn and (when ``worker``) its Celery worker, prefork
+    ``CONCURRENCY``, task events on (``-E``), on ``redis_url``; stopped on exit."""
+    port = free_port()
+    group = procs.Group(root, procs.env(BENCH_REDIS_URL=redis_url))
+    try:
+        group.start(
+            "api",
+            [procs.PYTHON, "-m", "uvicorn", "bench.tutorial_stack:app", "--host", "127.0.0.1", "--port", str(port)]
+            + ["--log-level", LOG_LEVEL.lower(), "--no-access-log"],
+        )
+        if worker:
+            argv = [procs.PYTHON, "-m", "celery", "-A", "bench.tutorial_stack.celery", "worker", "-E"]
+            argv += ["--pool=prefork", f"--concurrency={CONCURRENCY}", f"--loglevel={LOG_LEVEL}", "--hostname=tut@%h"]
+            group.start("worker", argv)
+        procs.wait_healthy(f"http://127.0.0.1:{port}/docs", group.processes["api"])
+        yield Tutorial(group=group, base_url=f"http://127.0.0.1:{port}")
         group.check()
     finally:
         group.stop()
@@ -275,20 +338,45 @@ def plain_celery(redis_url: str, root: Path) -> Iterator[procs.Group]:
         group.stop()
 
 
-async def submit(http: httpx.AsyncClient) -> str:
+ONE = orjson.dumps(BODY)
+_BATCHES: dict[int, bytes] = {}
+
+
+async def submit(connection: loadgen.Connection) -> str:
     """``POST /notifications`` with :data:`BODY`; the new job's id."""
-    answer = await http.post("/notifications", json=BODY)
-    if answer.status_code != 202:
-        raise RuntimeError(f"POST /notifications answered {answer.status_code}: {answer.text[:300]}")
-    return str(answer.json()["job_id"])
+    answer = await connection.request("POST", "/notifications", ONE)
+    if answer.status != 202:
+        raise RuntimeError(f"POST /notifications answered {answer.status}: {answer.body[:300]!r}")
+    return str(orjson.loads(answer.body)["job_id"])
 
 
-async def submit_batch(http: httpx.AsyncClient, size: int) -> list[str]:
+async def submit_batch(connection: loadgen.Connection, size: int) -> list[str]:
     """``POST /notifications:batch`` with ``size`` copies of :data:`BODY`; the new jobs' ids, in order."""
-    answer = await http.post("/notifications:batch", json={"notifications": [BODY] * size})
-    if answer.status_code != 202:
-        raise RuntimeError(f"POST /notifications:batch answered {answer.status_code}: {answer.text[:300]}")
-    return [str(job["job_id"]) for job in answer.json()["jobs"]]
+    body = _BATCHES.get(size) or _BATCHES.setdefault(size, orjson.dumps({"notifications": [BODY] * size}))
+    answer = await connection.request("POST", "/notifications:batch", body)
+    if answer.status != 202:
+        raise RuntimeError(f"POST /notifications:batch answered {answer.status}: {answer.body[:300]!r}")
+    return [str(job["job_id"]) for job in orjson.loads(answer.body)["jobs"]]
+
+
+TUTORIAL_BODY = orjson.dumps({"channel": "log", "message": "bench"})
+
+
+async def submit_tutorial(connection: loadgen.Connection) -> str:
+    """The tutorial stack's ``POST /tasks``; the task's id."""
+    answer = await connection.request("POST", "/tasks", TUTORIAL_BODY)
+    if answer.status != 202:
+        raise RuntimeError(f"POST /tasks answered {answer.status}: {answer.body[:300]!r}")
+    return str(orjson.loads(answer.body)["task_id"])
+
+
+async def poll_tutorial(connection: loadgen.Connection, task_id: str) -> bool:
+    """The tutorial stack's ``GET /tasks/{task_id}``: whether the task succeeded (raises if it failed)."""
+    answer = await connection.request("GET", f"/tasks/{task_id}")
+    status = orjson.loads(answer.body).get("task_status") if answer.status == 200 else None
+    if status in ("FAILURE", "REVOKED") or answer.status != 200:
+        raise RuntimeError(f"GET /tasks/{task_id}: {answer.status} {answer.body[:300]!r}")
+    return bool(status == "SUCCESS")
 
 
 class Completions:
@@ -357,9 +445,14 @@ class Completions:
                 await self._arrived.wait()
 
 
-async def warm_up(stack: Conveyor, http: httpx.AsyncClient, events: Completions, jobs: int) -> None:
+async def warm_up(stack: Conveyor, pool: loadgen.Pool, events: Completions, jobs: int) -> None:
     """Submit ``jobs`` jobs and wait for them: connections made, worker processes up, caches filled."""
-    job_ids = await asyncio.gather(*(submit(http) for _ in range(jobs)))
+
+    async def one() -> str:
+        async with pool.connection() as connection:
+            return await submit(connection)
+
+    job_ids = await asyncio.gather(*(one() for _ in range(jobs)))
     try:
         await events.wait(job_ids, WARMUP_TIMEOUT)
     except TimeoutError:
@@ -368,8 +461,8 @@ async def warm_up(stack: Conveyor, http: httpx.AsyncClient, events: Completions,
 
 
 @contextlib.asynccontextmanager
-async def session(stack: Conveyor, connections: int, warm: int) -> AsyncIterator[tuple[httpx.AsyncClient, Completions]]:
-    """An HTTP client and an open event stream on ``stack``, after ``warm`` warm-up jobs."""
-    async with stack.http(connections) as http, Completions(stack) as events:
-        await warm_up(stack, http, events, warm)
-        yield http, events
+async def session(stack: Conveyor, connections: int, warm: int) -> AsyncIterator[tuple[loadgen.Pool, Completions]]:
+    """``connections`` HTTP connections and an open event stream on ``stack``, after ``warm`` warm-up jobs."""
+    async with stack.pool(connections) as pool, Completions(stack) as events:
+        await warm_up(stack, pool, events, warm)
+        yield pool, events

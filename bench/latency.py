@@ -6,7 +6,12 @@ On one real redis-server, in turn (each subject's processes run only while it is
   ``AsyncResult.get()`` on the Redis result backend, from a pool of client threads;
 - ``conveyor``: ``POST /notifications`` (a ``log`` notification) then its ``job.succeeded`` event on a ``/ws``
   opened beforehand (no filter: every job event of the caller's);
-- ``polling``: the same POST, then ``GET /jobs/{id}`` every ``POLL_INTERVAL`` until it says ``succeeded``.
+- ``polling``: the same POST, then ``GET /jobs/{id}`` every ``POLL_INTERVAL`` until it says ``succeeded``;
+- ``tutorial``: the tutorial stack (:mod:`bench.tutorial_stack`): ``POST /tasks``, then ``GET /tasks/{id}`` every
+  ``POLL_INTERVAL`` until it says ``SUCCESS``.
+
+Conveyor runs its api, one notifications worker and Flower; HTTP requests go over kept-alive raw HTTP/1.1
+connections (:mod:`bench.loadgen`), so the client costs little of the machine it shares.
 
 Sends follow a fixed schedule (``RATE`` per second) whatever earlier jobs do, and each latency is measured from
 the send's scheduled time, so a stall shows in the figures instead of slowing the sender. CPU per 1,000 jobs at
@@ -22,11 +27,12 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import orjson
 import uvloop
 
 from bench import jobstack, procs
 from bench.plain_celery import NOOP, create_app
-from bench.report import Metric, Report
+from bench.report import Check, Metric, Report
 
 NAME = "latency"
 DESCRIPTION = (
@@ -39,6 +45,8 @@ WARMUP = 20
 POLL_INTERVAL = 0.1
 #: Client threads for plain Celery: each waits on one result at a time, so this bounds the jobs in flight.
 THREADS = 16
+#: Kept-alive HTTP connections of the Conveyor and tutorial clients (more than are ever busy at once).
+CONNECTIONS = 64
 DEADLINE = 120.0
 METRICS = [
     Metric("p50_ms", "p50", "ms", False),
@@ -92,11 +100,12 @@ async def open_loop(jobs: int, rate: float, one: Callable[[float], Awaitable[Non
 
 async def conveyor_round_trips(stack: jobstack.Conveyor, jobs: int, rate: float, meter: jobstack.Meter) -> list[float]:
     """Open loop: POST at each scheduled time; a job is done when its ``job.succeeded`` arrives on the socket."""
-    async with jobstack.session(stack, 64, WARMUP) as (http, events):
+    async with jobstack.session(stack, CONNECTIONS, WARMUP) as (pool, events):
         sent: dict[str, float] = {}
 
         async def one(at: float) -> None:
-            sent[await jobstack.submit(http)] = at
+            async with pool.connection() as connection:
+                sent[await jobstack.submit(connection)] = at
 
         with jobstack.profiled("latency-conveyor", stack.group.pids()), meter:
             await open_loop(jobs, rate, one)
@@ -108,23 +117,49 @@ async def polling_round_trips(stack: jobstack.Conveyor, jobs: int, rate: float, 
     """Open loop: POST at each scheduled time, then ``GET /jobs/{id}`` every ``POLL_INTERVAL`` until it succeeded."""
     loop = asyncio.get_running_loop()
     latencies: list[float] = []
-    async with stack.http(64) as http:
+    async with stack.pool(CONNECTIONS) as pool:
         async with jobstack.Completions(stack) as events:  # for the warm-up only: polling needs no socket
-            await jobstack.warm_up(stack, http, events, WARMUP)
+            await jobstack.warm_up(stack, pool, events, WARMUP)
 
         async def one(at: float) -> None:
-            job_id = await jobstack.submit(http)
+            async with pool.connection() as connection:
+                job_id = await jobstack.submit(connection)
             while True:
                 await asyncio.sleep(POLL_INTERVAL)
-                answer = await http.get(f"/jobs/{job_id}")
-                status = answer.json().get("status")
+                async with pool.connection() as connection:
+                    answer = await connection.request("GET", f"/jobs/{job_id}")
+                status = orjson.loads(answer.body).get("status")
                 if status == "succeeded":
                     latencies.append(loop.time() - at)
                     return
-                if answer.status_code != 200 or status in ("failed", "cancelled"):
-                    raise RuntimeError(f"GET /jobs/{job_id}: {answer.status_code} {answer.text[:300]}")
+                if answer.status != 200 or status in ("failed", "cancelled"):
+                    raise RuntimeError(f"GET /jobs/{job_id}: {answer.status} {answer.body[:300]!r}")
 
         with meter:
+            await asyncio.wait_for(open_loop(jobs, rate, one), DEADLINE + jobs / rate)
+    return latencies
+
+
+async def tutorial_round_trips(stack: jobstack.Tutorial, jobs: int, rate: float, meter: jobstack.Meter) -> list[float]:
+    """Open loop: ``POST /tasks`` at each scheduled time, then ``GET /tasks/{id}`` every ``POLL_INTERVAL`` until
+    it says ``SUCCESS``."""
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    async with stack.pool(CONNECTIONS) as pool:
+
+        async def one(at: float) -> None:
+            async with pool.connection() as connection:
+                task_id = await jobstack.submit_tutorial(connection)
+            while True:
+                await asyncio.sleep(POLL_INTERVAL)
+                async with pool.connection() as connection:
+                    if await jobstack.poll_tutorial(connection, task_id):
+                        latencies.append(loop.time() - at)
+                        return
+
+        await open_loop(WARMUP, rate, one)
+        latencies.clear()
+        with jobstack.profiled("latency-tutorial", stack.group.pids()), meter:
             await asyncio.wait_for(open_loop(jobs, rate, one), DEADLINE + jobs / rate)
     return latencies
 
@@ -132,16 +167,7 @@ async def polling_round_trips(stack: jobstack.Conveyor, jobs: int, rate: float, 
 def run(options: argparse.Namespace) -> Report:
     """Plain Celery, then Conveyor over the WebSocket, then Conveyor polled; ``JOBS`` each (``QUICK_JOBS``)."""
     jobs = QUICK_JOBS if getattr(options, "quick", False) else JOBS
-    report = jobstack.new_report(
-        NAME,
-        DESCRIPTION,
-        METRICS,
-        [
-            "conveyor p50 ≤ 1.5× and p99 ≤ 2× plain Celery's round trip",
-            "polling p50 ≥ 10× conveyor's",
-            "CPU per job ≤ 1.5× plain Celery's",
-        ],
-    )
+    report = jobstack.new_report(NAME, DESCRIPTION, METRICS, [])
     setting = f"N={jobs} at {RATE:g}/s"
     with jobstack.work_dir(NAME) as root, procs.redis_server(root / "redis") as (redis_url, redis):
 
@@ -164,9 +190,47 @@ def run(options: argparse.Namespace) -> Report:
             latencies = uvloop.run(polling_round_trips(stack, jobs, RATE, meter))
             measure("polling", latencies, meter, f"GET /jobs/{{id}} every {POLL_INTERVAL * 1000:.0f} ms")
             auth = stack.authenticated
-    by = {row.subject: row.values for row in report.rows}
-    polled, pushed = by["polling"]["p50_ms"], by["conveyor"]["p50_ms"]
-    if polled and pushed:
-        report.findings.append(f"polling p50 / conveyor p50 = {polled / pushed:.1f}×")
+        with jobstack.tutorial(redis_url, root / "tutorial") as tutorial:
+            meter = jobstack.Meter({"redis": redis.pid, **tutorial.group.pids()}, redis_url)
+            jobstack.wait_quiet(meter.pids)
+            latencies = uvloop.run(tutorial_round_trips(tutorial, jobs, RATE, meter))
+            measure("tutorial", latencies, meter, f"GET /tasks/{{id}} every {POLL_INTERVAL * 1000:.0f} ms")
+    add_checks(report)
     report.findings.append(jobstack.cpu_note(auth))
     return report
+
+
+def add_checks(report: Report) -> None:
+    """The latency goals of issue 13 (acceptance 1), and CPU per job at this rate."""
+    by = {row.subject: row.values for row in report.rows}
+
+    def ratio(mine: str, theirs: str, key: str) -> tuple[float | None, str]:
+        a, b = by.get(mine, {}).get(key), by.get(theirs, {}).get(key)
+        if a is None or not b:
+            return None, ""
+        return a / b, f"{a:.1f} vs {b:.1f}"
+
+    for key, target, goal in (
+        ("p50_ms", 1.5, "latency p50 vs plain Celery"),
+        ("p99_ms", 2.0, "latency p99 vs plain Celery"),
+    ):
+        measured, detail = ratio("conveyor", "celery", key)
+        report.checks.append(Check(goal, measured, target, False, detail=f"{detail} ms"))
+    measured, detail = ratio("polling", "conveyor", "p50_ms")
+    report.checks.append(
+        Check("polling GET /jobs/{id} p50 vs Conveyor's events", measured, 10.0, True, detail=f"{detail} ms")
+    )
+    measured, detail = ratio("tutorial", "conveyor", "p50_ms")
+    report.checks.append(
+        Check("tutorial stack's polling p50 vs Conveyor's events", measured, 10.0, True, detail=f"{detail} ms")
+    )
+    measured, detail = ratio("conveyor", "celery", "cpu_s_per_1000")
+    report.checks.append(
+        Check(
+            f"CPU per job at {RATE:g} jobs/s, with Flower, vs plain Celery",
+            measured,
+            1.2,
+            False,
+            detail=f"{detail} s per 1,000",
+        )
+    )

@@ -20,6 +20,8 @@ class Metric:
     label: str
     unit: str
     higher_is_better: bool
+    #: Whether the table shows this metric's ratio to the baseline.
+    compare: bool = True
 
 
 @dataclass
@@ -33,6 +35,35 @@ class Row:
 
 
 @dataclass
+class Check:
+    """One goal checked against a measured value: ``value`` must be at least (``at_least``) or at most ``target``."""
+
+    goal: str
+    value: float | None
+    target: float
+    at_least: bool
+    unit: str = "×"
+    detail: str = ""
+
+    @property
+    def met(self) -> bool | None:
+        """Whether the goal is met (``None`` when nothing was measured)."""
+        if self.value is None:
+            return None
+        return self.value >= self.target if self.at_least else self.value <= self.target
+
+    @property
+    def verdict(self) -> str:
+        """``met``, ``missed by F×`` (the factor the value is off by), or ``not measured``."""
+        if self.value is None:
+            return "not measured"
+        if self.met:
+            return "met"
+        off = (self.target / self.value if self.value else float("inf")) if self.at_least else self.value / self.target
+        return f"missed by {off:.2f}×"
+
+
+@dataclass
 class Report:
     """What one benchmark returns: its rows, which subject is the baseline, and goals to check."""
 
@@ -42,6 +73,7 @@ class Report:
     rows: list[Row] = field(default_factory=list)
     baseline: str = "baseline"
     goals: list[str] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
     findings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -92,6 +124,41 @@ def _fmt(value: float | None) -> str:
     return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
 
 
+def _measured(check: Check) -> str:
+    return "–" if check.value is None else f"{_fmt(check.value)}{' ' if check.unit != '×' else ''}{check.unit}"
+
+
+def _target(check: Check) -> str:
+    return f"{'≥' if check.at_least else '≤'} {_fmt(check.target)}{' ' if check.unit != '×' else ''}{check.unit}"
+
+
+def goals_table(reports: list[Report]) -> list[str]:
+    """Every report's checks as one Markdown table: goal, measured, target, verdict, detail (empty if none)."""
+    checks = [check for report in reports for check in report.checks]
+    if not checks:
+        return []
+    lines = ["| goal | measured | target | verdict | detail |", "|---|---|---|---|---|"]
+    lines += [f"| {c.goal} | {_measured(c)} | {_target(c)} | {c.verdict} | {c.detail} |" for c in checks]
+    return lines
+
+
+def spread_table(runs: list[list[Report]]) -> list[str]:
+    """Each check over several runs: every run's value, min–max, and in how many runs it was met."""
+    if not runs or not any(report.checks for report in runs[0]):
+        return []
+    lines = ["| goal | target | " + " | ".join(f"run {n + 1}" for n in range(len(runs))) + " | spread | met in |"]
+    lines.append("|---|---|" + "---|" * len(runs) + "---|---|")
+    firsts = [check for report in runs[0] for check in report.checks]
+    for index, check in enumerate(firsts):
+        same = [[c for r in run for c in r.checks][index] for run in runs]
+        values = [c.value for c in same if c.value is not None]
+        spread = f"{_fmt(min(values))}–{_fmt(max(values))}" if values else "–"
+        met = sum(1 for c in same if c.met)
+        cells = [_measured(c) for c in same]
+        lines.append(f"| {check.goal} | {_target(check)} | " + " | ".join(cells) + f" | {spread} | {met}/{len(runs)} |")
+    return lines
+
+
 def markdown(reports: list[Report], host: dict[str, Any], command: str) -> str:
     """The run as Markdown: machine, then per benchmark a table with ratios to the baseline."""
     packages = ", ".join(f"{k} {v}" for k, v in host["packages"].items() if v)
@@ -106,7 +173,8 @@ def markdown(reports: list[Report], host: dict[str, Any], command: str) -> str:
     for report in reports:
         lines += ["", f"## {report.name}", "", report.description, ""]
         header = ["setting", "subject"] + [f"{m.label} ({m.unit})" if m.unit else m.label for m in report.metrics]
-        ratios = report.metrics if any(r.subject == report.baseline for r in report.rows) else []
+        has_baseline = any(r.subject == report.baseline for r in report.rows)
+        ratios = [m for m in report.metrics if m.compare] if has_baseline else []
         header += [f"{m.label} vs {report.baseline}" for m in ratios]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in report.rows:
@@ -120,6 +188,9 @@ def markdown(reports: list[Report], host: dict[str, Any], command: str) -> str:
         if report.findings:
             lines += ["", "Notes:", ""] + [f"- {finding}" for finding in report.findings]
         lines += ["", f"({report.seconds:.0f} s)"]
+    table = goals_table(reports)
+    if table:
+        lines += ["", "## Goals", "", *table]
     return "\n".join(lines) + "\n"
 
 

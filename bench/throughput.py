@@ -4,13 +4,22 @@ On one real redis-server, in turn (each subject's processes run only while it is
 
 - ``celery`` (the baseline): plain Celery (:mod:`bench.plain_celery`) publishes N no-op tasks with ``apply_async()``
   from one client thread, then waits for every result (Redis result backend);
-- ``conveyor``: ``CLIENTS`` concurrent HTTP clients (kept-alive connections) ``POST /notifications`` (a ``log``
-  notification) N times in all; done when every ``job.succeeded`` event has arrived on a ``/ws`` opened beforehand;
-- ``conveyor-batch``: the same, but each request is a ``POST /notifications:batch`` of ``BATCH`` notifications.
+- ``tutorial``: the tutorial stack (:mod:`bench.tutorial_stack`): ``CLIENTS`` concurrent clients ``POST /tasks``
+  N times in all while ``CLIENTS`` more poll ``GET /tasks/{id}``, each task every ``POLL_INTERVAL`` from its 202
+  until it says ``SUCCESS``;
+- ``conveyor``: ``CLIENTS`` concurrent clients ``POST /notifications`` (a ``log`` notification) N times in all;
+  done when every ``job.succeeded`` event has arrived on a ``/ws`` opened beforehand; api, one notifications
+  worker and Flower;
+- ``conveyor-batch``: the same, each request a ``POST /notifications:batch`` of ``BATCH`` notifications;
+- ``conveyor-batch-2w``: the same with two notifications worker processes (the machine's idle share is noted);
+- ``api alone``: ``tutorial-api`` and ``conveyor-api``, each api with no worker running (nor Flower): N single
+  submissions from ``CLIENTS`` clients, jobs/s = N / (first send → last 202); the jobs stay queued.
 
-jobs/s = N / (first send → last completion seen). CPU is read from ``/proc`` for whole process trees (a prefork
-worker's pool included) before and after: Conveyor's api, worker and Redis; plain Celery's worker, Redis and the
-client process, which publishes and consumes results. Conveyor's HTTP/WebSocket client is reported apart.
+Clients are kept-alive raw HTTP/1.1 connections (:mod:`bench.loadgen`) and one WebSocket, in this process; its CPU
+(``client``) is reported apart and not counted. jobs/s = N / (first send → last completion seen). CPU is read from
+``/proc`` for whole process trees before and after: every process of the subject and Redis; for plain Celery also
+the client process, which publishes and consumes results. Each Conveyor process writes its job-store counts at exit
+(transactions, time it held the SQLite write lock); they are divided by every job it saw (warm-up included).
 """
 
 from __future__ import annotations
@@ -18,27 +27,36 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections import deque
+from collections.abc import Iterator
 
 import uvloop
 
-from bench import jobstack, procs
+from bench import jobstack, loadgen, procs
 from bench.plain_celery import NOOP, create_app
-from bench.report import Metric, Report
+from bench.report import Check, Metric, Report, Row
 
 NAME = "throughput"
 DESCRIPTION = (
-    "N jobs from concurrent HTTP clients to their job.succeeded events vs plain Celery publishing N no-op tasks "
-    "and waiting for every result; CPU seconds per 1,000 jobs over every process"
+    "N jobs from 32 concurrent HTTP clients to their completion vs plain Celery publishing N no-op tasks and "
+    "waiting for every result, vs the tutorial stack; the api alone; 1 vs 2 workers; CPU per 1,000 jobs"
 )
 JOBS, QUICK_JOBS = 2000, 100
 CLIENTS = 32
-#: Notifications per ``POST /notifications:batch`` in the ``conveyor-batch`` subject.
+#: Notifications per ``POST /notifications:batch`` in the ``conveyor-batch`` subjects.
 BATCH = 50
 WARMUP = 20
 DEADLINE = 600.0
+#: How often a tutorial client asks whether its task is done (the tutorials poll every second or so; 100 ms
+#: favours the tutorial stack's latency at some cost in api CPU).
+POLL_INTERVAL = 0.1
 METRICS = [
     Metric("jobs_per_s", "throughput", "jobs/s", True),
     Metric("cpu_s_per_1000", "CPU per 1,000 jobs", "s", False),
+    Metric("idle", "machine idle", "%", True, compare=False),
+    Metric("lock_ms_per_job", "SQLite write lock held per job", "ms", False, compare=False),
+    Metric("api_tx_per_job", "api transactions per job", "", False, compare=False),
+    Metric("worker_tx_per_job", "worker transactions per job", "", False, compare=False),
 ]
 
 
@@ -60,63 +78,209 @@ def celery_burst(redis_url: str, jobs: int, meter: jobstack.Meter) -> float:
 
 
 async def conveyor_burst(
-    stack: jobstack.Conveyor, jobs: int, meter: jobstack.Meter, batch: int = 1
+    stack: jobstack.Conveyor, jobs: int, meter: jobstack.Meter, batch: int = 1, label: str = "conveyor"
 ) -> tuple[float, float]:
     """Submit ``jobs`` jobs from ``CLIENTS`` concurrent clients, ``batch`` per request (``1``: the single-job
     route); returns the seconds to the last 202 and to the last ``job.succeeded``, both from the first send."""
     loop = asyncio.get_running_loop()
-    async with jobstack.session(stack, CLIENTS, WARMUP) as (http, events):
+    async with jobstack.session(stack, CLIENTS, WARMUP) as (pool, events):
         job_ids: list[str] = []
         tickets = iter(range(0, jobs, batch))
 
-        async def client() -> None:
+        async def client(connection: loadgen.Connection) -> None:
             for first in tickets:
                 if batch == 1:
-                    job_ids.append(await jobstack.submit(http))
+                    job_ids.append(await jobstack.submit(connection))
                 else:
-                    job_ids.extend(await jobstack.submit_batch(http, min(batch, jobs - first)))
+                    job_ids.extend(await jobstack.submit_batch(connection, min(batch, jobs - first)))
 
-        with jobstack.profiled(f"throughput-conveyor-{batch}", stack.group.pids()), meter:
+        with jobstack.profiled(f"throughput-{label}", stack.group.pids()), meter:
             started = loop.time()
-            await asyncio.gather(*(client() for _ in range(CLIENTS)))
+            await asyncio.gather(*(client(connection) for connection in pool.connections))
             accepted = loop.time()
             await events.wait(job_ids, DEADLINE)
         return accepted - started, max(events.done[job] for job in job_ids) - started
 
 
+async def tutorial_burst(stack: jobstack.Tutorial, jobs: int, meter: jobstack.Meter) -> tuple[float, float]:
+    """``jobs`` tasks from ``CLIENTS`` submitting clients, each polled every ``POLL_INTERVAL`` from its 202 by one
+    of ``CLIENTS`` polling clients until it succeeded; returns the seconds to the last 202 and to the last
+    ``SUCCESS`` seen, both from the first send."""
+    loop = asyncio.get_running_loop()
+    async with stack.pool(CLIENTS) as submitters, stack.pool(CLIENTS) as pollers:
+
+        async def run(count: int) -> tuple[float, float]:
+            due: deque[tuple[float, str]] = deque()
+            finished: list[float] = []
+            wake = asyncio.Event()
+            tickets = iter(range(count))
+
+            async def submit(connection: loadgen.Connection) -> None:
+                for _ in tickets:
+                    due.append((loop.time() + POLL_INTERVAL, await jobstack.submit_tutorial(connection)))
+                    wake.set()
+
+            async def poll(connection: loadgen.Connection) -> None:
+                while len(finished) < count:
+                    if not due:
+                        wake.clear()
+                        await wake.wait()
+                        continue
+                    at, task_id = due.popleft()
+                    await asyncio.sleep(max(0.0, at - loop.time()))
+                    if await jobstack.poll_tutorial(connection, task_id):
+                        finished.append(loop.time())
+                        if len(finished) == count:
+                            wake.set()
+                    else:
+                        due.append((loop.time() + POLL_INTERVAL, task_id))
+                wake.set()
+
+            started = loop.time()
+            polling = [asyncio.create_task(poll(connection)) for connection in pollers.connections]
+            await asyncio.gather(*(submit(connection) for connection in submitters.connections))
+            accepted = loop.time()
+            async with asyncio.timeout(DEADLINE):
+                await asyncio.gather(*polling)
+            return accepted - started, max(finished) - started
+
+        await run(WARMUP)
+        with jobstack.profiled("throughput-tutorial", stack.group.pids()), meter:
+            return await run(jobs)
+
+
+async def accept_only(pool: loadgen.Pool, jobs: int, meter: jobstack.Meter, tutorial: bool) -> float:
+    """``jobs`` single submissions from every connection of ``pool``, no waiting for any job; seconds to the last
+    202 from the first send."""
+    loop = asyncio.get_running_loop()
+    submit = jobstack.submit_tutorial if tutorial else jobstack.submit
+
+    async def client(connection: loadgen.Connection, tickets: Iterator[int]) -> None:
+        for _ in tickets:
+            await submit(connection)
+
+    warm = iter(range(WARMUP))
+    await asyncio.gather(*(client(connection, warm) for connection in pool.connections))
+    tickets = iter(range(jobs))
+    with meter:
+        started = loop.time()
+        await asyncio.gather(*(client(connection, tickets) for connection in pool.connections))
+        return loop.time() - started
+
+
+def record_path(stats: dict[str, dict[str, float]], jobs: int) -> dict[str, float | None]:
+    """Write-lock milliseconds and transactions per job from a stopped Conveyor stack's counts."""
+    api = stats.get("api")
+    workers = [line for name, line in stats.items() if name.startswith("worker")]
+    if api is None or not workers:
+        return {"lock_ms_per_job": None, "api_tx_per_job": None, "worker_tx_per_job": None}
+    held = api["write_lock_held_s"] + sum(line["write_lock_held_s"] for line in workers)
+    return {
+        "lock_ms_per_job": held * 1000 / jobs,
+        "api_tx_per_job": api["transactions"] / jobs,
+        "worker_tx_per_job": sum(line["transactions"] for line in workers) / jobs,
+    }
+
+
 def run(options: argparse.Namespace) -> Report:
-    """Plain Celery, then Conveyor; ``JOBS`` jobs each (``QUICK_JOBS`` with ``--quick``)."""
+    """Plain Celery, the tutorial stack, Conveyor (single, batch, batch with 2 workers), then each api alone;
+    ``JOBS`` jobs each (``QUICK_JOBS`` with ``--quick``)."""
     jobs = QUICK_JOBS if getattr(options, "quick", False) else JOBS
-    report = jobstack.new_report(
-        NAME,
-        DESCRIPTION,
-        METRICS,
-        [
-            "throughput ≥ 0.8× plain Celery's (≥ 1.0× with the batch endpoint)",
-            "CPU per 1,000 jobs ≤ 1.5× plain Celery's",
-        ],
-    )
-    setting = f"N={jobs}"
+    report = jobstack.new_report(NAME, DESCRIPTION, METRICS, [])
+    setting, alone = f"N={jobs}", f"api alone, N={jobs}"
+    auth = True
     with jobstack.work_dir(NAME) as root, procs.redis_server(root / "redis") as (redis_url, redis):
 
-        def measure(subject: str, seconds: float, meter: jobstack.Meter, notes: str) -> None:
-            jobstack.add_row(report, setting, subject, {"jobs_per_s": jobs / seconds}, meter, jobs, notes)
+        def measure(subject: str, seconds: float, meter: jobstack.Meter, notes: str, at: str = setting) -> None:
+            values: dict[str, float | None] = {"jobs_per_s": jobs / seconds, "idle": meter.idle * 100}
+            jobstack.add_row(report, at, subject, values, meter, jobs, notes)
 
         with jobstack.plain_celery(redis_url, root / "celery") as group:
             meter = jobstack.Meter({"redis": redis.pid, **group.pids()}, redis_url)
             jobstack.wait_quiet(meter.pids)
             seconds = celery_burst(redis_url, jobs, meter)
             measure("celery", seconds, meter, "1 client thread publishes all, then waits for each result")
-        for subject, batch, how in (
-            ("conveyor", 1, f"{CLIENTS} HTTP clients"),
-            ("conveyor-batch", BATCH, f"{CLIENTS} HTTP clients, {BATCH} per POST /notifications:batch"),
+        with jobstack.tutorial(redis_url, root / "tutorial") as tutorial:
+            meter = jobstack.Meter({"redis": redis.pid, **tutorial.group.pids()}, redis_url)
+            jobstack.wait_quiet(meter.pids)
+            accepted, seconds = uvloop.run(tutorial_burst(tutorial, jobs, meter))
+            notes = f"{CLIENTS} clients POST /tasks, {CLIENTS} poll every {POLL_INTERVAL * 1000:.0f} ms"
+            measure("tutorial", seconds, meter, f"{notes}; all accepted at {jobs / accepted:.0f}/s")
+        for subject, batch, workers in (
+            ("conveyor", 1, 1),
+            ("conveyor-batch", BATCH, 1),
+            ("conveyor-batch-2w", BATCH, 2),
         ):
-            with jobstack.conveyor(redis_url, root / subject) as stack:
+            with jobstack.conveyor(redis_url, root / subject, workers=workers) as stack:
                 meter = jobstack.Meter({"redis": redis.pid, **stack.group.pids()}, redis_url)
                 jobstack.wait_quiet(meter.pids)
-                accepted, seconds = uvloop.run(conveyor_burst(stack, jobs, meter, batch))
-                notes = f"{how}; all {jobs} accepted (202) at {jobs / accepted:.0f}/s (client CPU not counted)"
-                measure(subject, seconds, meter, notes)
-                auth = stack.authenticated
+                accepted, seconds = uvloop.run(conveyor_burst(stack, jobs, meter, batch, subject))
+                auth = auth and stack.authenticated
+            how = f"{CLIENTS} clients" + (f", {BATCH} per POST /notifications:batch" if batch > 1 else "")
+            notes = f"{how}; {workers} worker(s), Flower; all {jobs} accepted (202) at {jobs / accepted:.0f}/s"
+            measure(subject, seconds, meter, notes)
+            report.rows[-1].values.update(record_path(jobstack.read_stats(stack.stats), jobs + WARMUP))
+        with jobstack.tutorial(redis_url, root / "tutorial-api", worker=False) as tutorial:
+            meter = jobstack.Meter({"redis": redis.pid, **tutorial.group.pids()}, redis_url)
+            jobstack.wait_quiet(meter.pids)
+
+            async def tutorial_alone() -> float:
+                async with tutorial.pool(CLIENTS) as pool:
+                    return await accept_only(pool, jobs, meter, tutorial=True)
+
+            measure("tutorial-api", uvloop.run(tutorial_alone()), meter, "no worker running", alone)
+        with jobstack.conveyor(redis_url, root / "conveyor-api", workers=0, flower=False) as stack:
+            meter = jobstack.Meter({"redis": redis.pid, **stack.group.pids()}, redis_url)
+            jobstack.wait_quiet(meter.pids)
+
+            async def conveyor_alone() -> float:
+                async with stack.pool(CLIENTS) as pool:
+                    return await accept_only(pool, jobs, meter, tutorial=False)
+
+            measure("conveyor-api", uvloop.run(conveyor_alone()), meter, "no worker, no Flower running", alone)
+    add_checks(report)
     report.findings.append(jobstack.cpu_note(auth))
     return report
+
+
+def add_checks(report: Report) -> None:
+    """The goals of issue 13 this benchmark measures (acceptance 1, 2 and 3)."""
+    rows: dict[str, Row] = {row.subject: row for row in report.rows}
+
+    def value(subject: str, key: str) -> float | None:
+        row = rows.get(subject)
+        return None if row is None else row.values.get(key)
+
+    def ratio(mine: str, theirs: str, key: str = "jobs_per_s") -> tuple[float | None, str]:
+        a, b = value(mine, key), value(theirs, key)
+        if a is None or not b:
+            return None, ""
+        return a / b, f"{a:,.1f} vs {b:,.1f}"
+
+    for subject, target, goal in (
+        ("conveyor", 0.8, "throughput, 32 clients, vs plain Celery"),
+        ("conveyor-batch", 1.2, "throughput, batch endpoint, vs plain Celery"),
+    ):
+        measured, detail = ratio(subject, "celery")
+        report.checks.append(Check(goal, measured, target, True, detail=f"{detail} jobs/s"))
+    measured, detail = ratio("conveyor", "tutorial")
+    report.checks.append(Check("throughput, 32 clients, vs the tutorial stack", measured, 2.0, True, detail=detail))
+    measured, detail = ratio("conveyor", "celery", "cpu_s_per_1000")
+    report.checks.append(
+        Check("CPU per job, every Conveyor process with Flower, vs plain Celery", measured, 1.2, False, detail=detail)
+    )
+    measured, detail = ratio("conveyor-api", "tutorial-api")
+    report.checks.append(
+        Check("the api alone: single submissions/s vs the tutorial stack's", measured, 3.0, True, detail=detail)
+    )
+    lock = value("conveyor", "lock_ms_per_job")
+    report.checks.append(Check("SQLite write lock held per job (32 clients)", lock, 1.0, False, unit="ms"))
+    api_tx, worker_tx = value("conveyor", "api_tx_per_job"), value("conveyor", "worker_tx_per_job")
+    report.checks.append(Check("job-store transactions per job, api", api_tx, 1.0, False, unit=""))
+    report.checks.append(Check("job-store transactions per log job, worker", worker_tx, 2.0, False, unit=""))
+    measured, detail = ratio("conveyor-batch-2w", "conveyor-batch")
+    idle = value("conveyor-batch", "idle")
+    idle_note = f"; machine idle {idle:.0f} % with 1 worker" if idle is not None else ""
+    report.checks.append(
+        Check("2 worker processes vs 1 (batch endpoint)", measured, 1.3, True, detail=f"{detail} jobs/s{idle_note}")
+    )

@@ -172,6 +172,12 @@ class Settings(BaseSettings):
     dispatch_interval_seconds: float = Field(default=5.0, gt=0)
     spool_max_age_seconds: int = Field(default=86400, ge=60)
 
+    # Observability (docs/OBSERVABILITY.md).
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token a Prometheus scraper sends to GET /metrics (unset: /metrics answers 401)",
+    )
+
     health_queues: str = Field(
         default="",
         description="Comma-separated queues that must have a live worker for /health to say ok (conveyor run: all)",
@@ -296,9 +302,11 @@ class Settings(BaseSettings):
         return self.flower_user, password
 
 
-#: ``CONVEYOR_`` variables that are not settings (read elsewhere: process names, the test suite, compose, clients).
+#: ``CONVEYOR_`` variables that are not settings (read elsewhere: process names, the test suite, compose).
 OTHER_VARIABLES = frozenset(
-    {"CONVEYOR_PROCESS_NAME", "CONVEYOR_TEST_POSTGRES_URL", "CONVEYOR_IMAGE", "CONVEYOR_API_KEY", "CONVEYOR_API_URL"}
+    {"CONVEYOR_PROCESS_NAME", "CONVEYOR_TEST_POSTGRES_URL", "CONVEYOR_IMAGE"}
+    # The test suite's job store (tests/postgres.py), compose's PostgreSQL password (compose.yaml).
+    | {"CONVEYOR_TEST_STORE", "CONVEYOR_POSTGRES_PASSWORD"}
 )
 
 

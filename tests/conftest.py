@@ -18,7 +18,7 @@ from conveyor.ops.redis_server import free_port
 from conveyor.settings import Settings
 from tests.burst import BurstWorker
 from tests.inprocess import Api, serve
-from tests.postgres import in_ci
+from tests.postgres import in_ci, job_store_url
 from tests.postgres import postgres_schema as _postgres_schema
 from tests.support import (
     Process,
@@ -59,9 +59,17 @@ def private_redis_url(redis_url: str) -> str:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, redis_url: str) -> Settings:
-    """Settings for one test: its own data directory and SQLite job store, the session's Redis."""
-    return Settings(_env_file=None, data_dir=tmp_path / "var", redis_url=redis_url)  # type: ignore[call-arg]
+def database_url() -> Iterator[str | None]:
+    """This test's own job store: ``None`` for SQLite under its data directory, or (``CONVEYOR_TEST_STORE=postgresql``)
+    a fresh PostgreSQL schema's URL (tests/postgres.py)."""
+    with job_store_url() as url:
+        yield url
+
+
+@pytest.fixture
+def settings(tmp_path: Path, redis_url: str, database_url: str | None) -> Settings:
+    """Settings for one test: its own data directory and job store, the session's Redis."""
+    return Settings(_env_file=None, data_dir=tmp_path / "var", redis_url=redis_url, database_url=database_url)  # type: ignore[call-arg]
 
 
 @pytest.fixture(scope="session")
@@ -71,9 +79,14 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-def api_settings(tmp_path: Path, private_redis_url: str) -> Settings:
-    """Settings for an in-process api: this test's data directory and SQLite job store, a private Redis database."""
-    return Settings(_env_file=None, data_dir=tmp_path / "var", redis_url=private_redis_url)  # type: ignore[call-arg]
+def api_settings(tmp_path: Path, private_redis_url: str, database_url: str | None) -> Settings:
+    """Settings for an in-process api: this test's data directory and job store, a private Redis database."""
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        data_dir=tmp_path / "var",
+        redis_url=private_redis_url,
+        database_url=database_url,
+    )
 
 
 @pytest.fixture
@@ -105,6 +118,8 @@ class Stack:
         env: dict[str, str],
         key: str,
     ) -> None:
+        #: The job store's URL when it is not the SQLite file under ``data_dir`` (``CONVEYOR_TEST_STORE``).
+        self.database_url = env.get("CONVEYOR_DATABASE_URL")
         self.base_url = base_url
         self.ws_url = base_url.replace("http://", "ws://")
         self.redis_url = redis_url
@@ -130,9 +145,16 @@ class Stack:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Stack]:
     """``conveyor api`` plus one ``conveyor worker`` per job queue, as subprocesses, for the whole session."""
+    with job_store_url() as database_url:
+        yield from _stack(tmp_path_factory, redis_url, database_url)
+
+
+def _stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str, database_url: str | None) -> Iterator[Stack]:
     data_dir = tmp_path_factory.mktemp("stack")
     port = free_port()
     env = base_env(data_dir, CONVEYOR_REDIS_URL=redis_url, CONVEYOR_API_PORT=str(port))
+    if database_url is not None:
+        env["CONVEYOR_DATABASE_URL"] = database_url
     logs = data_dir / "logs"
     key = create_key(env, "tests")
     processes = {"api": conveyor("api", ["api"], env, logs)}

@@ -193,10 +193,15 @@ def sse(base_url: str, path: str, headers: dict[str, str] | None = None, timeout
 
 
 @contextlib.contextmanager
-def api_process(name: str, redis_url: str, data_dir: Path, **settings: str) -> Iterator[str]:
-    """One more ``conveyor api`` process on ``redis_url`` and ``data_dir``; yields its base URL."""
+def api_process(
+    name: str, redis_url: str, data_dir: Path, database_url: str | None = None, **settings: str
+) -> Iterator[str]:
+    """One more ``conveyor api`` process on ``redis_url`` and ``data_dir`` (and the job store at ``database_url``,
+    default SQLite under ``data_dir``); yields its base URL."""
     port = free_port()
     env = base_env(data_dir, CONVEYOR_REDIS_URL=redis_url, CONVEYOR_API_PORT=str(port), **settings)
+    if database_url is not None:
+        env["CONVEYOR_DATABASE_URL"] = database_url
     process = conveyor(name, ["api"], env, data_dir / "logs")
     try:
         wait_until_healthy(f"http://127.0.0.1:{port}", 60, [process])

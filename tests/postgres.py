@@ -16,6 +16,14 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
+#: The job store of the tests that do not choose one (the ``settings``, ``api_settings`` and ``stack`` fixtures of
+#: tests/conftest.py): ``sqlite`` (default: a file in the test's directory) or ``postgresql`` (a schema of each
+#: test's own in the server below, dropped afterwards). CI runs the suite on SQLite, then a chosen part of it again
+#: with ``CONVEYOR_TEST_STORE=postgresql`` (.ci/run).
+STORE = os.environ.get("CONVEYOR_TEST_STORE", "sqlite")
+if STORE not in ("sqlite", "postgresql"):
+    raise RuntimeError(f"CONVEYOR_TEST_STORE={STORE!r}: choose sqlite or postgresql")
+
 POSTGRES_URL = os.environ.get("CONVEYOR_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 #: Seconds a connection to the server may take (a loaded machine is slow; a slow server is not a missing one).
 CONNECT_TIMEOUT = 30
@@ -56,3 +64,19 @@ def postgres_schema(prefix: str = "conveyor_test_") -> Iterator[tuple[sa.URL, st
                 connection.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
     finally:
         admin.dispose()
+
+
+def schema_url(url: sa.URL, schema: str) -> str:
+    """A job-store URL (``CONVEYOR_DATABASE_URL``) whose connections work in ``schema``."""
+    return url.set(query={"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+
+
+@contextlib.contextmanager
+def job_store_url() -> Iterator[str | None]:
+    """The job store for a test that does not choose one (:data:`STORE`): ``None`` (SQLite under the test's data
+    directory) or the URL of a fresh PostgreSQL schema, dropped afterwards."""
+    if STORE == "sqlite":
+        yield None
+        return
+    with postgres_schema() as (url, schema):
+        yield schema_url(url, schema)

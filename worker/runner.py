@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from conveyor import logs
+from conveyor import logs, metrics
 from conveyor.events import job_event
 from conveyor.redis_client import REDIS_ERRORS
 from conveyor.schemas import Event, EventType, Job, JobStatus
@@ -215,7 +215,7 @@ def run_job(
     started = job_event(job, attempt=job.attempts, worker=worker)
     if claim.done is not None or claim.reason is not None:
         return _ended(rt, job, claim.done, started, claim.reason)
-    _announce(rt, started)
+    _announce(rt, started, counted=(job,))
     log.info("job started", job_id=job_id, owner=job.owner, kind=job.kind, attempt=job.attempts)
     with Heartbeat(rt.store, job_id, job.attempts, rt.settings.heartbeat_seconds):
         return _attempt(rt, job, handler)
@@ -227,9 +227,9 @@ def _ended(rt: Runtime, job: Job, done: Job | None, started: Event, reason: str 
         return _not_ours(rt, job.job_id)
     if reason is not None:
         log.warning("job failed", job_id=job.job_id, owner=job.owner, reason=reason, error=done.error)
-        _announce(rt, job_event(done, attempt=done.attempts, reason=reason))
+        _announce(rt, job_event(done, attempt=done.attempts, reason=reason), counted=(done,))
     else:
-        _announce(rt, started, job_event(done, attempt=done.attempts))
+        _announce(rt, started, job_event(done, attempt=done.attempts), counted=(job, done))
     return done
 
 
@@ -261,7 +261,7 @@ def _attempt(rt: Runtime, job: Job, handler: Handler) -> Job | None:
     done = persist(rt, lambda: rt.store.write(succeed))
     if done is None:
         return _not_ours(rt, job_id)
-    _announce(rt, job_event(done, attempt=done.attempts))
+    _announce(rt, job_event(done, attempt=done.attempts), counted=(done,))
     log.info("job succeeded", job_id=job_id, owner=job.owner)
     return done
 
@@ -285,7 +285,7 @@ def _schedule_retry(rt: Runtime, job: Job, exc: Retryable) -> Job | None:
     if retrying is None:
         return _not_ours(rt, job.job_id)
     event = job_event(retrying, attempt=job.attempts)
-    _announce(rt, event.model_copy(update={"next_attempt_at": event.ts + countdown}))
+    _announce(rt, event.model_copy(update={"next_attempt_at": event.ts + countdown}), counted=(retrying,))
     log.warning(
         "job will retry", job_id=job.job_id, attempt=job.attempts, in_seconds=round(countdown, 2), error=str(exc)
     )
@@ -318,7 +318,7 @@ def _fail(rt: Runtime, job: Job, error: str, also: Writes | None = None) -> Job 
     failed = persist(rt, lambda: rt.store.write(fail))
     if failed is None:
         return _not_ours(rt, job.job_id)
-    _announce(rt, job_event(failed, attempt=failed.attempts))
+    _announce(rt, job_event(failed, attempt=failed.attempts), counted=(failed,))
     return failed
 
 
@@ -346,11 +346,17 @@ def persist(rt: Runtime, write: Callable[[], T]) -> T:
             delay = min(delay * 2, 2.0)
 
 
-def _announce(rt: Runtime, *events: Event) -> None:
-    """Publish ``events``, in order, in one round trip. The job store, not the stream, is the truth: if Redis stays
-    unreachable through the client's retries, the events are logged as lost and the job goes on."""
+def _announce(rt: Runtime, *events: Event, counted: Sequence[Job] = ()) -> None:
+    """Publish ``events``, in order, and count the transitions of ``counted`` (:mod:`conveyor.metrics`), in one
+    round trip. The job store, not the stream, is the truth: if Redis stays unreachable through the client's
+    retries, the events are logged as lost (their counts with them) and the job goes on."""
     try:
-        rt.events.publish_many(events)
+        pipe = rt.events.client.pipeline(transaction=False)
+        for event in events:
+            rt.events.add_to(pipe, event)
+        for job in counted:
+            metrics.count_job(pipe, job)
+        pipe.execute()
     except REDIS_DOWN as exc:
         for event in events:
             log.error("event lost: Redis unavailable", job_id=event.job_id, type=event.type, error=repr(exc))

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 from celery.exceptions import Reject
-from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
+from celery.signals import setup_logging, task_postrun, worker_process_init, worker_process_shutdown
 
-from conveyor import logs, names
+from conveyor import logs, metrics, names
 from conveyor.queue.app import app
+from conveyor.redis_client import REDIS_ERRORS
 from conveyor.settings import get_settings
 from conveyor.store.db import UNAVAILABLE
 from worker import housekeeping, ingest, notify
@@ -36,6 +38,22 @@ def _open(**_kwargs: Any) -> None:
 @worker_process_shutdown.connect
 def _close(**_kwargs: Any) -> None:
     close_runtime()
+
+
+@task_postrun.connect
+def _count_housekeeping(task: Any = None, state: str | None = None, retval: Any = None, **_kwargs: Any) -> None:
+    """Count each housekeeping run (``conveyor_housekeeping_runs_total``) and log it (INFO when it did something or
+    failed, DEBUG when it found nothing to do): housekeeping sends no task events and publishes no job events, so
+    Flower never lists it; logs and metrics still show it."""
+    name = getattr(task, "name", None) or ""
+    if not name.startswith("housekeeping."):
+        return
+    level = logging.INFO if retval or state != "SUCCESS" else logging.DEBUG
+    log.log(level, "housekeeping ran", task=name, outcome=state, done=retval if isinstance(retval, int) else None)
+    try:
+        metrics.count(runtime().redis, metrics.HOUSEKEEPING, task=name.partition(".")[2], outcome=(state or "").lower())
+    except REDIS_ERRORS as exc:
+        log.warning("housekeeping run not counted: Redis unavailable", task=name, error=repr(exc))
 
 
 #: How long a delivery waits in place for a job store that does not answer before it puts its message back.

@@ -17,23 +17,20 @@ connection closes (WebSocket 1000).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-import anyio
 import orjson
 from pydantic import ValidationError
 
 from api.leases import Lease
 from api.streams.hub import Full, Selection, Subscription
-from api.streams.session import ClientGone, Sender
+from api.streams.session import Sender, side_by_side, wait_or_beat
 from api.streams.wire import (
     CLOSE_POLICY,
     CLOSE_UNSUPPORTED,
-    INTERNAL_ERROR,
     MAX_COMMAND_BYTES,
     TOO_BIG,
     Outgoing,
@@ -187,31 +184,12 @@ class Participant:
         """Send (:meth:`run`) and take the client's messages (``receive``, the transport's loop) side by side until
         either ends; returns why the connection must close, if it must (an unexpected error closes only this
         connection, as :data:`~api.streams.wire.INTERNAL_ERROR`)."""
-        outcome: Refused | None = None
-        async with anyio.create_task_group() as group:
-            self.subscription.on_end = lambda _reason: group.cancel_scope.cancel()
-
-            async def send() -> None:
-                nonlocal outcome
-                try:
-                    await self.run(sender, first, heartbeat)
-                except Refused as exc:
-                    outcome = exc
-                except ClientGone:
-                    pass
-                except Exception:
-                    log.exception("room connection failed; closed with 1011", room_id=self.room_id)
-                    outcome = INTERNAL_ERROR
-                group.cancel_scope.cancel()
-
-            async def take() -> None:
-                nonlocal outcome
-                outcome = await receive()
-                group.cancel_scope.cancel()
-
-            group.start_soon(send)
-            group.start_soon(take)
-        return self.subscription.ended or outcome
+        return await side_by_side(
+            self.subscription,
+            lambda: self.run(sender, first, heartbeat),
+            receive,
+            lambda: log.exception("room connection failed; closed with 1011", room_id=self.room_id),
+        )
 
     async def run(self, sender: Sender, first: list[Outgoing], heartbeat: float | None = None) -> None:
         """Send ``first``, then each change with a higher version than the last one sent, and this participant's
@@ -224,14 +202,7 @@ class Participant:
                 raise subscription.ended
             item = subscription.pop()
             if item is None:
-                if heartbeat is None:
-                    await subscription.wait()
-                    continue
-                try:
-                    async with asyncio.timeout(heartbeat):
-                        await subscription.wait()
-                except TimeoutError:
-                    await sender.heartbeat()
+                await wait_or_beat(subscription, sender, heartbeat)
                 continue
             event = item.event
             if event is None:

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query
 
 from api.deps import PrincipalDep, StateDep
-from conveyor import logs
+from conveyor import logs, metrics
 from conveyor.events import job_event
 from conveyor.redis_client import REDIS_ERRORS
 from conveyor.schemas import Job, JobPage, JobStatus
@@ -75,6 +75,9 @@ async def cancel_job(state: StateDep, principal: PrincipalDep, job_id: JobId) ->
         raise HTTPException(409, f"job {job_id} already {current.status.value}")
     try:
         await state.events.publish(job_event(job))
+        counted = state.redis.pipeline(transaction=False)
+        metrics.count_job(counted, job)
+        await counted.execute()
     except REDIS_ERRORS as exc:
         log.error("event lost: Redis unavailable", job_id=job_id, type="job.cancelled", error=repr(exc))
     return job

@@ -11,9 +11,8 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, WebSocket
 from starlette.types import Receive, Scope, Send
-from starlette.websockets import WebSocketState
 
 from api.connections import authenticated
 from api.deps import PrincipalDep, StateDep
@@ -21,7 +20,7 @@ from api.errors import error, unavailable
 from api.rooms.participant import Participant
 from api.rooms.store import RoomInfo
 from api.state import AppState
-from api.streams.senders import SseSender, WebSocketSender, close_websocket, disconnected
+from api.streams.senders import SseSender, WebSocketSender, close_websocket, disconnected, take_messages
 from api.streams.session import ClientGone
 from api.streams.wire import CLOSE_TIMEOUT, INTERNAL_ERROR, Outgoing, Refused
 from conveyor import logs
@@ -117,7 +116,13 @@ async def room_socket(websocket: WebSocket, state: StateDep, room_id: RoomId, to
         authenticated(websocket.scope)
         await websocket.accept()
         sender = WebSocketSender(websocket, state.settings.stream_send_timeout_seconds)
-        outcome = await participant.serve(sender, first, lambda: _commands(websocket, participant))
+        outcome = await participant.serve(
+            sender,
+            first,
+            lambda: take_messages(
+                websocket, lambda message: participant.command(message.get("text", message.get("bytes")))
+            ),
+        )
     except Refused as exc:
         outcome = exc
     except Exception:  # Redis failing: this connection closes, never the api
@@ -125,10 +130,7 @@ async def room_socket(websocket: WebSocket, state: StateDep, room_id: RoomId, to
         outcome = INTERNAL_ERROR
     finally:
         participant.close()
-    if outcome is not None:
-        if websocket.client_state == WebSocketState.CONNECTING:
-            await websocket.accept()
-        await close_websocket(websocket, outcome)
+    await close_websocket(websocket, outcome)
 
 
 def _version(value: str | None) -> int | None:
@@ -137,21 +139,6 @@ def _version(value: str | None) -> int | None:
     if not value.isdigit() or len(value) > 18:
         raise Refused("version must be a whole number")
     return int(value)
-
-
-async def _commands(websocket: WebSocket, participant: Participant) -> Refused | None:
-    """Carry out the client's messages until it disconnects (``None``) or must be closed."""
-    while True:
-        try:
-            message = await websocket.receive()
-        except (WebSocketDisconnect, RuntimeError):
-            return None
-        if message["type"] == "websocket.disconnect":
-            return None
-        try:
-            await participant.command(message.get("text", message.get("bytes")))
-        except Refused as exc:
-            return exc
 
 
 class _RoomSseSender(SseSender):
@@ -208,6 +195,7 @@ class RoomEventsResponse(Response):
     status_code=200,
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "The room, then its changes"},
+        401: {"description": "No join token given"},
         404: {"description": "No such room, or not its token"},
         409: {"description": "The room is full"},
         503: {"description": "A connection cap is reached, or Redis does not answer"},
@@ -218,6 +206,8 @@ async def room_events(
 ) -> Response:
     """The room read-only, as Server-Sent Events: ``room.state``, then each ``room.changed`` (its ``id:`` is its
     version: an ``EventSource`` resumes by itself), then ``room.closed``. Needs the join token, not a key."""
+    if token is None:
+        return error(401, "this stream needs the room's join token: ?token= from its join_url")
     last = request.headers.get("last-event-id")
     since = version
     if last is not None:

@@ -8,13 +8,12 @@ unless ``CONVEYOR_WS_NATIVE`` is false; this route serves it under any other ser
 
 from __future__ import annotations
 
-from fastapi import APIRouter, WebSocket, WebSocketDisconnect
-from starlette.websockets import WebSocketState
+from fastapi import APIRouter, WebSocket
 
 from api.auth import origin_allowed
 from api.deps import StateDep
 from api.streams.request import admit, parse_request
-from api.streams.senders import WebSocketSender, close_websocket
+from api.streams.senders import WebSocketSender, close_websocket, take_messages
 from api.streams.session import EventStream
 from api.streams.wire import CLOSE_POLICY, INTERNAL_ERROR, Refused
 from conveyor import logs
@@ -44,7 +43,9 @@ async def events_socket(websocket: WebSocket, state: StateDep) -> None:
         await websocket.accept()
         start = await stream.start_point(request)
         sender = WebSocketSender(websocket, state.settings.stream_send_timeout_seconds)
-        outcome = await stream.serve(sender, start, lambda: _receive(websocket, stream))
+        outcome = await stream.serve(
+            sender, start, lambda: take_messages(websocket, lambda message: stream.receive(message.get("text")))
+        )
     except Refused as exc:
         outcome = exc
     except Exception:  # Redis or the job store failing before the stream began: this stream closes, as natively
@@ -52,22 +53,4 @@ async def events_socket(websocket: WebSocket, state: StateDep) -> None:
         outcome = INTERNAL_ERROR
     finally:
         stream.close()
-    if outcome is not None:
-        if websocket.client_state == WebSocketState.CONNECTING:
-            await websocket.accept()
-        await close_websocket(websocket, outcome)
-
-
-async def _receive(websocket: WebSocket, stream: EventStream) -> Refused | None:
-    """Apply the client's commands until it disconnects (``None``) or sends something unacceptable."""
-    while True:
-        try:
-            message = await websocket.receive()
-        except (WebSocketDisconnect, RuntimeError):
-            return None
-        if message["type"] == "websocket.disconnect":
-            return None
-        try:
-            await stream.receive(message.get("text"))
-        except Refused as exc:
-            return exc
+    await close_websocket(websocket, outcome)

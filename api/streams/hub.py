@@ -17,7 +17,7 @@ from typing import Any
 
 import redis.exceptions
 
-from api.streams.wire import TOO_FAR_BEHIND, Outgoing, Refused
+from api.streams.wire import TOO_FAR_BEHIND, TOO_SLOW, Outgoing, Refused
 from conveyor import logs
 from conveyor.events import AsyncEventLog, StreamEvent, Tail, id_key
 from conveyor.redis_client import text
@@ -220,6 +220,9 @@ class Hub:
         #: When the last read of the stream returned (monotonic), and how many unexpected errors the reader met.
         self.read_at = 0.0
         self.failures = 0
+        #: Events handed to subscriptions, and subscriptions removed after falling too far behind (``/metrics``).
+        self.delivered = 0
+        self.slow_dropped = 0
 
     @contextlib.contextmanager
     def subscribe(self, selection: Selection, holder: str | None = None) -> Iterator[Subscription]:
@@ -259,6 +262,8 @@ class Hub:
     def remove(self, subscription: Subscription) -> None:
         """Stop delivering to ``subscription``; harmless when already removed."""
         subscription.direct = None
+        if subscription in self.subscribers and subscription.ended in (TOO_FAR_BEHIND, TOO_SLOW):
+            self.slow_dropped += 1
         self.subscribers.discard(subscription)
         _discard(self._all_jobs, subscription.selection.owner, subscription)
         holder = self._holders.pop(subscription, None)
@@ -326,20 +331,24 @@ class Hub:
         item = Outgoing.of(event)
         if event.room_id is not None:
             for subscription in tuple(self._by_room.get(event.room_id, ())):
-                subscription.offer(item)
+                self._offer(subscription, item)
             return
         if event.type is EventType.TOPIC_MESSAGE:
             if event.topic is not None:
                 for subscription in tuple(self._by_topic.get(self.topic_key(event.owner, event.topic), ())):
-                    subscription.offer(item)
+                    self._offer(subscription, item)
             return
         if event.job_id is None:
             return
         for subscription in tuple(self._all_jobs.get(event.owner, ())):
-            subscription.offer(item)
+            self._offer(subscription, item)
         for subscription in tuple(self._by_job.get(event.job_id, ())):
             if not subscription.selection.all_jobs and subscription.selection.owner == event.owner:
-                subscription.offer(item)
+                self._offer(subscription, item)
+
+    def _offer(self, subscription: Subscription, item: Outgoing) -> None:
+        self.delivered += 1
+        subscription.offer(item)
 
     def notice_all(self, message: str) -> None:
         item = Outgoing.notice(message)

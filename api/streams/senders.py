@@ -8,10 +8,11 @@ stream whose client does not take what is sent within ``timeout`` seconds as too
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import anyio
 from fastapi import WebSocket, WebSocketDisconnect
-from starlette.types import Receive, Send
+from starlette.types import Message, Receive, Send
 from starlette.websockets import WebSocketState
 
 from api.streams.session import ClientGone
@@ -53,8 +54,29 @@ class WebSocketSender:
         return None
 
 
-async def close_websocket(websocket: WebSocket, outcome: Refused) -> None:
-    """Send ``outcome``'s last message and its close code, unless the client is gone or does not read in time."""
+async def take_messages(websocket: WebSocket, handle: Callable[[Message], Awaitable[object]]) -> Refused | None:
+    """Hand each message the client sends to ``handle`` until the client disconnects (``None``) or ``handle``
+    refuses one (the :class:`Refused` is returned: the connection must close with it)."""
+    while True:
+        try:
+            message = await websocket.receive()
+        except (WebSocketDisconnect, RuntimeError):
+            return None
+        if message["type"] == "websocket.disconnect":
+            return None
+        try:
+            await handle(message)
+        except Refused as exc:
+            return exc
+
+
+async def close_websocket(websocket: WebSocket, outcome: Refused | None) -> None:
+    """Send ``outcome``'s last message and its close code (completing the handshake first if it was refused
+    before it), unless there is no outcome, or the client is gone or does not read in time."""
+    if outcome is None:
+        return
+    if websocket.client_state == WebSocketState.CONNECTING:
+        await websocket.accept()
     if websocket.application_state != WebSocketState.CONNECTED:
         return
     with anyio.move_on_after(CLOSE_TIMEOUT):

@@ -74,6 +74,58 @@ class ClientGone(Exception):
     """Raised by a :class:`Sender` whose client has disconnected."""
 
 
+async def wait_or_beat(subscription: Subscription, sender: Sender, heartbeat: float | None) -> None:
+    """Wait until ``subscription`` may have something (or has ended); with a ``heartbeat``, send one to the
+    client each time that many seconds pass with nothing, so idle proxies and clients know the stream is alive."""
+    if heartbeat is None:
+        await subscription.wait()
+        return
+    try:
+        async with asyncio.timeout(heartbeat):
+            await subscription.wait()
+    except TimeoutError:
+        await sender.heartbeat()
+
+
+async def side_by_side(
+    subscription: Subscription,
+    send: Callable[[], Awaitable[object]],
+    receive: Callable[[], Awaitable[Refused | None]],
+    failed: Callable[[], None],
+) -> Refused | None:
+    """Run ``send`` (the loop that writes to the client) and ``receive`` (the transport's loop over the client's
+    messages) side by side until either ends or ``subscription`` ends; the first to end stops the others. Returns
+    why the connection must close, if it must: the subscription's end first, then a :class:`Refused` raised by
+    ``send`` or returned by ``receive``. An unexpected error in ``send`` is reported with ``failed`` (called inside
+    the ``except``, so it can log the traceback) and closes only this connection, as ``INTERNAL_ERROR``; a client
+    that went away (:class:`ClientGone`) is no error."""
+    outcome: Refused | None = None
+    async with anyio.create_task_group() as group:
+        subscription.on_end = lambda _reason: group.cancel_scope.cancel()
+
+        async def sending() -> None:
+            nonlocal outcome
+            try:
+                await send()
+            except Refused as exc:
+                outcome = exc
+            except ClientGone:
+                pass
+            except Exception:  # noqa: BLE001 - ``failed`` logs it with its traceback
+                failed()
+                outcome = INTERNAL_ERROR
+            group.cancel_scope.cancel()
+
+        async def taking() -> None:
+            nonlocal outcome
+            outcome = await receive()
+            group.cancel_scope.cancel()
+
+        group.start_soon(sending)
+        group.start_soon(taking)
+    return subscription.ended or outcome
+
+
 class Sender(Protocol):
     """How a transport delivers one message (an event, or a notice without an id). Raises :class:`ClientGone`
     once the client is gone."""
@@ -210,32 +262,14 @@ class EventStream:
         """Send (:meth:`run`) and receive (``receive``, the transport's loop over client messages) side by side
         until either ends; the first to end stops the other. Returns why the stream must close, if it must (an
         unexpected error is logged and closes only this stream, as :data:`~api.streams.wire.INTERNAL_ERROR`)."""
-        outcome: Refused | None = None
-        async with anyio.create_task_group() as group:
-            self.subscription.on_end = lambda _reason: group.cancel_scope.cancel()
-
-            async def send() -> None:
-                nonlocal outcome
-                try:
-                    await self.run(sender, start, heartbeat)
-                except Refused as exc:
-                    outcome = exc
-                except ClientGone:
-                    pass
-                except Exception:
-                    log.exception("event stream failed; closed with 1011")
-                    outcome = INTERNAL_ERROR
-                group.cancel_scope.cancel()
-
-            async def take() -> None:
-                nonlocal outcome
-                outcome = await receive()
-                group.cancel_scope.cancel()
-
-            group.start_soon(send)
-            group.start_soon(take)
+        outcome = await side_by_side(
+            self.subscription,
+            lambda: self.run(sender, start, heartbeat),
+            receive,
+            lambda: log.exception("event stream failed; closed with 1011"),
+        )
         self.state = StreamState.CLOSING
-        return self.subscription.ended or outcome
+        return outcome
 
     async def run(
         self,
@@ -268,14 +302,7 @@ class EventStream:
                 self.state = StreamState.LIVE
                 if until_idle:
                     return sent
-                if heartbeat is None:
-                    await subscription.wait()
-                    continue
-                try:
-                    async with asyncio.timeout(heartbeat):
-                        await subscription.wait()
-                except TimeoutError:
-                    await sender.heartbeat()
+                await wait_or_beat(subscription, sender, heartbeat)
                 continue
             event, key = item.event, item.key
             if event is None or key is None:

@@ -19,13 +19,9 @@ log = logs.get("conveyor.ops.cli")
 
 
 def _migrate(settings: Settings) -> None:
-    from conveyor.store.db import create_engine, migrate
+    from conveyor.store.db import migrate_database
 
-    engine = create_engine(settings.effective_database_url)
-    try:
-        migrate(engine)
-    finally:
-        engine.dispose()
+    migrate_database(settings.effective_database_url)
 
 
 def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:

@@ -8,7 +8,9 @@ credentials before Flower picks a handler, so a path Flower adds later is covere
 
 Flower learns about tasks from the job event stream, not from Celery task events (workers send none):
 :mod:`conveyor.ops.flower_feed` folds the stream into Flower's state in this process. Flower still hears the
-workers' own heartbeats (``worker-*`` events), so it lists them.
+workers' own heartbeats (``worker-*`` events), so it lists them; :mod:`conveyor.ops.flower_workers` keeps
+``/api/workers`` to the live ones. The Broker page and ``/api/queues/length`` come from
+:mod:`conveyor.ops.flower_broker` (every queue's depth on Conveyor's Redis).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from tornado.routing import Router
 from tornado.web import Application, RequestHandler
 
 from conveyor import logs
+from conveyor.ops import flower_broker
 from conveyor.ops.flower_feed import FlowerFeed, install
+from conveyor.ops.flower_workers import WorkerWatch
 from conveyor.settings import Settings
 
 log = logs.get("conveyor.ops.flower")
@@ -110,7 +114,8 @@ class _Unauthorized(RequestHandler):
 
 class Gate(Router):
     """Routes a request to ``app`` only if it carries ``auth``'s credentials (or asks for a public path);
-    every other request gets 401 from a bare application that shares nothing with Flower."""
+    every other request gets 401 from a bare application that shares nothing with Flower. The paths of
+    :data:`conveyor.ops.flower_broker.HANDLERS` go to Conveyor's handlers, inside ``app``."""
 
     def __init__(self, app: Application, auth: BasicAuth) -> None:
         self.app = app
@@ -120,6 +125,9 @@ class Gate(Router):
     def find_handler(self, request: httputil.HTTPServerRequest, **kwargs: Any) -> httputil.HTTPMessageDelegate:
         public = request.path in PUBLIC_PATHS and request.method in ("GET", "HEAD")
         if public or self.auth.accepts(request.headers.get("Authorization")):
+            replaced = flower_broker.HANDLERS.get(request.path)
+            if replaced is not None:
+                return self.app.get_handler_delegate(request, replaced)
             return self.app.find_handler(request, **kwargs)
         return self._denied.get_handler_delegate(request, _Unauthorized)
 
@@ -128,7 +136,6 @@ def locked_flower(settings: Settings, auth: BasicAuth, io_loop: IOLoop) -> tuple
     """Flower's application for Conveyor's Celery app, the gate that must be served in its place, and the feed
     that fills Flower's state from the job event stream (to be run on ``io_loop``). Flower's options come from here
     only (no ``flowerconfig.py``, no ``FLOWER_*`` variables, no argv)."""
-    from flower.app import Flower
     from flower.urls import settings as flower_settings
     from tornado.options import options
 
@@ -139,7 +146,8 @@ def locked_flower(settings: Settings, auth: BasicAuth, io_loop: IOLoop) -> tuple
     # Flower would broadcast ``enable_events`` every 5 s, turning task events on in every worker.
     options.enable_events = False
     options.tasks_columns = TASKS_COLUMNS
-    app = Flower(
+    app = flower_broker.ConveyorFlower(
+        redis_url=settings.effective_redis_url,
         capp=create_celery(settings),
         options=options,
         io_loop=io_loop,
@@ -161,6 +169,7 @@ def serve(settings: Settings) -> int:
     asyncio.set_event_loop(loop)
     app, gate, feed = locked_flower(settings, auth, IOLoop.current())
     feeding = loop.create_task(feed.run())
+    watching = loop.create_task(WorkerWatch(app).run())
     server = HTTPServer(gate, max_body_size=MAX_BODY_BYTES)
     sockets = bind_sockets(settings.flower_port, address=settings.flower_host)
     server.add_sockets(sockets)
@@ -174,7 +183,8 @@ def serve(settings: Settings) -> int:
         server.stop()
         app.stop()
         feeding.cancel()
-        loop.run_until_complete(asyncio.gather(feeding, return_exceptions=True))
+        watching.cancel()
+        loop.run_until_complete(asyncio.gather(feeding, watching, return_exceptions=True))
         loop.run_until_complete(feed.client.aclose())
         loop.close()
     log.info("flower stopped")

@@ -239,13 +239,9 @@ class Readiness:
 
 
 def _migrate(settings: Settings) -> None:
-    from conveyor.store.db import create_engine, migrate
+    from conveyor.store.db import migrate_database
 
-    engine = create_engine(settings.effective_database_url)
-    try:
-        migrate(engine)
-    finally:
-        engine.dispose()
+    migrate_database(settings.effective_database_url)
 
 
 def secure_data_dir(settings: Settings) -> None:

@@ -14,7 +14,7 @@ from datetime import timedelta
 from celery import Celery
 from kombu.exceptions import ChannelError
 
-from conveyor import logs
+from conveyor import logs, metrics
 from conveyor.events import EventLog, job_event
 from conveyor.queue.messages import task_message
 from conveyor.redis_client import text
@@ -51,7 +51,7 @@ class Dispatcher:
             if created
         ]
         if fresh:
-            self.send_many(fresh)
+            self.send_many(fresh, new=True)
         return results
 
     def send(self, dispatch: Dispatch, *, announce: bool = True) -> bool:
@@ -59,10 +59,11 @@ class Dispatcher:
         (logged) if Redis refused."""
         return self.send_many([dispatch], announce=announce) == 1
 
-    def send_many(self, dispatches: Sequence[Dispatch], *, announce: bool = True) -> int:
+    def send_many(self, dispatches: Sequence[Dispatch], *, announce: bool = True, new: bool = False) -> int:
         """:meth:`send` for several jobs; returns how many tasks were sent. Their ``job.queued`` events and task
         messages go to Redis in one round trip (:mod:`conveyor.queue.messages`), then one transaction notes them sent.
-        If Redis refuses, nothing is noted and :meth:`dispatch_pending` sends them later."""
+        If Redis refuses, nothing is noted and :meth:`dispatch_pending` sends them later. ``new`` jobs (just
+        recorded) are counted as queued (:mod:`conveyor.metrics`) in the same round trip."""
         pipe = self.events.client.pipeline(transaction=False)
         if announce:
             for dispatch in dispatches:
@@ -70,6 +71,8 @@ class Dispatcher:
         for dispatch in dispatches:
             job_id = dispatch.job.job_id
             pipe.lpush(dispatch.queue, task_message(self.celery, dispatch.task_name, job_id, dispatch.queue))
+        for dispatch in dispatches if new else ():  # after the events: the first replies are their ids
+            metrics.count_job(pipe, dispatch.job)
         try:
             replies = pipe.execute()
         except Exception as exc:  # noqa: BLE001 - any Redis failure leaves the rows for dispatch_pending

@@ -34,7 +34,7 @@ from typing import Any
 import sqlalchemy as sa
 from celery import Celery
 
-from conveyor import logs
+from conveyor import logs, metrics
 from conveyor.events import EventLog, job_event
 from conveyor.names import TASK_FOR_KIND
 from conveyor.queue.messages import task_message
@@ -158,6 +158,8 @@ class Submitter:
         for job in jobs:
             task_name, queue = TASK_FOR_KIND[job.kind]
             pipe.lpush(queue, task_message(self.celery, task_name, job.job_id, queue))
+        for job in jobs:  # after the events: the first replies are their ids
+            metrics.count_job(pipe, job)
         try:
             replies = pipe.execute()
         except Exception as exc:  # noqa: BLE001 - any Redis failure leaves the rows to the dispatcher

@@ -337,3 +337,12 @@ def migrate(engine: Engine) -> None:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
         connection.commit()
+
+
+def migrate_database(url: str) -> None:
+    """:func:`migrate` the database at ``url`` with an engine of its own, disposed of afterwards."""
+    engine = create_engine(url)
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()

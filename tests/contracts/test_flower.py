@@ -119,3 +119,50 @@ def test_flowers_own_basic_auth_accepts_what_the_gate_accepts(flower: LiveFlower
         page = client.get("/workers", auth=AUTH)
         assert page.status_code == 200, page.text[:500]
         assert "<html" in page.text.lower()
+
+
+def test_flower_is_the_minor_version_we_checked() -> None:
+    """Conveyor replaces some of Flower's handlers and overrides parts of its application (the tests here say which):
+    a new minor version must be checked against them before pyproject.toml lets it in."""
+    from importlib.metadata import version
+
+    assert version("flower").split(".")[:2] == ["2", "2"]
+
+
+def test_the_broker_parts_we_override_are_flowers() -> None:
+    """``conveyor.ops.flower_broker`` overrides ``Flower.broker_uri``/``broker_uri_with_password`` (cached properties
+    read by ``BaseHandler.get_broker``), ``Flower.update_workers`` and ``get_active_queue_names`` of the two broker
+    handlers; Flower's ``Broker`` must still pick its Redis client for a ``redis://`` URL."""
+    from functools import cached_property
+
+    from flower.api.tasks import GetQueueLengths
+    from flower.app import Flower
+    from flower.utils.broker import Broker, Redis
+    from flower.views import BaseHandler
+    from flower.views.broker import BrokerView
+
+    assert isinstance(Flower.__dict__["broker_uri"], cached_property)
+    assert isinstance(Flower.__dict__["broker_uri_with_password"], cached_property)
+    assert "workername" in inspect.signature(Flower.update_workers).parameters
+    assert "broker_uri_with_password" in inspect.getsource(BaseHandler.get_broker)
+    for handler in (BrokerView, GetQueueLengths):
+        assert issubclass(handler, BaseHandler)
+        assert "get_active_queue_names" in inspect.getsource(handler.get)
+    assert isinstance(Broker("redis://:secret@127.0.0.1:1/0"), Redis)
+
+
+def test_replaced_handlers_are_conveyors(flower: LiveFlower) -> None:
+    from conveyor.ops.flower_broker import HANDLERS, ConveyorFlower
+
+    assert isinstance(flower.app, ConveyorFlower)
+    assert flower.app.broker_uri.startswith("redis://")
+    assert set(HANDLERS) == {"/broker", "/api/queues/length"}
+    with httpx.Client(base_url=flower.url, timeout=10) as client:
+        assert client.get("/api/queues/length").status_code == 401
+        lengths = client.get("/api/queues/length", auth=AUTH)
+        assert lengths.status_code == 200, lengths.text
+        assert [queue["name"] for queue in lengths.json()["active_queues"]][:3] == [
+            "uploads",
+            "notifications",
+            "housekeeping",
+        ]

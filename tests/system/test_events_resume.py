@@ -80,7 +80,7 @@ def test_sse_resume_with_last_event_id_gets_exactly_the_missed_events_then_live_
 
 
 def test_a_job_submitted_on_one_api_is_seen_by_a_client_of_another(stack: Stack) -> None:
-    with api_process("api-2", stack.redis_url, stack.data_dir) as other:
+    with api_process("api-2", stack.redis_url, stack.data_dir, stack.database_url) as other:
         other_ws = other.replace("http://", "ws://")
         with (
             connect(f"{other_ws}/ws", open_timeout=10, additional_headers=stack.headers) as ws,

@@ -356,18 +356,18 @@ def test_the_log_files_name_no_secret(notify: NotifyStack) -> None:
 
 
 def test_http_get_records_the_parsed_json_in_the_result(notify: NotifyStack) -> None:
-    url = notify.receiver.script("/menu", Reply(200, JSON, b'{"dishes":["soup","pizza"]}'))
+    url = notify.receiver.script("/http-menu", Reply(200, JSON, b'{"dishes":["soup","pizza"]}'))
     job_id = submit(notify, {"channel": "http", "method": "GET", "url": url, "headers": {"X-Token": "t0k"}})
     assert types(job_events(notify, job_id)) == ["job.queued", "job.started", "job.succeeded"]
     job = httpx.get(f"{notify.api}/jobs/{job_id}", headers=notify.headers).json()
     assert job["result"]["status_code"] == 200 and job["result"]["body"] == {"dishes": ["soup", "pizza"]}
     assert job["request"]["headers"] == {"X-Token": "**********"}
-    (request,) = notify.receiver.requests("/menu")
+    (request,) = notify.receiver.requests("/http-menu")
     assert request.headers["x-token"] == "t0k" and request.body == b""
 
 
 def test_http_503_then_200_retries_once_and_succeeds(notify: NotifyStack) -> None:
-    url = notify.receiver.script("/busy", Reply(503), Reply(200, JSON, b"{}"))
+    url = notify.receiver.script("/http-busy", Reply(503), Reply(200, JSON, b"{}"))
     job_id = submit(notify, {"channel": "http", "method": "POST", "url": url, "json": {"refund": 7}})
     assert types(job_events(notify, job_id)) == [
         "job.queued",
@@ -377,15 +377,15 @@ def test_http_503_then_200_retries_once_and_succeeds(notify: NotifyStack) -> Non
         "job.succeeded",
     ]
     assert attempts(notify, job_id) == [("transient", 503), ("delivered", 200)]
-    assert [json.loads(r.body) for r in notify.receiver.requests("/busy")] == [{"refund": 7}, {"refund": 7}]
+    assert [json.loads(r.body) for r in notify.receiver.requests("/http-busy")] == [{"refund": 7}, {"refund": 7}]
 
 
 def test_http_404_fails_at_once(notify: NotifyStack) -> None:
-    url = notify.receiver.script("/nothing", Reply(404), Reply(200))
+    url = notify.receiver.script("/http-nothing", Reply(404), Reply(200))
     job_id = submit(notify, {"channel": "http", "url": url})
     events = job_events(notify, job_id)
     assert types(events) == ["job.queued", "job.started", "job.failed"], events
-    assert "404" in events[-1]["error"] and len(notify.receiver.requests("/nothing")) == 1
+    assert "404" in events[-1]["error"] and len(notify.receiver.requests("/http-nothing")) == 1
 
 
 def test_http_to_a_private_address_is_refused_at_submission_by_default(stack: Stack) -> None:

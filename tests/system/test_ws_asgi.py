@@ -22,7 +22,7 @@ pytestmark = pytest.mark.system
 def asgi_ws(stack: Stack) -> Iterator[str]:
     """A second api on the stack's Redis and job store, serving /ws through FastAPI."""
     settings = {"CONVEYOR_WS_NATIVE": "false", "CONVEYOR_WS_SEND_QUEUE": "10"}
-    with api_process("api-asgi", stack.redis_url, stack.data_dir, **settings) as base_url:
+    with api_process("api-asgi", stack.redis_url, stack.data_dir, stack.database_url, **settings) as base_url:
         yield base_url.replace("http://", "ws://")
 
 

@@ -222,6 +222,8 @@ async def test_a_room_read_as_server_sent_events_needs_only_the_token(api: Api) 
     async with api.anonymous() as stranger:
         refused = await stranger.get(f"/rooms/{room['room_id']}/events?token=wrong")
         assert refused.status_code == 404 and "no room" in refused.json()["detail"]
+        tokenless = await stranger.get(f"/rooms/{room['room_id']}/events")
+        assert tokenless.status_code == 401 and "join token" in tokenless.json()["detail"]
 
 
 def test_plain_text_commands() -> None:

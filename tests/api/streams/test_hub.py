@@ -140,3 +140,18 @@ def test_text_frame_lengths(size: int) -> None:
         assert frame[1] == 126 and struct.unpack("!H", frame[2:4])[0] == size
     else:
         assert frame[1] == 127 and struct.unpack("!Q", frame[2:10])[0] == size
+
+
+def test_the_hub_counts_deliveries_and_slow_consumers_for_metrics() -> None:
+    hub = Hub(events=None, queue_size=3)  # type: ignore[arg-type]
+    slow = hub.add(Selection(OWNER))
+    quick = hub.add(Selection(OWNER, jobs=["j0"]))
+    for seq in range(4):
+        hub.publish_local(event(f"7-{seq}", EventType.STARTED, job_id=f"j{seq}"))
+    assert hub.delivered == 5  # four to the one following every job, one to the one following j0
+    assert slow.overflowed and not quick.overflowed
+    hub.remove(quick)
+    assert hub.slow_dropped == 0
+    hub.remove(slow)
+    hub.remove(slow)  # harmless, and counted once
+    assert hub.slow_dropped == 1
