@@ -21,6 +21,8 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, Request, sync_pla
 from tests.support import ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
+#: The api's address under a host name (:data:`ARGS` maps it to 127.0.0.1): ``http://conveyor.test:<port>``.
+NAME = "conveyor.test"
 ARGS = [
     "--headless",
     "--no-sandbox",
@@ -30,6 +32,9 @@ ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    # A name that is not localhost for the api, so pages behave as they would on a real host (Swagger UI, say,
+    # treats localhost apart); nothing else resolves differently.
+    f"--host-resolver-rules=MAP {NAME} 127.0.0.1",
 ]
 #: Set to a directory (``docs/screenshots``) to also write there the screenshots the README shows.
 SCREENSHOTS_VARIABLE = "CONVEYOR_SCREENSHOTS"
@@ -82,6 +87,11 @@ class Tab:
             where.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, where / path.name)
         return path
+
+
+def by_name(base_url: str) -> str:
+    """``base_url`` (``http://127.0.0.1:<port>``) under :data:`NAME`."""
+    return base_url.replace("127.0.0.1", NAME)
 
 
 def _origin(url: str) -> str:

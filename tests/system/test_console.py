@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser
 
-from tests.browser import Tab, chromium, tab
+from tests.browser import Tab, by_name, chromium, tab
 from tests.devstack import DevStack
 from tests.receivers import Reply
 from tests.support import wait_until_healthy
@@ -202,7 +202,12 @@ def test_the_console_is_usable_at_390_px_and_by_keyboard(browser: Browser, dev_s
         clean(narrow)
 
 
-def test_docs_and_redoc_render_the_operations_offline(page: Tab, dev_stack: DevStack) -> None:
+def test_docs_and_redoc_render_the_operations_offline(browser: Browser, dev_stack: DevStack, tmp_path: Path) -> None:
+    with tab(browser, by_name(dev_stack.base_url), tmp_path / "screenshots") as page:
+        docs_offline(page)
+
+
+def docs_offline(page: Tab) -> None:
     page.page.goto("/docs")
     page.page.wait_for_selector(".opblock")
     operations = page.page.locator(".opblock").count()
