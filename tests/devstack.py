@@ -73,6 +73,8 @@ def dev_stack(work: Path) -> Iterator[DevStack]:
         ports = [value for name, value in env.items() if name.endswith("_PORT")]
         if len(set(ports)) == len(ports) or start == STARTS - 1:
             break
+    # Pages may also be opened under a host name (tests/browser.py maps it to 127.0.0.1), as behind a proxy.
+    env["CONVEYOR_ALLOWED_ORIGINS"] = f"http://conveyor.test:{api_port}"
     run = conveyor("run", ["run"], env, work, cwd=work)
     base_url = f"http://127.0.0.1:{api_port}"
     try:
