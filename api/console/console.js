@@ -234,10 +234,8 @@ function render(id) {
   const job = state.jobs.get(id);
   const existing = document.getElementById(`job-${id}`);
   const shown = matches(job);
-  if (existing && shown) {
-    existing.replaceWith(row(job));
-  } else if (existing && !shown) {
-    // a filtered view keeps the row until it is read again, so that a button's outcome stays visible
+  if (existing) {
+    // kept even when it no longer matches the filters (until they are read again): a button's outcome stays visible
     existing.replaceWith(row(job));
   } else if (shown) {
     // now matching the filters (a job that just failed, in the failed view): shown in its place, newest first
