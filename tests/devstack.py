@@ -60,19 +60,11 @@ class DevStack:
         return [sys.executable, "-m", "conveyor"]
 
 
-#: Starts tried: ``run_env`` picks each port free on its own, so two parts may now and then get the same one.
-STARTS = 3
-
-
 @contextlib.contextmanager
 def dev_stack(work: Path) -> Iterator[DevStack]:
     """``conveyor run`` in ``work`` (data under ``work/var``) until the block ends."""
     data_dir = work / "var"
-    for start in range(STARTS):
-        env, api_port, _ = run_env(data_dir, CONVEYOR_MAX_ATTEMPTS="1")
-        ports = [value for name, value in env.items() if name.endswith("_PORT")]
-        if len(set(ports)) == len(ports) or start == STARTS - 1:
-            break
+    env, api_port, _ = run_env(data_dir, CONVEYOR_MAX_ATTEMPTS="1")
     # Pages may also be opened under a host name (tests/browser.py maps it to 127.0.0.1), as behind a proxy.
     env["CONVEYOR_ALLOWED_ORIGINS"] = f"http://conveyor.test:{api_port}"
     run = conveyor("run", ["run"], env, work, cwd=work)
