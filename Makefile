@@ -69,3 +69,8 @@ format: $(VENV)/.dev
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+
+# The console's browser tests (Debian's /usr/bin/chromium), also writing the README's screenshots.
+.PHONY: screenshots
+screenshots: $(VENV)/.dev
+	CONVEYOR_SCREENSHOTS=docs/screenshots $(BIN)/pytest -p no:cacheprovider tests/system/test_console.py

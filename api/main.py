@@ -25,11 +25,22 @@ GUARDED: dict[int | str, dict[str, Any]] = {
 }
 
 
+#: The OpenAPI description: what the operations list cannot show.
+DESCRIPTION = (
+    "Slow work off the request path: submit uploads and notifications, follow each job's events live.\n\n"
+    "Every operation but `/health` needs `Authorization: Bearer <API key>`. Job and topic events stream on "
+    "`GET /ws` (WebSocket) and `GET /events` (Server-Sent Events), resumable with `last_event_id`: the protocol "
+    "(filters, messages, close codes) is in `docs/EVENTS.md` of the repository. A web console is at "
+    "[/console](/console)."
+)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The api, wired to ``settings`` (default: the environment). Connections open in the lifespan."""
     app = FastAPI(
         title="Conveyor",
         version=__version__,
+        description=DESCRIPTION,
         lifespan=lifespan_for(settings or get_settings()),
         docs_url=None,  # /docs and /redoc: api.routes.console serves them from vendored files
         redoc_url=None,

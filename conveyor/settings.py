@@ -330,9 +330,9 @@ class Settings(BaseSettings):
         return self.flower_user, password
 
 
-#: ``CONVEYOR_`` variables that are not settings (read elsewhere: process names, the test suite, compose, clients).
+#: ``CONVEYOR_`` variables that are not settings (read elsewhere: process names, the test suite, compose).
 OTHER_VARIABLES = frozenset(
-    {"CONVEYOR_PROCESS_NAME", "CONVEYOR_TEST_POSTGRES_URL", "CONVEYOR_IMAGE", "CONVEYOR_API_KEY", "CONVEYOR_API_URL"}
+    {"CONVEYOR_PROCESS_NAME", "CONVEYOR_TEST_POSTGRES_URL", "CONVEYOR_IMAGE"}
     # The test suite's job store (tests/postgres.py), compose's PostgreSQL password (compose.yaml).
     | {"CONVEYOR_TEST_STORE", "CONVEYOR_POSTGRES_PASSWORD"}
 )

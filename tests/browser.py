@@ -21,6 +21,8 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, Request, sync_pla
 from tests.support import ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
+#: The api's address under a host name (:data:`ARGS` maps it to 127.0.0.1): ``http://conveyor.test:<port>``.
+NAME = "conveyor.test"
 ARGS = [
     "--headless",
     "--no-sandbox",
@@ -30,6 +32,9 @@ ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    # A name that is not localhost for the api, so pages behave as they would on a real host (Swagger UI, say,
+    # treats localhost apart); nothing else resolves differently.
+    f"--host-resolver-rules=MAP {NAME} 127.0.0.1",
 ]
 #: Set to a directory (``docs/screenshots``) to also write there the screenshots the README shows.
 SCREENSHOTS_VARIABLE = "CONVEYOR_SCREENSHOTS"
@@ -70,17 +75,23 @@ class Tab:
         local = ("data:", f"blob:{self.origin}/")
         return [url for url in self.requests if not url.startswith(local) and _origin(url) != self.origin]
 
-    def screenshot(self, name: str, full_page: bool = False) -> Path:
-        """Save the page as ``NAME.png`` in the test's directory, and under ``$CONVEYOR_SCREENSHOTS`` when set."""
+    def screenshot(self, name: str, readme: bool = False) -> Path:
+        """Save the page as ``NAME.png`` in the test's directory; one the README shows (``readme``) also under
+        ``$CONVEYOR_SCREENSHOTS`` when that is set."""
         self.shots.mkdir(parents=True, exist_ok=True)
         path = self.shots / f"{name}.png"
-        self.page.screenshot(path=str(path), full_page=full_page)
+        self.page.screenshot(path=str(path))
         target = os.environ.get(SCREENSHOTS_VARIABLE)
-        if target:
+        if target and readme:
             where = Path(target) if Path(target).is_absolute() else ROOT / target
             where.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, where / path.name)
         return path
+
+
+def by_name(base_url: str) -> str:
+    """``base_url`` (``http://127.0.0.1:<port>``) under :data:`NAME`."""
+    return base_url.replace("127.0.0.1", NAME)
 
 
 def _origin(url: str) -> str:

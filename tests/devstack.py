@@ -65,6 +65,8 @@ def dev_stack(work: Path) -> Iterator[DevStack]:
     """``conveyor run`` in ``work`` (data under ``work/var``) until the block ends."""
     data_dir = work / "var"
     env, api_port, _ = run_env(data_dir, CONVEYOR_MAX_ATTEMPTS="1")
+    # Pages may also be opened under a host name (tests/browser.py maps it to 127.0.0.1), as behind a proxy.
+    env["CONVEYOR_ALLOWED_ORIGINS"] = f"http://conveyor.test:{api_port}"
     run = conveyor("run", ["run"], env, work, cwd=work)
     base_url = f"http://127.0.0.1:{api_port}"
     try:

@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -97,17 +98,27 @@ def base_env(data_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports that were free a moment ago: all bound at once before any is released, so the
+    kernel cannot hand the same one out twice (as separate :func:`free_port` calls can)."""
+    with contextlib.ExitStack() as held:
+        socks = [held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
 def run_env(data_dir: Path, **extra: str) -> tuple[dict[str, str], int, int]:
     """An environment for ``conveyor run`` on free ports (embedded Redis, api, Flower); returns it with the
     api's and Flower's ports."""
-    api_port, flower_port = free_port(), free_port()
+    api_port, flower_port, redis_port, smtp_port, http_port = free_ports(5)
     env = base_env(
         data_dir,
         CONVEYOR_API_PORT=str(api_port),
         CONVEYOR_FLOWER_PORT=str(flower_port),
-        CONVEYOR_REDIS_PORT=str(free_port()),
-        CONVEYOR_CATCHER_SMTP_PORT=str(free_port()),
-        CONVEYOR_CATCHER_HTTP_PORT=str(free_port()),
+        CONVEYOR_REDIS_PORT=str(redis_port),
+        CONVEYOR_CATCHER_SMTP_PORT=str(smtp_port),
+        CONVEYOR_CATCHER_HTTP_PORT=str(http_port),
         **extra,
     )
     return env, api_port, flower_port

@@ -32,7 +32,14 @@ const state = {
   pending: null, // events received before the first list was read
   upload: null, // { jobId } of the upload whose processing bar is shown
   detail: null, // job id shown in the detail panel
+  topics: [], // topics subscribed to, on a stream of their own
+  topicSource: null,
+  topicLastEventId: null,
+  topicTimer: null,
+  seconds: [], // the last CHART_SECONDS seconds: { at, succeeded, failed, cancelled, active }
 };
+const CHART_SECONDS = 60;
+const CHART_COLOURS = { succeeded: "#1a7f37", failed: "#cf222e", cancelled: "#8c959f", active: "#fb8500" };
 
 const $ = (selector) => document.querySelector(selector);
 
@@ -73,6 +80,8 @@ async function signIn(key) {
   $("#app").hidden = false;
   $("#nav").hidden = false;
   connect();
+  drawChart();
+  setInterval(drawChart, 1000);
 }
 
 function signOut() {
@@ -138,6 +147,11 @@ function scheduleReconnect() {
 
 function applyEvent(event) {
   const id = event.job_id;
+  const outcome = event.type.slice(4);
+  if (FINISHED.has(outcome)) {
+    currentSecond()[outcome] += 1;
+    setTimeout(drawChart, 0); // after the row's state below has changed
+  }
   const timeline = state.timelines.get(id) || [];
   timeline.push(event.type);
   state.timelines.set(id, timeline);
@@ -220,10 +234,8 @@ function render(id) {
   const job = state.jobs.get(id);
   const existing = document.getElementById(`job-${id}`);
   const shown = matches(job);
-  if (existing && shown) {
-    existing.replaceWith(row(job));
-  } else if (existing && !shown) {
-    // a filtered view keeps the row until it is read again, so that a button's outcome stays visible
+  if (existing) {
+    // kept even when it no longer matches the filters (until they are read again): a button's outcome stays visible
     existing.replaceWith(row(job));
   } else if (shown) {
     // now matching the filters (a job that just failed, in the failed view): shown in its place, newest first
@@ -422,6 +434,133 @@ function upload(event) {
   request.send(form);
 }
 
+// --- the chart: jobs finished per second by outcome, and the jobs not finished, from the events the page sees -----
+
+function currentSecond() {
+  const now = Math.floor(Date.now() / 1000);
+  let last = state.seconds[state.seconds.length - 1];
+  while (!last || last.at < now) {
+    last = { at: last ? last.at + 1 : now, succeeded: 0, failed: 0, cancelled: 0, active: activeCount() };
+    state.seconds.push(last);
+  }
+  state.seconds = state.seconds.slice(-CHART_SECONDS);
+  return last;
+}
+
+function activeCount() {
+  let count = 0;
+  for (const job of state.jobs.values()) if (ACTIVE.has(job.status)) count += 1;
+  return count;
+}
+
+function drawChart() {
+  const second = currentSecond();
+  second.active = activeCount();
+  $("#active-count").textContent = String(second.active);
+  for (const outcome of FINISHED) {
+    $("#chart").dataset[outcome] = String(state.seconds.reduce((sum, s) => sum + s[outcome], 0));
+  }
+  const canvas = $("#chart");
+  const context = canvas.getContext("2d");
+  const { width, height } = canvas;
+  context.clearRect(0, 0, width, height);
+  const top = Math.max(1, ...state.seconds.map((s) => Math.max(s.succeeded + s.failed + s.cancelled, s.active)));
+  const slot = width / CHART_SECONDS;
+  const scale = (height - 12) / top;
+  const offset = CHART_SECONDS - state.seconds.length;
+  state.seconds.forEach((s, index) => {
+    let y = height;
+    for (const outcome of ["succeeded", "failed", "cancelled"]) {
+      const h = s[outcome] * scale;
+      context.fillStyle = CHART_COLOURS[outcome];
+      context.fillRect((offset + index) * slot + 1, y - h, slot - 2, h);
+      y -= h;
+    }
+  });
+  context.strokeStyle = CHART_COLOURS.active;
+  context.lineWidth = 2;
+  context.beginPath();
+  state.seconds.forEach((s, index) => {
+    const x = (offset + index + 0.5) * slot;
+    const y = height - s.active * scale;
+    if (index === 0) context.moveTo(x, y);
+    else context.lineTo(x, y);
+  });
+  context.stroke();
+  context.fillStyle = "#57606a";
+  context.font = "11px system-ui, sans-serif";
+  context.fillText(`${top}`, 2, 10);
+}
+
+// --- topics ------------------------------------------------------------------------------------------------------
+
+async function connectTopics() {
+  clearTimeout(state.topicTimer);
+  if (state.topicSource) state.topicSource.close();
+  state.topicSource = null;
+  if (state.topics.length === 0) return;
+  let ticket;
+  try {
+    ticket = (await api("/ws-tickets", { method: "POST" })).ticket;
+  } catch {
+    state.topicTimer = setTimeout(connectTopics, 1000);
+    return;
+  }
+  const params = new URLSearchParams({ ticket });
+  for (const topic of state.topics) params.append("topic", topic);
+  if (state.topicLastEventId) params.set("last_event_id", state.topicLastEventId);
+  const source = new EventSource(`/events?${params}`);
+  state.topicSource = source;
+  source.onmessage = (message) => {
+    let data;
+    try {
+      data = JSON.parse(message.data);
+    } catch {
+      return;
+    }
+    if (message.lastEventId) state.topicLastEventId = message.lastEventId;
+    if (data.type !== "topic.message") return;
+    const item = document.createElement("li");
+    item.textContent = `${data.topic}: ${typeof data.message === "string" ? data.message : JSON.stringify(data.message)}`;
+    $("#topic-messages").append(item);
+  };
+  source.onerror = () => {
+    source.close();
+    if (state.topicSource === source) state.topicTimer = setTimeout(connectTopics, 1000);
+  };
+}
+
+function subscribe(event) {
+  event.preventDefault();
+  const topic = $("#topic").value.trim();
+  if (!topic || state.topics.includes(topic)) return;
+  state.topics.push(topic);
+  $("#topic-list").textContent = state.topics.join(", ");
+  connectTopics();
+}
+
+async function publish(event) {
+  event.preventDefault();
+  const topic = $("#topic").value.trim();
+  const text = $("#topic-message").value;
+  let message = text;
+  try {
+    message = JSON.parse(text);
+  } catch {
+    // plain text is a message too
+  }
+  try {
+    await api("/notifications", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ channel: "websocket", topic, message }),
+    });
+    $("#topic-message").value = "";
+  } catch (error) {
+    $("#topic-list").textContent = `${state.topics.join(", ") || "none"} (publish refused: ${error.message})`;
+  }
+}
+
 // --- a job's page ------------------------------------------------------------------------------------------------
 
 async function showDetail(id, fetchAll) {
@@ -469,6 +608,8 @@ function start() {
     tab.addEventListener("click", () => setFilter(tab.dataset.status, ""));
   }
   $("#more").addEventListener("click", () => loadJobs(false));
+  $("#topic-form").addEventListener("submit", subscribe);
+  $("#publish-form").addEventListener("submit", publish);
   $("#detail-close").addEventListener("click", () => {
     state.detail = null;
     $("#detail").hidden = true;
@@ -482,7 +623,14 @@ function start() {
     history.replaceState(null, "", location.pathname);
   }
   const saved = sessionStorage.getItem(KEY_STORAGE);
-  if (saved) signIn(saved).catch(() => sessionStorage.removeItem(KEY_STORAGE));
+  if (saved) {
+    signIn(saved).catch((failure) => {
+      state.key = null;
+      if (failure.status === 401) sessionStorage.removeItem(KEY_STORAGE); // kept when the api is just away
+      $("#sign-in-error").textContent =
+        failure.status === 401 ? "That key is no longer valid." : `The api did not answer (${failure.message}); sign in again.`;
+    });
+  }
 }
 
 document.addEventListener("DOMContentLoaded", start);

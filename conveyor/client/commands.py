@@ -25,7 +25,19 @@ CHANNELS = ("log", "webhook", "email", "websocket", "http")
 FINISHED = frozenset({"succeeded", "failed", "cancelled"})
 #: Exit status of a command the api refused, or of a bad argument.
 REFUSED = 2
-_TEXT_FLAGS = ("message", "level", "url", "type", "subject", "text", "html", "topic", "method", "secret")
+#: The body's text fields that have a flag of their own, and which channels read each.
+_TEXT_FLAGS = {
+    "message": "log: the message; websocket: the message (JSON, or else text)",
+    "level": "log: debug, info, warning or error",
+    "url": "webhook, http: where to send it",
+    "type": "webhook: the event type (default notification)",
+    "subject": "email: the subject",
+    "text": "email: the plain-text body",
+    "html": "email: an HTML body as well",
+    "topic": "websocket: the topic to publish to",
+    "method": "http: GET, POST, PUT, PATCH or DELETE",
+    "secret": "webhook: its own signing secret (whsec_…), instead of the server's",
+}
 
 
 class UsageError(Exception):
@@ -42,8 +54,8 @@ def add_arguments(name: str, command: argparse.ArgumentParser) -> None:
     if name == "submit":
         command.add_argument("channel", choices=CHANNELS)
         command.add_argument("--json", dest="body", metavar="BODY", help="the whole body, as JSON (flags add to it)")
-        for flag in _TEXT_FLAGS:
-            command.add_argument(f"--{flag}")
+        for flag, text in _TEXT_FLAGS.items():
+            command.add_argument(f"--{flag}", help=text)
         command.add_argument("--data", metavar="JSON", help="log, webhook: structured data, as a JSON object")
         command.add_argument("--to", action="append", help="email: a recipient (repeat for more)")
         command.add_argument("--header", action="append", metavar="NAME=VALUE", help="http: a header (repeatable)")

@@ -68,13 +68,13 @@ class Display:
         if self.progress is not None and bar.task is not None:
             self.progress.update(bar.task, completed=bar.done, detail=self._detail(bar))
             return
-        if changed:
-            self.line(f"{bar.label} {bar.status}")
         step = int(100 * bar.done / bar.total) // PLAIN_STEP * PLAIN_STEP
         if done is not None and step > bar.shown_step:
             bar.shown_step = step
             extra = f" ({bar.done / MB:.1f} of {bar.total / MB:.1f} MB)" if bar.in_bytes else ""
             self.line(f"{bar.label} {step}%{extra}")
+        if changed:
+            self.line(f"{bar.label} {bar.status}")
 
     def _detail(self, bar: _Bar) -> str:
         if not bar.in_bytes:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from tests.devstack import DevStack
 from tests.receivers import Reply
+from tests.support import wait_until_healthy
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(180)]
 
@@ -102,3 +104,28 @@ def test_submit_watch_succeeds_and_refusals_are_one_line_with_status_2(dev_stack
         check=False,
     )
     assert bad_key.returncode == 2 and bad_key.stderr.startswith("conveyor jobs: HTTP 401"), bad_key.stderr
+
+
+def test_watch_resumes_after_the_api_is_killed_and_restarted(dev_stack: DevStack) -> None:
+    url = dev_stack.receiver.script("/cli-slow", Reply(status=200, hang=4))
+    job_id = client(dev_stack, "submit", "webhook", "--url", url).stdout.strip()
+    watcher = subprocess.Popen(
+        [*dev_stack.client(), "watch", job_id, "--json"],
+        env=dev_stack.client_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert watcher.stdout is not None
+        seen = [json.loads(watcher.stdout.readline())["type"] for _ in range(2)]
+        assert seen == ["job.queued", "job.started"], seen
+        (api,) = dev_stack.part_pids("api")
+        os.kill(api, signal.SIGKILL)
+        out, err = watcher.communicate(timeout=90)
+    finally:
+        watcher.kill()
+    types = seen + [json.loads(line)["type"] for line in out.splitlines()]
+    assert watcher.returncode == 0, (types, err)
+    assert [t for t in types if t != "job.progress"] == ["job.queued", "job.started", "job.succeeded"], types
+    wait_until_healthy(dev_stack.base_url, 60, [dev_stack.run])
