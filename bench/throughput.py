@@ -162,7 +162,7 @@ async def accept_only(pool: loadgen.Pool, jobs: int, meter: jobstack.Meter, tuto
     warm = iter(range(WARMUP))
     await asyncio.gather(*(client(connection, warm) for connection in pool.connections))
     tickets = iter(range(jobs))
-    with meter:
+    with jobstack.profiled(f"throughput-{'tutorial' if tutorial else 'conveyor'}-api", meter.pids), meter:
         started = loop.time()
         await asyncio.gather(*(client(connection, tickets) for connection in pool.connections))
         return loop.time() - started
