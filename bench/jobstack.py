@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 import os
 import shutil
@@ -241,16 +242,26 @@ class Conveyor:
         return loadgen.pool(self.base_url, self.headers, connections)
 
 
+_databases = itertools.count(1)
+
+
+def fresh_database(redis_url: str) -> str:
+    """``redis_url`` with a Redis database number no stack of this run used yet (1 to 15, then round again): each
+    Conveyor stack gets an empty event stream, so that Flower's replay at start is not of earlier stacks' jobs."""
+    return f"{redis_url.rsplit('/', 1)[0]}/{1 + (next(_databases) - 1) % 15}"
+
+
 @contextlib.contextmanager
 def conveyor(redis_url: str, root: Path, workers: int = 1, flower: bool = True) -> Iterator[Conveyor]:
     """``conveyor api``, ``workers`` notifications workers (their default pool) and ``conveyor flower`` (unless
-    ``flower`` is false) on ``redis_url``, SQLite under ``root``; stopped on exit, after which ``stats`` holds
-    every process's job-store counts (:func:`read_stats`)."""
+    ``flower`` is false) on a database of its own of the Redis at ``redis_url`` (:func:`fresh_database`), SQLite
+    under ``root``; stopped on exit, after which ``stats`` holds every process's job-store counts
+    (:func:`read_stats`)."""
     port = free_port()
     stats = root / "stats.jsonl"
     environ = procs.env(
         CONVEYOR_DATA_DIR=str(root / "var"),
-        CONVEYOR_REDIS_URL=redis_url,
+        CONVEYOR_REDIS_URL=fresh_database(redis_url),
         CONVEYOR_API_PORT=str(port),
         CONVEYOR_FLOWER_PORT=str(free_port()),
         CONVEYOR_FLOWER_PASSWORD=FLOWER_PASSWORD,

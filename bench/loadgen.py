@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -26,7 +27,7 @@ class Answer:
     def __init__(self, status: int, body: bytes) -> None:
         self.status, self.body = status, body
 
-    def json(self) -> object:
+    def json(self) -> Any:
         return orjson.loads(self.body)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -146,16 +147,23 @@ def spread_table(runs: list[list[Report]]) -> list[str]:
     """Each check over several runs: every run's value, min–max, and in how many runs it was met."""
     if not runs or not any(report.checks for report in runs[0]):
         return []
-    lines = ["| goal | target | " + " | ".join(f"run {n + 1}" for n in range(len(runs))) + " | spread | met in |"]
-    lines.append("|---|---|" + "---|" * len(runs) + "---|---|")
+    lines = [
+        "| goal | target | " + " | ".join(f"run {n + 1}" for n in range(len(runs))) + " | median | spread | met in |"
+    ]
+    lines.append("|---|---|" + "---|" * len(runs) + "---|---|---|")
     firsts = [check for report in runs[0] for check in report.checks]
     for index, check in enumerate(firsts):
         same = [[c for r in run for c in r.checks][index] for run in runs]
         values = [c.value for c in same if c.value is not None]
         spread = f"{_fmt(min(values))}–{_fmt(max(values))}" if values else "–"
+        middle = _fmt(statistics.median(values)) if values else "–"
         met = sum(1 for c in same if c.met)
         cells = [_measured(c) for c in same]
-        lines.append(f"| {check.goal} | {_target(check)} | " + " | ".join(cells) + f" | {spread} | {met}/{len(runs)} |")
+        lines.append(
+            f"| {check.goal} | {_target(check)} | "
+            + " | ".join(cells)
+            + f" | {middle} | {spread} | {met}/{len(runs)} |"
+        )
     return lines
 
 

@@ -236,6 +236,7 @@ class _WriteLock:
         self.pid = -1
         self.fd = -1
         self.since = 0.0
+        self.since_cpu = 0.0
         self.timeout = WRITE_LOCK_TIMEOUT
 
     def __enter__(self) -> None:
@@ -251,6 +252,7 @@ class _WriteLock:
             self.thread_lock.release()
             raise
         self.since = time.perf_counter()
+        self.since_cpu = time.thread_time()
 
     def _flock(self, deadline: float) -> None:
         """Take the file lock, waiting (in short sleeps, growing to 2 ms) until ``deadline`` at most."""
@@ -269,6 +271,7 @@ class _WriteLock:
 
     def __exit__(self, *_exc: object) -> None:
         STATS.write_lock_held_s += time.perf_counter() - self.since
+        STATS.write_lock_cpu_s += time.thread_time() - self.since_cpu
         STATS.write_lock_acquired += 1
         try:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
@@ -297,10 +300,13 @@ def _write_lock(engine: Engine) -> contextlib.AbstractContextManager[Any]:
 @dataclass
 class Stats:
     """What this process asked of the job store: transactions committed (every engine's commit events), and (SQLite)
-    how long and how often it held the write lock. Read by the benchmarks and tests (``CONVEYOR_STATS_FILE``)."""
+    how long and how often it held the write lock, and the CPU time the holding thread used meanwhile (the rest of
+    the hold is waiting: for the GIL, for a core, for the disk). Read by the benchmarks and tests
+    (``CONVEYOR_STATS_FILE``)."""
 
     transactions: int = 0
     write_lock_held_s: float = 0.0
+    write_lock_cpu_s: float = 0.0
     write_lock_acquired: int = 0
 
 

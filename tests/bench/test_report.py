@@ -37,5 +37,5 @@ def test_the_goals_table_lists_every_check_of_every_report() -> None:
 def test_the_spread_table_shows_each_run_and_the_range() -> None:
     runs = [[report(Check("ratio", value, 1.0, True))] for value in (1.2, 0.9, 1.1)]
     lines = spread_table(runs)
-    assert lines[0] == "| goal | target | run 1 | run 2 | run 3 | spread | met in |"
-    assert lines[2] == "| ratio | ≥ 1.00× | 1.20× | 0.90× | 1.10× | 0.90–1.20 | 2/3 |"
+    assert lines[0] == "| goal | target | run 1 | run 2 | run 3 | median | spread | met in |"
+    assert lines[2] == "| ratio | ≥ 1.00× | 1.20× | 0.90× | 1.10× | 1.10 | 0.90–1.20 | 2/3 |"
