@@ -15,7 +15,7 @@ from pathlib import Path
 from bench.report import Report, machine, markdown, spread_table, write
 
 #: Benchmark modules, run in this order by ``python -m bench``. Add a sibling module and list it here.
-BENCHMARKS = ("latency", "throughput", "fanout", "upload", "chaos")
+BENCHMARKS = ("latency", "throughput", "scale", "fanout", "upload", "chaos")
 
 
 def main(argv: list[str] | None = None) -> int:
