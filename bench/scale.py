@@ -67,7 +67,8 @@ def limit(meter: jobstack.Meter, parts: dict[str, float], workers: int) -> str:
     if meter.idle < IDLE_LIMIT:
         return (
             f"the machine's {os.cpu_count()} cores (idle {meter.idle:.0%}; busiest: {busiest} "
-            f"{parts[busiest]:.2f} cores, load generator {parts['client']:.2f})"
+            f"{parts[busiest]:.2f} cores, load generator {parts['client']:.2f}, other work on the machine "
+            f"{meter.others / (meter.seconds or 1.0):.2f})"
         )
     for part in ("api", "redis", "flower"):
         if parts[part] >= CORE_LIMIT:
