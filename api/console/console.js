@@ -93,6 +93,15 @@ function signOut() {
 
 // --- the event stream --------------------------------------------------------------------------------------------
 
+// A stream message's JSON, or null for one that is not JSON (skipped: the stream goes on).
+function eventData(message) {
+  try {
+    return JSON.parse(message.data);
+  } catch {
+    return null;
+  }
+}
+
 async function connect() {
   clearTimeout(state.reconnectTimer);
   let ticket;
@@ -116,12 +125,8 @@ async function connect() {
     }
   };
   source.onmessage = (message) => {
-    let data;
-    try {
-      data = JSON.parse(message.data);
-    } catch {
-      return;
-    }
+    const data = eventData(message);
+    if (data === null) return;
     if (message.lastEventId) state.lastEventId = message.lastEventId;
     if (data.type === "resync") {
       loadJobs(true);
@@ -512,12 +517,8 @@ async function connectTopics() {
   const source = new EventSource(`/events?${params}`);
   state.topicSource = source;
   source.onmessage = (message) => {
-    let data;
-    try {
-      data = JSON.parse(message.data);
-    } catch {
-      return;
-    }
+    const data = eventData(message);
+    if (data === null) return;
     if (message.lastEventId) state.topicLastEventId = message.lastEventId;
     if (data.type !== "topic.message") return;
     const item = document.createElement("li");
