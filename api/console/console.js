@@ -318,7 +318,13 @@ function actionButton(label, handler) {
 }
 
 async function retry(id) {
+  const seen = (state.timelines.get(id) || []).length;
   const job = await api(`/jobs/${encodeURIComponent(id)}/retry`, { method: "POST" });
+  // The stream may have carried this retry before its answer came (queued, even its new outcome): it is ahead.
+  if ((state.timelines.get(id) || []).slice(seen).includes("job.queued")) {
+    render(id);
+    return;
+  }
   mergeJob(job);
 }
 

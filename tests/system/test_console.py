@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser
+from playwright.sync_api import Browser, ElementHandle, Route
 
 from tests.browser import Tab, by_name, chromium, tab
 from tests.devstack import DevStack
@@ -130,9 +130,28 @@ def test_a_failed_webhook_is_listed_and_retry_runs_it_again(page: Tab, dev_stack
     row_status(page, job_id, "failed")
     assert len(dev_stack.receiver.requests("/always-500")) == 1
     page.screenshot("console-failed", readme=True)
-    page.page.click(f"#job-{job_id} button.action-retry")
-    dev_stack.receiver.wait_for("/always-500", 2)
-    row_status(page, job_id, "failed")
+
+    before_answer: list[ElementHandle] = []
+
+    def answer_late(route: Route) -> None:
+        # The retry's answer ("queued") is held until its second attempt has failed and the page has shown that
+        # from the stream: the answer comes last and must not move the row back to queued.
+        answer = route.fetch()
+        dev_stack.receiver.wait_for("/always-500", 2)
+        timeline(page, job_id, lambda seen: seen.count("job.failed") == 2)
+        row_status(page, job_id, "failed")
+        shown = page.page.query_selector(f"#job-{job_id}")
+        assert shown is not None
+        before_answer.append(shown)
+        route.fulfill(response=answer)
+
+    page.page.route("**/retry", answer_late)
+    with page.page.expect_response("**/retry"):
+        page.page.click(f"#job-{job_id} button.action-retry")
+    # The page re-renders the row once it has read the answer: then the row must still say failed.
+    page.page.wait_for_function("row => !row.isConnected", arg=before_answer[0])
+    assert page.page.get_attribute(f"#job-{job_id}", "data-status") == "failed"
+    assert len(dev_stack.receiver.requests("/always-500")) == 2
     seen = timeline(page, job_id, lambda seen: seen.count("job.failed") == 2)
     assert seen[-1] == "job.failed" and "job.queued" in seen[seen.index("job.failed") :], seen
     clean(page)
