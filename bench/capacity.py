@@ -19,8 +19,6 @@ import json
 import math
 import os
 import secrets
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +33,7 @@ import psutil
 import redis
 import sqlalchemy as sa
 
+from bench import procs
 from conveyor.events import encode
 from conveyor.names import EVENTS_STREAM
 from conveyor.ops.redis_server import free_port, redis_command, wait_for_port
@@ -83,62 +82,6 @@ class Inputs:
 # --- measuring
 
 
-def _tree_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of a process and its children."""
-    try:
-        root = psutil.Process(pid)
-        total = 0.0
-        for process in [root, *root.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):
-                times = process.cpu_times()
-                total += times.user + times.system
-        return total
-    except psutil.Error:
-        return 0.0
-
-
-def _env(root: Path, redis_url: str, port: int, database_url: str | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
-    env.update(
-        PYTHONUNBUFFERED="1",
-        PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
-        CONVEYOR_DATA_DIR=str(root / "var"),
-        CONVEYOR_REDIS_URL=redis_url,
-        CONVEYOR_API_PORT=str(port),
-        CONVEYOR_LOG_LEVEL="WARNING",
-        CONVEYOR_STATS_FILE=str(root / "stats.jsonl"),
-        CONVEYOR_RATE_LIMIT_PER_SECOND="1000000",
-        CONVEYOR_RATE_LIMIT_BURST="1000000",
-    )
-    if database_url is not None:
-        env["CONVEYOR_DATABASE_URL"] = database_url
-    return env
-
-
-def _start(name: str, argv: list[str], env: dict[str, str], root: Path) -> subprocess.Popen[bytes]:
-    log = (root / f"{name}.log").open("ab")
-    try:
-        return subprocess.Popen(
-            argv,
-            env={**env, "CONVEYOR_PROCESS_NAME": name},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    finally:
-        log.close()
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(5)
-
-
 @contextlib.contextmanager
 def _postgres_schema(url: str | None) -> Iterator[str | None]:
     """A schema of its own on the server at ``url`` (dropped afterwards); yields the job store's URL."""
@@ -178,27 +121,26 @@ def measure(jobs: int, postgres: str | None, warmup: int = 200) -> Inputs:
         root = Path(tmp)
         redis_port, api_port = free_port(), free_port()
         (root / "redis").mkdir()
-        redis_process = subprocess.Popen(
-            redis_command(redis_port, root / "redis"), stdout=subprocess.DEVNULL, start_new_session=True
+        redis_process = procs.start(redis_command(redis_port, root / "redis"), root / "redis.log", procs.env())
+        env = procs.env(
+            CONVEYOR_DATA_DIR=str(root / "var"),
+            CONVEYOR_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+            CONVEYOR_API_PORT=str(api_port),
+            CONVEYOR_LOG_LEVEL="WARNING",
+            CONVEYOR_STATS_FILE=str(root / "stats.jsonl"),
+            **({"CONVEYOR_DATABASE_URL": database_url} if database_url is not None else {}),
+            **procs.generous_limits(),
         )
-        processes: dict[str, subprocess.Popen[bytes]] = {}
+        group = procs.Group(root, env)
         client = redis.Redis(port=redis_port)
         try:
             wait_for_port(redis_port, 10, redis_process)
-            env = _env(root, f"redis://127.0.0.1:{redis_port}/0", api_port, database_url)
-            made = subprocess.run(
-                [sys.executable, "-m", "conveyor", "keys", "create", "--owner", "capacity"],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            headers = {"Authorization": f"Bearer {made.stdout.strip().splitlines()[-1]}"}
-            conveyor = [sys.executable, "-m", "conveyor"]
-            processes["api"] = _start("api", [*conveyor, "api"], env, root)
-            processes["worker"] = _start("worker", [*conveyor, "worker", "--queues", "notifications"], env, root)
+            headers = procs.auth_headers(procs.api_key(env))
+            conveyor = [procs.PYTHON, "-m", "conveyor"]
+            api = group.start("api", [*conveyor, "api"])
+            worker = group.start("worker", [*conveyor, "worker", "--queues", "notifications"])
             base = f"http://127.0.0.1:{api_port}"
-            _wait(lambda: _healthy(base), 60, "the api's /health")
+            procs.wait_healthy(f"{base}/health", api)
             engine = sa.create_engine(database_url or f"sqlite:///{root / 'var' / 'conveyor.db'}")
 
             def submit_all(count: int) -> None:
@@ -209,25 +151,24 @@ def measure(jobs: int, postgres: str | None, warmup: int = 200) -> Inputs:
 
             submit_all(warmup)
             _wait(lambda: _succeeded(engine) >= warmup, 120, "the warm-up jobs")
-            pids = {"api": processes["api"].pid, "worker": processes["worker"].pid, "redis": redis_process.pid}
-            cpu_before = {name: _tree_cpu(pid) for name, pid in pids.items()}
+            pids = {"api": api.pid, "worker": worker.pid, "redis": redis_process.pid}
+            cpu_before = {name: procs.tree_cpu_seconds(pid) for name, pid in pids.items()}
             commands_before = int(client.info("stats")["total_commands_processed"])
             events_before = int(client.xlen(EVENTS_STREAM))
             started = time.monotonic()
             submit_all(jobs)
             _wait(lambda: _succeeded(engine) >= warmup + jobs, 600, "the measured jobs")
             elapsed = time.monotonic() - started
-            cpu = {name: (_tree_cpu(pid) - cpu_before[name]) * 1000 / jobs for name, pid in pids.items()}
+            cpu = {name: (procs.tree_cpu_seconds(pid) - cpu_before[name]) * 1000 / jobs for name, pid in pids.items()}
             commands = (int(client.info("stats")["total_commands_processed"]) - commands_before) / jobs
             events = int(client.xlen(EVENTS_STREAM))
             stream_bytes = int(client.memory_usage(EVENTS_STREAM) or 0) / max(events, 1)
             engine.dispose()
-            read_us = _stream_read_us(client, processes["api"].pid)
+            read_us = _stream_read_us(client, api.pid)
         finally:
-            for process in processes.values():
-                _stop(process)
+            group.stop()
             client.close()
-            _stop(redis_process)
+            procs.stop(redis_process)
         transactions = 0
         for line in (root / "stats.jsonl").read_text().splitlines():
             transactions += int(json.loads(line)["transactions"])
@@ -267,22 +208,15 @@ def _stream_read_us(client: redis.Redis, api_pid: int) -> float:
                 pipe.xadd(EVENTS_STREAM, fields)  # type: ignore[arg-type]
             pipe.execute()
 
-    before = _tree_cpu(api_pid)
+    before = procs.tree_cpu_seconds(api_pid)
     started = time.monotonic()
     publish()
     time.sleep(STREAM_SETTLE_S)
-    busy, took = _tree_cpu(api_pid) - before, time.monotonic() - started
-    before = _tree_cpu(api_pid)
+    busy, took = procs.tree_cpu_seconds(api_pid) - before, time.monotonic() - started
+    before = procs.tree_cpu_seconds(api_pid)
     time.sleep(took)
-    idle = _tree_cpu(api_pid) - before
+    idle = procs.tree_cpu_seconds(api_pid) - before
     return max(0.0, busy - idle) * 1e6 / STREAM_EVENTS
-
-
-def _healthy(base: str) -> bool:
-    try:
-        return httpx.get(f"{base}/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 # --- the model
