@@ -126,7 +126,7 @@ async def open_state(settings: Settings) -> AsyncIterator[AppState]:
         schedules=ScheduleStore(engine, store.writer),
         events=events,
         dispatcher=Dispatcher(store, sync_events, celery, broker),
-        submitter=Submitter(store, sync_events, celery, broker),
+        submitter=Submitter(store, sync_events, celery, broker, bundle_max=settings.bundle_max),
         hub=hub,
         redis=async_redis,
         celery=celery,

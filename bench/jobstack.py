@@ -252,11 +252,13 @@ def fresh_database(redis_url: str) -> str:
 
 
 @contextlib.contextmanager
-def conveyor(redis_url: str, root: Path, workers: int = 1, flower: bool = True) -> Iterator[Conveyor]:
+def conveyor(
+    redis_url: str, root: Path, workers: int = 1, flower: bool = True, bundle_max: int | None = None
+) -> Iterator[Conveyor]:
     """``conveyor api``, ``workers`` notifications workers (their default pool) and ``conveyor flower`` (unless
     ``flower`` is false) on a database of its own of the Redis at ``redis_url`` (:func:`fresh_database`), SQLite
-    under ``root``; stopped on exit, after which ``stats`` holds every process's job-store counts
-    (:func:`read_stats`)."""
+    under ``root``, ``CONVEYOR_BUNDLE_MAX`` set to ``bundle_max`` when given (``1``: every job its own task
+    message); stopped on exit, after which ``stats`` holds every process's job-store counts (:func:`read_stats`)."""
     port = free_port()
     stats = root / "stats.jsonl"
     environ = procs.env(
@@ -269,6 +271,7 @@ def conveyor(redis_url: str, root: Path, workers: int = 1, flower: bool = True) 
         CONVEYOR_WS_SEND_QUEUE=str(SEND_QUEUE),
         CONVEYOR_STATS_FILE=str(stats),
         **procs.generous_limits(),
+        **({} if bundle_max is None else {"CONVEYOR_BUNDLE_MAX": str(bundle_max)}),
     )
     group = procs.Group(root, environ)
     try:

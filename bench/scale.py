@@ -3,7 +3,9 @@
 One real redis-server; for each count of ``conveyor worker --queues notifications`` processes in ``WORKERS`` a fresh
 Conveyor stack (one ``conveyor api``, the workers, ``conveyor flower``, SQLite job store) takes ``JOBS`` ``log``
 notifications from ``throughput.CLIENTS`` concurrent clients in batches of ``throughput.BATCH`` and is done when
-every ``job.succeeded`` has arrived on an open ``/ws`` (the same burst as ``throughput``'s ``conveyor-batch``).
+every ``job.succeeded`` has arrived on an open ``/ws`` (the same burst as ``throughput``'s ``conveyor-unbundled``:
+``CONVEYOR_BUNDLE_MAX=1``, every job its own task message, so that what is measured is what each worker process
+adds; with bundles, one worker keeps up with what the api accepts on this machine).
 
 Each row gives jobs/s (and its ratio to one worker), CPU per 1,000 jobs, the machine's idle share, each part's CPU
 in cores (CPU seconds over the run's seconds) and the **limiting resource** read off those: the machine's cores when
@@ -137,7 +139,7 @@ def run(options: argparse.Namespace) -> Report:
     with jobstack.work_dir(NAME) as root, procs.redis_server(root / "redis") as (redis_url, redis):
         for workers in counts:
             name = subject(workers)
-            with jobstack.conveyor(redis_url, root / f"w{workers}", workers=workers) as stack:
+            with jobstack.conveyor(redis_url, root / f"w{workers}", workers=workers, bundle_max=1) as stack:
                 meter = jobstack.Meter({"redis": redis.pid, **stack.group.pids()}, redis_url)
                 jobstack.wait_quiet(meter.pids)
                 accepted, seconds = uvloop.run(conveyor_burst(stack, jobs, meter, BATCH, f"scale-{workers}"))

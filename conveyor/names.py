@@ -9,6 +9,8 @@ QUEUES: Final = (QUEUE_UPLOADS, QUEUE_NOTIFICATIONS, QUEUE_HOUSEKEEPING)
 
 TASK_INGEST_UPLOAD: Final = "uploads.ingest"
 TASK_SEND_NOTIFICATION: Final = "notifications.send"
+#: Several ``log`` notifications in one message (conveyor/queue/messages.py: bundles).
+TASK_SEND_NOTIFICATIONS: Final = "notifications.send_many"
 TASK_DISPATCH_PENDING: Final = "housekeeping.dispatch_pending"
 TASK_PURGE_SPOOL: Final = "housekeeping.purge_spool"
 TASK_REAP_STALE: Final = "housekeeping.reap_stale"

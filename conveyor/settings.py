@@ -179,6 +179,9 @@ class Settings(BaseSettings):
     max_schedules_per_owner: int = Field(default=100, ge=0, description="Schedules one owner (API key's) may have")
     dispatch_grace_seconds: float = Field(default=5.0, ge=0)
     dispatch_interval_seconds: float = Field(default=5.0, gt=0)
+    bundle_max: int = Field(
+        default=50, ge=1, le=1000, description="Most log notifications one task message carries (1: one message each)"
+    )
     spool_max_age_seconds: int = Field(default=86400, ge=60)
 
     # Observability (docs/OBSERVABILITY.md).

@@ -8,12 +8,14 @@ is left is at least once: a crash between the peer's acceptance and that transac
 receivers recognise by its unchanged ``webhook-id`` or ``Message-ID``.
 
 The ``log`` channel's delivery is itself a job-store write: :func:`deliver_in_transaction` makes it in the claim's
-transaction, so such a job costs one transaction in all.
+transaction, so such a job costs one transaction in all, and a bundle of them (``conveyor/queue/messages.py``) one
+transaction and a few statements for all.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -39,20 +41,27 @@ logger = logs.get("conveyor.notify")
 _REQUEST: TypeAdapter[NotificationRequest] = TypeAdapter(NotificationRequest)
 
 
-def deliver_in_transaction(connection: sa.Connection, job: Job) -> dict[str, Any] | None:
-    """A ``log`` notification's delivery, in the claim's transaction: the log entry once, its effect and its attempt
-    row. Returns the job's result; ``None`` for any other channel (delivered by :func:`deliver`)."""
-    if job.request.get("channel") != "log":
-        return None
-    try:
-        request = LogNotification.model_validate(job.request)
-    except ValidationError as exc:
-        raise Failed(f"the stored request is not a log notification: {exc.error_count()} problem(s)") from exc
-    result = ledger.log_notification(
-        connection, job.job_id, level=request.level, message=request.message, data=request.data, owner=job.owner
-    )
-    attempts.record(connection, job.job_id, attempt=job.attempts, channel="log", outcome=Outcome.DELIVERED)
-    return result
+def deliver_in_transaction(connection: sa.Connection, jobs: Sequence[Job]) -> list[dict[str, Any] | Failed | None]:
+    """The deliveries of the ``log`` notifications among ``jobs``, in the claim's transaction, a few statements for
+    all: each log entry once, its effect and its attempt row. For each job, in order: its result; :class:`Failed`
+    when its stored request is not a log notification after all; ``None`` for any other channel (delivered by
+    :func:`deliver`)."""
+    outcomes: list[dict[str, Any] | Failed | None] = [None] * len(jobs)
+    entries: list[tuple[int, ledger.LogEntry]] = []
+    for index, job in enumerate(jobs):
+        if job.request.get("channel") != "log":
+            continue
+        try:
+            request = LogNotification.model_validate(job.request)
+        except ValidationError as exc:
+            outcomes[index] = Failed(f"the stored request is not a log notification: {exc.error_count()} problem(s)")
+            continue
+        entries.append((index, ledger.LogEntry(job.job_id, request.level, request.message, request.data, job.owner)))
+    results = ledger.log_notifications(connection, [entry for _, entry in entries])
+    for (index, _), result in zip(entries, results, strict=True):
+        outcomes[index] = result
+    attempts.record_delivered(connection, [(jobs[index].job_id, jobs[index].attempts) for index, _ in entries], "log")
+    return outcomes
 
 
 def _send(rt: Runtime, job: Job, request: NotificationRequest) -> Sent:

@@ -8,7 +8,8 @@ run has claimed it since, so a run that was taken for dead cannot overwrite its 
 A run costs at most two job-store transactions, each shared with the other runs of the process (the group writer,
 ``conveyor/store/writer.py``): the claim, and the outcome together with what the run did (its effect and delivery
 attempt, :class:`Recorded`). A job whose work is itself a job-store write (a ``log`` notification) is claimed, done
-and recorded in one transaction. A run's events are published once its writes are committed, in one round trip.
+and recorded in one transaction, and a bundle of such jobs (:func:`run_bundle`) all in one. A run's events are
+published once its writes are committed, in one round trip.
 """
 
 from __future__ import annotations
@@ -134,9 +135,10 @@ class Progress:
 
 #: A job's work: returns the job's result, or :class:`Recorded` to record what it did with the outcome.
 Handler = Callable[[Runtime, Job, Progress], "dict[str, Any] | Recorded"]
-#: A job's work when it is itself a job-store write: done inside the claim's transaction; returns the job's result,
-#: or ``None`` when this job's work is not of that kind (the job then runs through its :data:`Handler`).
-InTransaction = Callable[[sa.Connection, Job], "dict[str, Any] | None"]
+#: The work of jobs whose work is itself a job-store write: done inside the claim's transaction, for every job
+#: claimed there at once; for each job, in order, its result, :class:`Failed`, or ``None`` when that job's work is
+#: not of that kind (the job then runs through its :data:`Handler`).
+InTransaction = Callable[[sa.Connection, Sequence[Job]], "list[dict[str, Any] | Failed | None]"]
 
 
 @dataclass
@@ -150,24 +152,38 @@ class _Claim:
     reason: str | None = None
 
 
-def _claim(connection: sa.Connection, job_id: str, settings: Settings, in_transaction: InTransaction | None) -> _Claim:
+def _claim(
+    connection: sa.Connection, job_ids: Sequence[str], settings: Settings, in_transaction: InTransaction | None
+) -> list[_Claim]:
+    """Claim the jobs of ``job_ids`` (a few statements for all of them) and, with ``in_transaction``, do and record
+    the work of those whose work is a job-store write; one :class:`_Claim` per job id, in order."""
     stale_before = utcnow() - timedelta(seconds=settings.dead_after_seconds)
-    job = writes.claim(connection, job_id, stale_before=stale_before)
-    if job is None:
-        return _Claim(current=writes.get(connection, job_id))
-    if job.crashes >= settings.max_crashes:
-        error = f"{POISONED}: its worker died {job.crashes} times while running it"
-        return _Claim(job, done=writes.fail(connection, job_id, job.attempts, error), reason=POISONED)
-    if in_transaction is not None:
-        try:
-            result = in_transaction(connection, job)
-        except Failed as exc:
-            if exc.also is not None:
-                exc.also(connection)
-            return _Claim(job, done=writes.fail(connection, job_id, job.attempts, str(exc)))
-        if result is not None:
-            return _Claim(job, done=writes.succeed(connection, job_id, job.attempts, result))
-    return _Claim(job)
+    claimed = writes.claim_many(connection, job_ids, stale_before=stale_before)
+    current = writes.get_many(connection, [job_id for job_id in job_ids if job_id not in claimed])
+    claims = {job_id: _Claim(current=current.get(job_id)) for job_id in job_ids if job_id not in claimed}
+    runnable = []
+    for job in claimed.values():
+        if job.crashes >= settings.max_crashes:
+            error = f"{POISONED}: its worker died {job.crashes} times while running it"
+            claims[job.job_id] = _Claim(
+                job, done=writes.fail(connection, job.job_id, job.attempts, error), reason=POISONED
+            )
+        else:
+            runnable.append(job)
+    outcomes = in_transaction(connection, runnable) if in_transaction is not None else [None] * len(runnable)
+    succeeded = []
+    for job, outcome in zip(runnable, outcomes, strict=True):
+        if isinstance(outcome, Failed):
+            if outcome.also is not None:
+                outcome.also(connection)
+            claims[job.job_id] = _Claim(job, done=writes.fail(connection, job.job_id, job.attempts, str(outcome)))
+        elif outcome is None:
+            claims[job.job_id] = _Claim(job)
+        else:
+            succeeded.append((job, outcome))
+    for (job, _), done in zip(succeeded, writes.succeed_many(connection, succeeded), strict=True):
+        claims[job.job_id] = _Claim(job, done=done)
+    return [claims[job_id] for job_id in job_ids]
 
 
 def run_job(
@@ -194,43 +210,99 @@ def run_job(
     new attempt when the store answers again in time, else it is recovered as a dead run).
     """
     try:
-        claim = rt.store.write(lambda connection: _claim(connection, job_id, rt.settings, in_transaction))
+        claim = rt.store.write(lambda connection: _claim(connection, [job_id], rt.settings, in_transaction)[0])
     except UNAVAILABLE:
         raise
     except Exception:  # the work done in the claim's transaction raised: claim alone, then run it as a handler
         log.exception("job's in-transaction work failed; running it apart", job_id=job_id)
-        claim = rt.store.write(lambda connection: _claim(connection, job_id, rt.settings, None))
+        claim = rt.store.write(lambda connection: _claim(connection, [job_id], rt.settings, None)[0])
     job = claim.job
     if job is None:
-        current = claim.current
-        if current is None:
-            log.error("no job row for task; nothing done", job_id=job_id)
-        elif current.status is JobStatus.STARTED:
-            raise JobBusy(job_id)
-        else:
-            log.info("delivery skipped", job_id=job_id, status=current.status)
-        return current
-    if job.crashes:
-        log.warning("job taken over from a dead run", job_id=job_id, attempt=job.attempts, crashes=job.crashes)
-    started = job_event(job, attempt=job.attempts, worker=worker)
-    if claim.done is not None or claim.reason is not None:
-        return _ended(rt, job, claim.done, started, claim.reason)
-    _announce(rt, started, counted=(job,))
-    log.info("job started", job_id=job_id, owner=job.owner, kind=job.kind, attempt=job.attempts)
-    with Heartbeat(rt.store, job_id, job.attempts, rt.settings.heartbeat_seconds):
+        _unclaimed(job_id, claim.current)
+        return claim.current
+    _taken_over(job)
+    if claim.done is None and claim.reason is None:
+        return run_claimed(rt, job, handler, worker)
+    announced = _ended(job, claim, worker)
+    if announced is None:
+        return _not_ours(rt, job_id)
+    _announce(rt, *announced[0], counted=announced[1])
+    return claim.done
+
+
+def run_claimed(rt: Runtime, job: Job, handler: Handler, worker: str | None = None) -> Job | None:
+    """The rest of :func:`run_job` once this run holds ``job`` (claimed, its work not done in the claim's
+    transaction): announce the start, run ``handler`` with a heartbeat, record and announce the outcome."""
+    _announce(rt, job_event(job, attempt=job.attempts, worker=worker), counted=(job,))
+    log.info("job started", job_id=job.job_id, owner=job.owner, kind=job.kind, attempt=job.attempts)
+    with Heartbeat(rt.store, job.job_id, job.attempts, rt.settings.heartbeat_seconds):
         return _attempt(rt, job, handler)
 
 
-def _ended(rt: Runtime, job: Job, done: Job | None, started: Event, reason: str | None) -> Job | None:
-    """The run ended in the claim's transaction: announce its start and its outcome in one round trip."""
-    if done is None:
-        return _not_ours(rt, job.job_id)
-    if reason is not None:
-        log.warning("job failed", job_id=job.job_id, owner=job.owner, reason=reason, error=done.error)
-        _announce(rt, job_event(done, attempt=done.attempts, reason=reason), counted=(done,))
+def run_bundle(
+    rt: Runtime, job_ids: Sequence[str], in_transaction: InTransaction, worker: str | None = None
+) -> list[Job]:
+    """Run jobs whose work is a job-store write all in one transaction, each claimed, done and recorded as
+    :func:`run_job` does it with ``in_transaction``; then publish every event in one round trip, in the jobs'
+    order. Jobs that may not run now (held by a live run, finished, cancelled, not due, without a row) are left
+    alone, as :func:`run_job` leaves them.
+
+    Returns the jobs the transaction claimed whose work is not of that kind: the caller runs each with
+    :func:`run_claimed`. Raises what the transaction raised, in which case none of it was written.
+    """
+    job_ids = list(dict.fromkeys(job_ids))
+    claims = rt.store.write(lambda connection: _claim(connection, job_ids, rt.settings, in_transaction))
+    events: list[Event] = []
+    counted: list[Job] = []
+    rest: list[Job] = []
+    for job_id, claim in zip(job_ids, claims, strict=True):
+        job = claim.job
+        if job is None:
+            try:
+                _unclaimed(job_id, claim.current)
+            except JobBusy:
+                log.info("duplicate delivery dropped: a live run holds the job", job_id=job_id)
+            continue
+        _taken_over(job)
+        if claim.done is None and claim.reason is None:
+            rest.append(job)
+            continue
+        announced = _ended(job, claim, worker)
+        if announced is None:
+            _not_ours(rt, job_id)
+            continue
+        events.extend(announced[0])
+        counted.extend(announced[1])
+    _announce(rt, *events, counted=counted)
+    return rest
+
+
+def _unclaimed(job_id: str, current: Job | None) -> None:
+    """Say why a delivery found nothing to run; raise :class:`JobBusy` when a live run holds the job."""
+    if current is None:
+        log.error("no job row for task; nothing done", job_id=job_id)
+    elif current.status is JobStatus.STARTED:
+        raise JobBusy(job_id)
     else:
-        _announce(rt, started, job_event(done, attempt=done.attempts), counted=(job, done))
-    return done
+        log.info("delivery skipped", job_id=job_id, status=current.status)
+
+
+def _taken_over(job: Job) -> None:
+    if job.crashes:
+        log.warning("job taken over from a dead run", job_id=job.job_id, attempt=job.attempts, crashes=job.crashes)
+
+
+def _ended(job: Job, claim: _Claim, worker: str | None) -> tuple[list[Event], list[Job]] | None:
+    """The run ended in the claim's transaction: the events announcing its start and outcome and the jobs whose
+    transitions they count; ``None`` when the outcome was not this run's to write."""
+    done = claim.done
+    if done is None:
+        return None
+    if claim.reason is not None:
+        log.warning("job failed", job_id=job.job_id, owner=job.owner, reason=claim.reason, error=done.error)
+        return [job_event(done, attempt=done.attempts, reason=claim.reason)], [done]
+    started = job_event(job, attempt=job.attempts, worker=worker)
+    return [started, job_event(done, attempt=done.attempts)], [job, done]
 
 
 def _attempt(rt: Runtime, job: Job, handler: Handler) -> Job | None:

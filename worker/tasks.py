@@ -12,11 +12,12 @@ from celery.signals import setup_logging, task_postrun, worker_process_init, wor
 from conveyor import logs, metrics, names
 from conveyor.queue.app import app
 from conveyor.redis_client import REDIS_ERRORS
+from conveyor.schemas import Job
 from conveyor.settings import get_settings
 from conveyor.store.db import UNAVAILABLE
 from worker import housekeeping, ingest, notify
 from worker import liveness as _liveness  # noqa: F401 - its signal handlers make the worker say it is alive
-from worker.runner import Handler, InTransaction, JobBusy, Retryable, run_job
+from worker.runner import Handler, InTransaction, JobBusy, Retryable, run_bundle, run_claimed, run_job
 from worker.runtime import close_runtime, runtime
 
 log = logs.get("conveyor.worker")
@@ -60,9 +61,10 @@ def _count_housekeeping(task: Any = None, state: str | None = None, retval: Any 
 STORE_WAIT_SECONDS = 60.0
 
 
-def run(job_id: str, handler: Handler, in_transaction: InTransaction | None = None) -> None:
+def run(job_id: str, handler: Handler, in_transaction: InTransaction | None = None, claimed: Job | None = None) -> None:
     """Run job ``job_id`` with ``handler`` inside a Celery task: what every job task of Conveyor does, and what a
-    plugin's own task (loaded with Celery's ``--include``) calls to run its jobs the same way.
+    plugin's own task (loaded with Celery's ``--include``) calls to run its jobs the same way. ``claimed`` is the
+    job when this delivery's claim is already made (:func:`run_many`).
 
     The message is acknowledged when the job's outcome is recorded, when the job needs nothing from this delivery
     (finished, cancelled, held by a live run, or its next attempt left to the dispatcher), or after a held retry's
@@ -71,10 +73,14 @@ def run(job_id: str, handler: Handler, in_transaction: InTransaction | None = No
     message is ever made.
     """
     rt = runtime()
-    waited, pause = 0.0, 0.5
+    outage = _Outage()
     while True:
         try:
-            run_job(rt, job_id, handler, in_transaction, worker=_worker_name())
+            if claimed is not None:
+                job, claimed = claimed, None
+                run_claimed(rt, job, handler, worker=_worker_name())
+            else:
+                run_job(rt, job_id, handler, in_transaction, worker=_worker_name())
             return
         except JobBusy:
             log.info("duplicate delivery dropped: a live run holds the job", job_id=job_id)
@@ -84,14 +90,46 @@ def run(job_id: str, handler: Handler, in_transaction: InTransaction | None = No
                 return
             time.sleep(exc.countdown or 0.0)
         except UNAVAILABLE as exc:
-            if waited >= STORE_WAIT_SECONDS:
-                log.warning("job store still unavailable; message put back", job_id=job_id, error=repr(exc))
-                raise Reject(exc, requeue=True) from exc
-            log.warning(
-                "job store unavailable; trying again", in_seconds=round(pause, 1), job_id=job_id, error=repr(exc)
-            )
-            time.sleep(pause)
-            waited, pause = waited + pause, min(pause * 2, 5.0)
+            outage.wait(exc, job_id=job_id)
+
+
+def run_many(job_ids: list[str], handler: Handler, in_transaction: InTransaction) -> None:
+    """Run a bundle of jobs (``conveyor/queue/messages.py``) whose work is a job-store write: all in one
+    transaction (:func:`worker.runner.run_bundle`), acknowledged once it committed; a job of the bundle whose work
+    is of another kind then runs on its own as :func:`run` runs it. If the bundle's transaction fails for any reason
+    but a job store outage (which is waited out as :func:`run` waits), nothing of it was written and each job runs
+    on its own, so that one job's failure is that job's alone."""
+    rt = runtime()
+    outage = _Outage()
+    while True:
+        try:
+            rest = run_bundle(rt, job_ids, in_transaction, worker=_worker_name())
+            break
+        except UNAVAILABLE as exc:
+            outage.wait(exc, jobs=len(job_ids))
+        except Exception:
+            log.exception("a bundle's transaction failed; running its jobs one by one", jobs=len(job_ids))
+            for job_id in job_ids:
+                run(job_id, handler, in_transaction)
+            return
+    for job in rest:
+        run(job.job_id, handler, in_transaction, claimed=job)
+
+
+class _Outage:
+    """A delivery waiting in place for the job store: backoff from 0.5 s up to 5 s; after ``STORE_WAIT_SECONDS``
+    the message goes back to its queue (``Reject``, requeued)."""
+
+    def __init__(self) -> None:
+        self.waited, self.pause = 0.0, 0.5
+
+    def wait(self, exc: BaseException, **context: Any) -> None:
+        if self.waited >= STORE_WAIT_SECONDS:
+            log.warning("job store still unavailable; message put back", error=repr(exc), **context)
+            raise Reject(exc, requeue=True) from exc
+        log.warning("job store unavailable; trying again", in_seconds=round(self.pause, 1), error=repr(exc), **context)
+        time.sleep(self.pause)
+        self.waited, self.pause = self.waited + self.pause, min(self.pause * 2, 5.0)
 
 
 def _worker_name() -> str | None:
@@ -107,6 +145,12 @@ def _worker_name() -> str | None:
 def send_notification(job_id: str) -> None:
     """Deliver the notification of job ``job_id``. At most one delivery per job, however often it runs."""
     run(job_id, notify.deliver, notify.deliver_in_transaction)
+
+
+@app.task(name=names.TASK_SEND_NOTIFICATIONS)
+def send_notifications(job_ids: list[str]) -> None:
+    """Deliver the ``log`` notifications of a bundle of jobs, in one transaction. At most one delivery per job."""
+    run_many(job_ids, notify.deliver, notify.deliver_in_transaction)
 
 
 @app.task(name=names.TASK_INGEST_UPLOAD)

@@ -95,6 +95,7 @@ def create_celery(settings: Settings) -> Celery:
         task_routes={
             names.TASK_INGEST_UPLOAD: {"queue": names.QUEUE_UPLOADS},
             names.TASK_SEND_NOTIFICATION: {"queue": names.QUEUE_NOTIFICATIONS},
+            names.TASK_SEND_NOTIFICATIONS: {"queue": names.QUEUE_NOTIFICATIONS},
             "housekeeping.*": {"queue": names.QUEUE_HOUSEKEEPING},
         },
         # A publish to a Redis that is down fails fast; the dispatcher sends it again later.

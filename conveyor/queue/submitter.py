@@ -4,7 +4,8 @@ One thread per api process takes every submission waiting (no added wait when id
 
 1. one job-store transaction inserts every new row (``queued``, its task not yet marked sent) — and notes as sent
    the jobs of earlier groups (below);
-2. once it committed, one Redis pipeline appends each new job's ``job.queued`` event and pushes its task message;
+2. once it committed, one Redis pipeline appends each new job's ``job.queued`` event and pushes its task message
+   (the group's ``log`` notifications bundled, :mod:`conveyor.queue.messages`);
 3. each caller gets its jobs back: a 202 always follows the commit of its rows.
 
 Noting that a task was sent (``dispatched_at`` and the ``job.queued`` event id) is written behind, with the next
@@ -37,8 +38,7 @@ from celery import Celery
 
 from conveyor import logs, metrics
 from conveyor.events import EventLog, job_event
-from conveyor.names import TASK_FOR_KIND
-from conveyor.queue.messages import task_message
+from conveyor.queue.messages import BUNDLE_MAX, messages_for
 from conveyor.redis_client import text
 from conveyor.schemas import Job
 from conveyor.store import db
@@ -83,13 +83,22 @@ class _Pending:
 class Submitter:
     """The api process's group submitter (see the module docstring). Thread-safe; its thread starts on first use."""
 
-    def __init__(self, store: JobStore, events: EventLog, celery: Celery, broker: redis.Redis | None = None) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        events: EventLog,
+        celery: Celery,
+        broker: redis.Redis | None = None,
+        bundle_max: int = BUNDLE_MAX,
+    ) -> None:
         self.store = store
         self.events = events
         self.celery = celery
         #: The broker's Redis when it is not the events' (``CONVEYOR_BROKER_URL``): task messages go there, in a
         #: second round trip after the events.
         self.broker = broker
+        #: Most ``log`` notifications one task message carries (``CONVEYOR_BUNDLE_MAX``; 1: one message each).
+        self.bundle_max = bundle_max
         self._pending: list[_Pending] = []
         self._marks: list[dict[str, Any]] = []
         self._marks_since = 0.0
@@ -160,9 +169,8 @@ class Submitter:
         tasks = pipe if self.broker is None else self.broker.pipeline(transaction=False)
         for job in jobs:
             self.events.add_to(pipe, job_event(job))
-        for job in jobs:
-            task_name, queue = TASK_FOR_KIND[job.kind]
-            tasks.lpush(queue, task_message(self.celery, task_name, job.job_id, queue))
+        for queue, message in messages_for(self.celery, jobs, self.bundle_max):
+            tasks.lpush(queue, message)
         for job in jobs:  # after the events: the first replies are their ids
             metrics.count_job(pipe, job)
         try:

@@ -5,7 +5,7 @@ Workers append one row per attempt; ``GET /jobs/{job_id}/attempts`` reads them b
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -90,6 +90,17 @@ def record(
     row = {"job_id": job_id, "attempt": attempt, "channel": channel, "outcome": outcome.value}
     row |= {"status_code": status_code, "reply": _clip(reply), "error": _clip(error), "duration_ms": duration_ms}
     connection.execute(_INSERT, {**row, "created_at": utcnow()})
+
+
+def record_delivered(connection: sa.Connection, runs: Sequence[tuple[str, int]], channel: str) -> None:
+    """Append a ``delivered`` attempt for each ``(job_id, attempt)`` of ``runs``, with one statement, in
+    ``connection``'s transaction (:func:`record` for a bundle of runs that delivered without a peer's reply)."""
+    if not runs:
+        return
+    at = utcnow()
+    common = {"channel": channel, "outcome": Outcome.DELIVERED.value, "created_at": at}
+    common |= {"status_code": None, "reply": None, "error": None, "duration_ms": None}
+    connection.execute(_INSERT, [{"job_id": job_id, "attempt": attempt, **common} for job_id, attempt in runs])
 
 
 class AttemptLog:

@@ -6,7 +6,8 @@ repeating the effect.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -86,6 +87,50 @@ def log_notification(
         first = connection.execute(_LOG, {"p_job": job_id}).one()
         level, now = first.level, _aware(first.created_at)
     return {"channel": "log", "level": level, "logged_at": now.isoformat()}
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One job's ``log`` notification, for :func:`log_notifications`."""
+
+    job_id: str
+    level: str
+    message: str
+    data: Mapping[str, Any] | None
+    owner: str | None
+
+
+_LOGGED = sa.select(db.effects.c.job_id).where(
+    db.effects.c.job_id.in_(sa.bindparam("p_jobs", expanding=True)), db.effects.c.effect == "notification.log"
+)
+_LOGS = db.notification_log.select().where(db.notification_log.c.job_id.in_(sa.bindparam("p_jobs", expanding=True)))
+_EFFECT_INSERT = db.effects.insert()
+
+
+def log_notifications(connection: sa.Connection, entries: Sequence[LogEntry]) -> list[dict[str, Any]]:
+    """:func:`log_notification` for several jobs in one statement per table, in ``connection``'s transaction:
+    each message written once (a job logged before keeps its first record). Returns what was logged, in order."""
+    if not entries:
+        return []
+    now = utcnow()
+    ids = [entry.job_id for entry in entries]
+    logged = set(connection.execute(_LOGGED, {"p_jobs": ids}).scalars())
+    fresh = [entry for entry in entries if entry.job_id not in logged]
+    if fresh:
+        effect = {"effect": "notification.log", "detail": {"logged": True}, "created_at": now}
+        connection.execute(_EFFECT_INSERT, [{"job_id": entry.job_id, **effect} for entry in fresh])
+        connection.execute(_LOG_INSERT, [
+            {"job_id": entry.job_id, "level": entry.level, "message": entry.message, "owner": entry.owner,
+             "created_at": now, "data": None if entry.data is None else dict(entry.data)}
+            for entry in fresh
+        ])  # fmt: skip
+    first = {row.job_id: row for row in connection.execute(_LOGS, {"p_jobs": sorted(logged)})} if logged else {}
+    results = []
+    for entry in entries:
+        row = first.get(entry.job_id)
+        level, at = (entry.level, now) if row is None else (row.level, _aware(row.created_at))
+        results.append({"channel": "log", "level": level, "logged_at": at.isoformat()})
+    return results
 
 
 _LOG_INSERT = db.notification_log.insert()

@@ -39,33 +39,39 @@ def _this_run() -> sa.ColumnElement[bool]:
     return sa.and_(_c.id == _JOB, _c.status == _STARTED, _c.attempts == _ATTEMPT)
 
 
-_CLAIM = _returning(
-    db.jobs.update()
-    .where(
-        _c.id == _JOB,
-        sa.or_(
-            _c.status == JobStatus.QUEUED.value,
-            sa.and_(
-                _c.status == JobStatus.RETRYING.value,
-                sa.or_(_c.next_attempt_at.is_(None), _c.next_attempt_at <= sa.bindparam("p_due", type_=_when)),
+def _claim_statement(which: sa.ColumnElement[bool]) -> sa.Update:
+    """The claim of the jobs ``which`` selects (see :func:`claim`)."""
+    return _returning(
+        db.jobs.update()
+        .where(
+            which,
+            sa.or_(
+                _c.status == JobStatus.QUEUED.value,
+                sa.and_(
+                    _c.status == JobStatus.RETRYING.value,
+                    sa.or_(_c.next_attempt_at.is_(None), _c.next_attempt_at <= sa.bindparam("p_due", type_=_when)),
+                ),
+                sa.and_(
+                    _c.status == _STARTED,
+                    sa.func.coalesce(_c.heartbeat_at, _c.updated_at) < sa.bindparam("p_stale", type_=_when),
+                ),
             ),
-            sa.and_(
-                _c.status == _STARTED,
-                sa.func.coalesce(_c.heartbeat_at, _c.updated_at) < sa.bindparam("p_stale", type_=_when),
-            ),
-        ),
+        )
+        .values(
+            status=_STARTED,
+            updated_at=_NOW,
+            started_at=_NOW,
+            heartbeat_at=_NOW,
+            next_attempt_at=None,
+            attempts=_c.attempts + 1,
+            crashes=_c.crashes + sa.case((_c.status == _STARTED, 1), else_=0),
+        )
     )
-    .values(
-        status=_STARTED,
-        updated_at=_NOW,
-        started_at=_NOW,
-        heartbeat_at=_NOW,
-        next_attempt_at=None,
-        attempts=_c.attempts + 1,
-        crashes=_c.crashes + sa.case((_c.status == _STARTED, 1), else_=0),
-    )
-)
-_SUCCEED = _returning(
+
+
+_CLAIM = _claim_statement(_c.id == _JOB)
+_CLAIM_MANY = _claim_statement(_c.id.in_(sa.bindparam("p_jobs", expanding=True)))
+_SUCCEED_UNREAD = (
     db.jobs.update()
     .where(_this_run())
     .values(
@@ -76,6 +82,7 @@ _SUCCEED = _returning(
         result=sa.bindparam("p_result", type_=sa.JSON),
     )
 )
+_SUCCEED = _returning(_SUCCEED_UNREAD)
 _FAIL = _returning(
     db.jobs.update()
     .where(_this_run())
@@ -100,6 +107,7 @@ _PROGRESS = (
     .values(progress=sa.bindparam("p_progress"), updated_at=_NOW)
 )
 _GET = db.jobs.select().where(_c.id == _JOB)
+_GET_MANY = db.jobs.select().where(_c.id.in_(sa.bindparam("p_jobs", expanding=True)))
 
 
 def _one(connection: sa.Connection, statement: sa.Update, params: Mapping[str, Any]) -> Job | None:
@@ -111,6 +119,20 @@ def get(connection: sa.Connection, job_id: str) -> Job | None:
     """The job, read in ``connection``'s transaction; ``None`` when unknown."""
     row = connection.execute(_GET, {"p_job": job_id}).first()
     return None if row is None else job_from_row(row)
+
+
+def get_many(connection: sa.Connection, job_ids: Sequence[str]) -> dict[str, Job]:
+    """The jobs of ``job_ids`` that exist, by id, read in ``connection``'s transaction with one statement."""
+    if not job_ids:
+        return {}
+    return {job.job_id: job for job in map(job_from_row, connection.execute(_GET_MANY, {"p_jobs": list(job_ids)}))}
+
+
+def claim_many(connection: sa.Connection, job_ids: Sequence[str], *, stale_before: datetime) -> dict[str, Job]:
+    """:func:`claim` for several jobs with one statement: the jobs claimed, by id (the others may not run now)."""
+    now = utcnow()
+    params = {"p_jobs": list(job_ids), "p_now": now, "p_due": now + CLOCK_SLACK, "p_stale": stale_before}
+    return {job.job_id: job for job in map(job_from_row, connection.execute(_CLAIM_MANY, params))}
 
 
 def claim(
@@ -129,6 +151,29 @@ def succeed(connection: sa.Connection, job_id: str, attempt: int, result: Mappin
     """Attempt ``attempt`` of the job succeeded with ``result`` (progress 100)."""
     params = {"p_job": job_id, "p_attempt": attempt, "p_now": utcnow(), "p_result": dict(result)}
     return _one(connection, _SUCCEED, params)
+
+
+def succeed_many(connection: sa.Connection, runs: Sequence[tuple[Job, Mapping[str, Any]]]) -> list[Job]:
+    """:func:`succeed` for runs of jobs claimed in this same transaction (so each is still its run's), with one
+    statement executed for all; returns the jobs as written. Raises :class:`LostClaim` (the transaction must not
+    commit) if a row did not match after all."""
+    if not runs:
+        return []
+    now = utcnow()
+    results = [dict(result) for _, result in runs]
+    params = [
+        {"p_job": job.job_id, "p_attempt": job.attempts, "p_now": now, "p_result": result}
+        for (job, _), result in zip(runs, results, strict=True)
+    ]
+    written = connection.execute(_SUCCEED_UNREAD, params).rowcount
+    if connection.dialect.supports_sane_multi_rowcount and written != len(runs):
+        raise LostClaim(f"{len(runs) - written} of {len(runs)} jobs were no longer this transaction's to record")
+    done = {"status": JobStatus.SUCCEEDED, "updated_at": now, "finished_at": now, "progress": 100.0}
+    return [job.model_copy(update={**done, "result": result}) for (job, _), result in zip(runs, results, strict=True)]
+
+
+class LostClaim(Exception):
+    """A job claimed earlier in a transaction no longer matched its run's condition within it."""
 
 
 def fail(connection: sa.Connection, job_id: str, attempt: int, error: str) -> Job | None:

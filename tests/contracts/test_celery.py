@@ -22,9 +22,9 @@ import pytest
 import redis
 from celery import Celery
 
-from conveyor.names import QUEUE_NOTIFICATIONS, TASK_SEND_NOTIFICATION
+from conveyor.names import QUEUE_NOTIFICATIONS, TASK_SEND_NOTIFICATION, TASK_SEND_NOTIFICATIONS
 from conveyor.queue.app import create_celery
-from conveyor.queue.messages import task_message
+from conveyor.queue.messages import bundle_message, task_message
 from conveyor.settings import Settings
 
 VARYING = {"delivery_tag", "reply_to"}
@@ -94,3 +94,21 @@ def test_a_worker_reads_our_message_as_it_reads_send_task_s(app: Celery, client:
     assert ours["headers"]["id"] == job_id
     assert ours["payload"][0] == [job_id]
     assert ours["routing_key"] == queue
+
+
+def test_a_bundle_reads_as_send_task_s_message_of_the_bundle_task(app: Celery, client: redis.Redis) -> None:
+    """A bundle of jobs (``bundle_message``) comes out of the worker's transport as ``send_task`` of
+    ``notifications.send_many`` with the list of job ids as its one argument would (its task id aside)."""
+    job_ids = [secrets.token_hex(8) for _ in range(3)]
+    queue = QUEUE_NOTIFICATIONS
+    app.send_task(TASK_SEND_NOTIFICATIONS, args=[job_ids], queue=queue, task_id="bundle")
+    theirs = _received(app, queue)
+    client.lpush(queue, bundle_message(app, job_ids, queue))
+    ours = _received(app, queue)
+    for received in (theirs, ours):
+        for field in ("origin", "id", "root_id"):
+            received["headers"].pop(field)
+        received["properties"].pop("correlation_id")
+    assert ours == theirs
+    assert ours["headers"]["task"] == TASK_SEND_NOTIFICATIONS
+    assert ours["payload"][0] == [job_ids]

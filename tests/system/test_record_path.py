@@ -1,4 +1,5 @@
-"""The record path under load: job-store transactions per job, and a worker killed while its group commit holds runs.
+"""The record path under load: job-store transactions per job, and a worker killed while its group commit holds runs
+or while a bundle of jobs waits for its commit.
 
 Real processes (redis-server, ``conveyor api``, ``conveyor worker`` on its threads pool, beat), real HTTP clients,
 a real webhook receiver; outcomes are read from the job store's SQLite file.
@@ -17,10 +18,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import redis
 import sqlalchemy as sa
 
 from conveyor import webhooks
+from conveyor.names import QUEUE_NOTIFICATIONS
 from conveyor.ops.redis_server import free_port
 from conveyor.store import db
 from tests.system.faults import FaultStack, accepted_ids, submit_many
@@ -172,3 +176,41 @@ def test_a_worker_killed_while_its_group_commit_holds_20_runs_repeats_no_effect(
     seen = Counter(receiver.ids)
     assert set(seen) == {f"msg_{job_id}" for job_id in job_ids} and max(seen.values()) <= 2, seen
     print(f"20 runs killed inside a held group commit: all done {time.time() - killed_at:.1f}s after the kill")
+
+
+@pytest.mark.timeout(240)
+def test_a_worker_killed_while_a_bundle_waits_for_its_commit_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    """A batch of 20 ``log`` notifications travels as one bundle message. Its worker is SIGKILLed while the bundle's
+    transaction waits for the write lock (the test holds it): nothing of it was written, the message comes back after
+    the visibility timeout, another worker runs the bundle, and every job ends succeeded once, with one log entry and
+    one delivery attempt."""
+    stack = FaultStack(tmp_path, env={"CONVEYOR_VISIBILITY_TIMEOUT": "10"})
+    jobs = 20
+    bodies = [{"channel": "log", "message": f"job {n}"} for n in range(jobs)]
+    try:
+        stack.start_redis()
+        stack.start("api", ["api"])
+        stack.wait_ready()
+        answer = httpx.post(
+            f"{stack.base_url}/notifications:batch", json={"notifications": bodies}, headers=stack.headers, timeout=30
+        )
+        assert answer.status_code == 202, answer.text
+        job_ids = [str(job["job_id"]) for job in answer.json()["jobs"]]
+        broker = redis.Redis.from_url(stack.redis_url)
+        assert broker.llen(QUEUE_NOTIFICATIONS) == 1, "the batch should travel as one bundle message"
+        with write_lock_held(stack.data_dir):
+            stack.start("doomed", ["worker", "--queues", "notifications"])
+            stack.wait_for(lambda: broker.hlen("unacked") == 1, 60, "the bundle taken by the doomed worker")
+            time.sleep(1.0)  # the behaviour under test: the bundle's transaction is waiting for the lock
+            assert stack.statuses(job_ids) == Counter({"queued": jobs})
+            stack.kill("doomed")
+        stack.start("survivor", ["worker", "--queues", "notifications"])
+        stack.wait_finished(job_ids, 120)
+        rows = stack.rows(job_ids)
+    finally:
+        stack.stop_all()
+    assert {(row["status"], row["attempts"], row["crashes"]) for row in rows} == {("succeeded", 1, 0)}
+    with stack.engine.connect() as connection:
+        logged = Counter(connection.execute(sa.select(db.notification_log.c.job_id)).scalars().all())
+        attempts = Counter(connection.execute(sa.select(db.delivery_attempts.c.job_id)).scalars().all())
+    assert logged == Counter(job_ids) and attempts == Counter(job_ids)

@@ -7,6 +7,7 @@ Real Redis and SQLite; the handlers are plain functions standing in for a task's
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -16,11 +17,13 @@ import sqlalchemy as sa
 
 from conveyor.schemas import Event, Job, JobStatus
 from conveyor.store import db
+from conveyor.store.attempts import AttemptLog
+from conveyor.store.db import STATS
 from conveyor.store.jobstore import utcnow
 from tests.events_support import stream_events
 from tests.worker.conftest import make_job
-from worker.notify import deliver
-from worker.runner import POISONED, JobBusy, Progress, Retryable, run_job
+from worker.notify import deliver, deliver_in_transaction
+from worker.runner import POISONED, Failed, JobBusy, Progress, Retryable, run_bundle, run_job
 from worker.runtime import Runtime
 
 LONG_AGO = timedelta(hours=1)
@@ -216,3 +219,69 @@ def test_a_database_error_in_a_handler_fails_the_job_without_its_sql_or_paramete
         failed.error
     )
     assert "SELECT" not in failed.error and secret not in failed.error
+
+
+def test_a_bundle_runs_its_log_jobs_in_one_transaction_and_leaves_the_others(rt: Runtime) -> None:
+    """A bundle: each fresh ``log`` job claimed, logged, its attempt written and succeeded, all in one transaction;
+    a finished job and one held by a live run left alone; a job of another channel claimed and handed back."""
+    fresh = [make_job(rt, {"channel": "log", "message": f"m{n}"}) for n in range(3)]
+    finished, held = make_job(rt), make_job(rt)
+    run_job(rt, finished.job_id, deliver, deliver_in_transaction)
+    assert rt.store.claim(held.job_id, stale_before=utcnow() - LONG_AGO) is not None
+    hook = make_job(rt, {"channel": "webhook", "url": "http://127.0.0.1:9/"})
+    ids = [fresh[0].job_id, finished.job_id, held.job_id, hook.job_id, fresh[1].job_id, fresh[2].job_id]
+    before = STATS.transactions
+    rest = run_bundle(rt, ids, deliver_in_transaction, worker="w1")
+    assert STATS.transactions - before == 1
+    assert [job.job_id for job in rest] == [hook.job_id]
+    assert rest[0].status is JobStatus.STARTED
+    for n, job in enumerate(fresh):
+        done = rt.store.get(job.job_id)
+        assert done is not None and done.status is JobStatus.SUCCEEDED and done.attempts == 1
+        assert done.result is not None and done.result["channel"] == "log"
+        assert rt.ledger.notification(job.job_id)["message"] == f"m{n}"  # type: ignore[index]
+        assert [(a.attempt, a.outcome.value) for a in AttemptLog(rt.store.engine).of(job.job_id)] == [(1, "delivered")]
+        started, succeeded = events(rt, job.job_id)[-2:]
+        assert (started.type.value, started.worker, succeeded.type.value) == ("job.started", "w1", "job.succeeded")
+    assert events_of(rt, finished.job_id) == ["job.started", "job.succeeded"]
+    assert events_of(rt, held.job_id) == []
+    assert rt.store.get(finished.job_id).attempts == 1  # type: ignore[union-attr]
+
+
+def test_a_bundle_delivered_again_does_nothing_more(rt: Runtime) -> None:
+    jobs = [make_job(rt) for _ in range(3)]
+    ids = [job.job_id for job in jobs]
+    run_bundle(rt, ids, deliver_in_transaction)
+    assert run_bundle(rt, ids + ids, deliver_in_transaction) == []
+    for job in jobs:
+        assert events_of(rt, job.job_id) == ["job.started", "job.succeeded"]
+        assert len(AttemptLog(rt.store.engine).of(job.job_id)) == 1
+
+
+def test_a_log_job_logged_by_an_earlier_run_keeps_its_first_entry(rt: Runtime) -> None:
+    """A run that logged the message apart (the fallback path) and died before its outcome: the bundle that takes
+    the job over writes no second entry and reports the first one."""
+    job = make_job(rt, {"channel": "log", "message": "first", "level": "warning"})
+    first = rt.ledger.log_notification(job.job_id, level="warning", message="first", data=None, owner=None)
+    run_bundle(rt, [job.job_id, make_job(rt).job_id], deliver_in_transaction)
+    done = rt.store.get(job.job_id)
+    assert done is not None and done.status is JobStatus.SUCCEEDED
+    assert done.result == {"channel": "log", "level": "warning", "logged_at": first["logged_at"]}
+    with rt.store.engine.connect() as connection:
+        rows = connection.execute(sa.select(db.notification_log).where(db.notification_log.c.job_id == job.job_id))
+        assert len(rows.all()) == 1
+
+
+def test_a_bundle_whose_transaction_fails_writes_nothing(rt: Runtime) -> None:
+    jobs = [make_job(rt) for _ in range(3)]
+
+    def breaks(connection: sa.Connection, claimed: Sequence[Job]) -> list[dict[str, Any] | Failed | None]:
+        deliver_in_transaction(connection, claimed)
+        raise RuntimeError("broken")
+
+    with pytest.raises(RuntimeError):
+        run_bundle(rt, [job.job_id for job in jobs], breaks)
+    for job in jobs:
+        again = rt.store.get(job.job_id)
+        assert again is not None and again.status is JobStatus.QUEUED and again.attempts == 0
+        assert AttemptLog(rt.store.engine).of(job.job_id) == [] and events_of(rt, job.job_id) == []
