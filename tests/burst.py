@@ -96,13 +96,16 @@ class BurstWorker:
         self.ran.append(message)
 
     def drain(self, queues: tuple[str, ...] = JOB_QUEUES, limit: int = 1000) -> list[str]:
-        """Run every task waiting in ``queues``, and those they queue, until none is left; returns the task ids
-        (job ids) in the order they ran. Fails after ``limit`` tasks (a task that queues itself forever)."""
+        """Run every task waiting in ``queues``, and those they queue, until none is left; returns the job ids they
+        ran (a job task's id; each job of a bundle, ``notifications.send_many``), in order. Fails after ``limit``
+        tasks (a task that queues itself forever)."""
         ran: list[str] = []
+        tasks = 0
         while (message := self.pop(queues)) is not None:
-            assert len(ran) < limit, f"still draining after {limit} tasks"
+            assert tasks < limit, f"still draining after {limit} tasks"
+            tasks += 1
             self.run(message)
-            ran.append(message.task_id)
+            ran.extend(message.args[0] if message.task == names.TASK_SEND_NOTIFICATIONS else [message.task_id])
         return ran
 
     async def drain_async(self, queues: tuple[str, ...] = JOB_QUEUES) -> list[str]:

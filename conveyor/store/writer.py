@@ -6,14 +6,17 @@ transaction (under the SQLite write lock, ``db.writing``), commits, and only the
 
 - a caller's value is returned only after the transaction holding its writes committed (a 202, or a message
   acknowledgement, that follows a write never precedes its commit);
-- there is no added wait when the writer is idle: a lone unit is committed at once; units that arrive while a
-  transaction runs are committed together in the next one, so under load the cost of a commit (and on SQLite the
-  write lock, on PostgreSQL the fsync) is shared by everyone waiting;
+- there is no added wait when the writer is idle: a caller of :meth:`GroupWriter.run` that finds nothing pending
+  and no transaction running commits its unit itself, in its own thread (no hand-off to the writer thread and
+  back); units that arrive while a transaction runs are committed together in the next one, by the writer thread,
+  so under load the cost of a commit (and on SQLite the write lock, on PostgreSQL the fsync) is shared by everyone
+  waiting;
 - a unit that raises does not take the others down: the transaction is rolled back and every unit of that group is
   run again in a transaction of its own, so the failing one fails alone (units must only touch the database, which
   the rollback undoes); a database that does not answer fails every unit of the group with that error.
 
-Units must not wait on anything but the database (no network, no other writer call): they run on the writer thread.
+Units must not wait on anything but the database (no network, no other writer call): they run on the writer thread,
+or on the calling thread when it found the writer idle.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ class GroupWriter:
         self._thread: threading.Thread | None = None
         self._pid = -1
         self._closed = False
+        #: A transaction is running (on the writer thread, or on a caller's that found the writer idle).
+        self._busy = False
+        self._busy_pid = -1
         #: Transactions committed and units carried, for the benchmarks' counts.
         self.transactions = 0
         self.units = 0
@@ -67,8 +73,28 @@ class GroupWriter:
         return future
 
     def run(self, unit: Unit[T]) -> T:
-        """:meth:`submit` and wait: ``unit``'s value, once committed."""
-        return self.submit(unit).result()
+        """:meth:`submit` and wait: ``unit``'s value, once committed. When nothing is pending and no transaction is
+        running, the unit is committed right here, in the calling thread."""
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the group writer is closed")
+            if self._busy_pid != os.getpid():  # first use, or a forked child: no transaction of ours is running
+                self._busy, self._busy_pid = False, os.getpid()
+            inline = not self._busy and not self._pending
+            if inline:
+                self._busy = True
+        if not inline:
+            return self.submit(unit).result()
+        future: Future[T] = Future()
+        try:
+            self._commit([(unit, future)])
+        finally:
+            with self._cond:
+                self._busy = False
+                if self._pending:
+                    self._ensure_thread()
+                self._cond.notify_all()
+        return future.result()
 
     def close(self) -> None:
         """Commit what is pending, then stop the thread."""
@@ -88,11 +114,14 @@ class GroupWriter:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._pending and not self._closed:
+                while (not self._pending or self._busy) and not self._closed:
+                    self._cond.wait()
+                while self._busy:  # closing: let a caller's transaction end first
                     self._cond.wait()
                 if not self._pending:
                     return
                 group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
+                self._busy = True
             try:
                 self._commit(group)
             except BaseException as exc:
@@ -100,6 +129,10 @@ class GroupWriter:
                 for _unit, future in group:
                     if not future.done():
                         future.set_exception(exc)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
 
     def _commit(self, group: list[tuple[Unit[Any], Future[Any]]]) -> None:
         try:
