@@ -13,8 +13,10 @@ On one real redis-server, in turn (each subject's processes run only while it is
 Conveyor runs its api, one notifications worker and Flower; HTTP requests go over kept-alive raw HTTP/1.1
 connections (:mod:`bench.loadgen`), so the client costs little of the machine it shares.
 
-Sends follow a fixed schedule (``RATE`` per second) whatever earlier jobs do, and each latency is measured from
-the send's scheduled time, so a stall shows in the figures instead of slowing the sender. CPU per 1,000 jobs at
+Sends follow a fixed schedule (``RATE`` per second) whatever earlier jobs do, so a stall shows in the figures
+instead of slowing the sender; each latency is measured from the moment the client sends (its timer fired: within
+a millisecond of the schedule) to the moment it sees the outcome, both on ``time.perf_counter`` (uvloop's own clock
+has a millisecond resolution, too coarse for latencies of a few milliseconds). CPU per 1,000 jobs at
 that rate is summed over the subject's process trees and Redis (and the client threads, for plain Celery).
 """
 
@@ -77,8 +79,9 @@ def celery_round_trips(redis_url: str, jobs: int, rate: float, meter: jobstack.M
             def one(i: int) -> float:
                 at = start + i / rate
                 time.sleep(max(0.0, at - time.perf_counter()))
+                sent = time.perf_counter()  # as for Conveyor: from the send, not from the schedule
                 noop.apply_async().get(timeout=DEADLINE)
-                return time.perf_counter() - at
+                return time.perf_counter() - sent
 
             with jobstack.profiled("latency-celery", meter.pids), meter:
                 return list(pool.map(one, range(jobs)))
@@ -87,13 +90,15 @@ def celery_round_trips(redis_url: str, jobs: int, rate: float, meter: jobstack.M
 
 
 async def open_loop(jobs: int, rate: float, one: Callable[[float], Awaitable[None]]) -> None:
-    """Run ``one(at)`` for ``jobs`` sends scheduled ``1/rate`` apart on the loop's clock, each at its time."""
+    """Run ``one(sent)`` for ``jobs`` sends scheduled ``1/rate`` apart, each at its time; ``sent`` is when it was
+    sent, on ``time.perf_counter``'s clock (the event loop's timers fire within a millisecond of the schedule, and
+    uvloop's own clock has a millisecond resolution: too coarse for latencies of a few milliseconds)."""
     loop = asyncio.get_running_loop()
     start = loop.time() + 0.1
 
     async def at(when: float) -> None:
         await asyncio.sleep(max(0.0, when - loop.time()))
-        await one(when)
+        await one(time.perf_counter())
 
     await asyncio.gather(*(at(start + i / rate) for i in range(jobs)))
 
@@ -115,7 +120,6 @@ async def conveyor_round_trips(stack: jobstack.Conveyor, jobs: int, rate: float,
 
 async def polling_round_trips(stack: jobstack.Conveyor, jobs: int, rate: float, meter: jobstack.Meter) -> list[float]:
     """Open loop: POST at each scheduled time, then ``GET /jobs/{id}`` every ``POLL_INTERVAL`` until it succeeded."""
-    loop = asyncio.get_running_loop()
     latencies: list[float] = []
     async with stack.pool(CONNECTIONS) as pool:
         async with jobstack.Completions(stack) as events:  # for the warm-up only: polling needs no socket
@@ -130,7 +134,7 @@ async def polling_round_trips(stack: jobstack.Conveyor, jobs: int, rate: float, 
                     answer = await connection.request("GET", f"/jobs/{job_id}")
                 status = orjson.loads(answer.body).get("status")
                 if status == "succeeded":
-                    latencies.append(loop.time() - at)
+                    latencies.append(time.perf_counter() - at)
                     return
                 if answer.status != 200 or status in ("failed", "cancelled"):
                     raise RuntimeError(f"GET /jobs/{job_id}: {answer.status} {answer.body[:300]!r}")
@@ -143,7 +147,6 @@ async def polling_round_trips(stack: jobstack.Conveyor, jobs: int, rate: float, 
 async def tutorial_round_trips(stack: jobstack.Tutorial, jobs: int, rate: float, meter: jobstack.Meter) -> list[float]:
     """Open loop: ``POST /tasks`` at each scheduled time, then ``GET /tasks/{id}`` every ``POLL_INTERVAL`` until
     it says ``SUCCESS``."""
-    loop = asyncio.get_running_loop()
     latencies: list[float] = []
     async with stack.pool(CONNECTIONS) as pool:
 
@@ -154,7 +157,7 @@ async def tutorial_round_trips(stack: jobstack.Tutorial, jobs: int, rate: float,
                 await asyncio.sleep(POLL_INTERVAL)
                 async with pool.connection() as connection:
                     if await jobstack.poll_tutorial(connection, task_id):
-                        latencies.append(loop.time() - at)
+                        latencies.append(time.perf_counter() - at)
                         return
 
         await open_loop(WARMUP, rate, one)
