@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 import sqlalchemy as sa
 from websockets.sync.client import ClientConnection, connect
 
@@ -26,7 +27,7 @@ from conveyor import webhooks
 from conveyor.names import QUEUE_HOUSEKEEPING, QUEUE_NOTIFICATIONS, QUEUE_UPLOADS
 from conveyor.ops.redis_server import free_port
 from conveyor.store import db
-from tests.events_support import FINISHED, job_events_after, recv, subscribed
+from tests.events_support import FINISHED, job_events_after, recv, stream_events, subscribed
 from tests.postgres import schema_url
 from tests.receivers import Reply, http_receiver
 from tests.support import wait_until_healthy
@@ -125,6 +126,17 @@ def _submit_all(bases: list[str], headers: dict[str, str], hook: str, accepted: 
         return list(pool.map(lambda item: one(*item), enumerate(order)))
 
 
+def running_on(redis_url: str, worker: str) -> int:
+    """Jobs whose latest event is a ``job.started`` naming a worker whose node name starts with ``worker``: its runs
+    in flight."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        latest = {event.job_id: event for event in stream_events(client) if event.job_id}
+    finally:
+        client.close()
+    return sum(1 for e in latest.values() if e.type.value == "job.started" and (e.worker or "").startswith(worker))
+
+
 def test_two_apis_and_pairs_of_workers_on_postgres_run_every_job_once(tmp_path: Path, pg_store: str) -> None:
     port_b = free_port()
     stack = FaultStack(
@@ -164,8 +176,12 @@ def test_two_apis_and_pairs_of_workers_on_postgres_run_every_job_once(tmp_path: 
             started = time.monotonic()
             with ThreadPoolExecutor(1) as submitter:
                 submitting = submitter.submit(_submit_all, [stack.base_url, base_b], stack.headers, hook, accepted)
-                # Mid-way through the submissions, while both notification workers are busy: kill one.
-                stack.wait_for(lambda: len(accepted) >= JOBS // 3, 120, f"{JOBS // 3} jobs accepted")
+                # Mid-way through the submissions, while the doomed worker has runs in flight: kill it.
+                stack.wait_for(
+                    lambda: len(accepted) >= JOBS // 3 and running_on(stack.redis_url, "notify-doomed@") >= 2,
+                    120,
+                    f"{JOBS // 3} jobs accepted and 2 runs in flight on the doomed worker",
+                )
                 killed_at = stack.kill("notify-doomed")
                 submitted = submitting.result()
             took_submit = time.monotonic() - started
