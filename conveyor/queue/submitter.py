@@ -150,13 +150,19 @@ class Submitter:
 
     def _run(self, group: list[_Pending], marks: list[dict[str, Any]]) -> None:
         now = utcnow()
+        # Rows are built before the transaction and read back as jobs after it: the write lock covers SQL only.
+        rows = [None if _keyed(pending) else [new_row(new, now) for new in pending.news] for pending in group]
         try:
-            outcomes = self.store.write(lambda connection: _record(connection, group, marks, now))
+            recorded = self.store.write(lambda connection: _record(connection, group, rows, marks, now))
         except Exception as exc:  # noqa: BLE001 - the error goes to every caller of the group
             self._remark(marks)
             for pending in group:
                 _settle(pending.future, exc)
             return
+        outcomes = [
+            outcome if outcome is not None else [Submitted(job_from_row(row), True) for row in plain or ()]
+            for outcome, plain in zip(recorded, rows, strict=True)
+        ]
         fresh = [s.job for outcome in outcomes if isinstance(outcome, list) for s in outcome if s.created]
         if fresh:
             self._send(fresh)
@@ -209,22 +215,24 @@ def _settle(future: Future[list[Submitted]], outcome: list[Submitted] | BaseExce
 
 
 def _record(
-    connection: sa.Connection, group: list[_Pending], marks: list[dict[str, Any]], now: datetime
-) -> list[list[Submitted] | BaseException]:
-    """The group's transaction: earlier groups' notes, then every submission's rows."""
+    connection: sa.Connection,
+    group: list[_Pending],
+    rows: list[list[dict[str, Any]] | None],
+    marks: list[dict[str, Any]],
+    now: datetime,
+) -> list[list[Submitted] | BaseException | None]:
+    """The group's transaction: earlier groups' notes, then every submission's rows (``rows``: each submission's
+    without idempotency keys, all inserted with one statement; ``None`` for one with keys). For each submission, in
+    order: ``None`` when its rows were inserted as built, else what :func:`_record_keyed` made of it."""
     if marks:
         connection.execute(_MARK, marks)
-    plain = [row for pending in group if not _keyed(pending) for row in (new_row(n, now) for n in pending.news)]
-    outcomes: list[list[Submitted] | BaseException] = []
+    plain = [row for built in rows if built is not None for row in built]
     if plain:
         connection.execute(_INSERT, plain)
-    rows = iter(plain)
-    for pending in group:
-        if _keyed(pending):
-            outcomes.append(_record_keyed(connection, pending.news, now))
-        else:
-            outcomes.append([Submitted(job_from_row(next(rows)), True) for _ in pending.news])
-    return outcomes
+    return [
+        None if built is not None else _record_keyed(connection, pending.news, now)
+        for pending, built in zip(group, rows, strict=True)
+    ]
 
 
 def _keyed(pending: _Pending) -> bool:

@@ -324,8 +324,9 @@ def write_stats(path: Path, name: str) -> None:
 def writing(engine: Engine) -> Iterator[sa.Connection]:
     """A write transaction (``engine.begin()``), taken in turn with every other writer of the same SQLite file on
     this host; for PostgreSQL just the transaction. Never nest two on one thread."""
-    with _write_lock(engine), engine.begin() as connection:
-        yield connection
+    with engine.connect() as connection:  # a pooled connection, checked out before the lock is taken
+        with _write_lock(engine), connection.begin():
+            yield connection
 
 
 @contextlib.contextmanager

@@ -123,13 +123,17 @@ def get(connection: sa.Connection, job_id: str) -> Job | None:
 
 def get_many(connection: sa.Connection, job_ids: Sequence[str]) -> dict[str, Job]:
     """The jobs of ``job_ids`` that exist, by id, read in ``connection``'s transaction with one statement."""
-    if not job_ids:
-        return {}
+    if len(job_ids) <= 1:
+        job = get(connection, job_ids[0]) if job_ids else None
+        return {} if job is None else {job.job_id: job}
     return {job.job_id: job for job in map(job_from_row, connection.execute(_GET_MANY, {"p_jobs": list(job_ids)}))}
 
 
 def claim_many(connection: sa.Connection, job_ids: Sequence[str], *, stale_before: datetime) -> dict[str, Job]:
     """:func:`claim` for several jobs with one statement: the jobs claimed, by id (the others may not run now)."""
+    if len(job_ids) == 1:  # the statement compiled once, without an IN list to render
+        job = claim(connection, job_ids[0], stale_before=stale_before)
+        return {} if job is None else {job.job_id: job}
     now = utcnow()
     params = {"p_jobs": list(job_ids), "p_now": now, "p_due": now + CLOCK_SLACK, "p_stale": stale_before}
     return {job.job_id: job for job in map(job_from_row, connection.execute(_CLAIM_MANY, params))}
