@@ -159,8 +159,9 @@ def _claim(
     the work of those whose work is a job-store write; one :class:`_Claim` per job id, in order."""
     stale_before = utcnow() - timedelta(seconds=settings.dead_after_seconds)
     claimed = writes.claim_many(connection, job_ids, stale_before=stale_before)
-    current = writes.get_many(connection, [job_id for job_id in job_ids if job_id not in claimed])
-    claims = {job_id: _Claim(current=current.get(job_id)) for job_id in job_ids if job_id not in claimed}
+    missing = [job_id for job_id in job_ids if job_id not in claimed]
+    current = writes.get_many(connection, missing)
+    claims = {job_id: _Claim(current=current.get(job_id)) for job_id in missing}
     runnable = []
     for job in claimed.values():
         if job.crashes >= settings.max_crashes:

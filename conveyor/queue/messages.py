@@ -111,20 +111,17 @@ def bundle_message(app: Celery, job_ids: Sequence[str], queue: str = QUEUE_NOTIF
 def messages_for(app: Celery, jobs: Sequence[Job], bundle_max: int = BUNDLE_MAX) -> list[tuple[str, bytes]]:
     """The ``(queue, message)`` pairs that send the tasks of ``jobs``: the :func:`bundled` ones, when there are two
     or more, in bundles of up to ``bundle_max`` (a lone leftover alone); every other job one message, in order."""
-    together = [job.job_id for job in jobs if bundled(job)]
+
+    def alone(job: Job) -> tuple[str, bytes]:
+        task_name, queue = TASK_FOR_KIND[job.kind]
+        return queue, task_message(app, task_name, job.job_id, queue)
+
+    together = [job for job in jobs if bundled(job)]
     if len(together) < 2 or bundle_max < 2:
         together = []
-    messages = []
-    for job in jobs:
-        if together and bundled(job):
-            continue
-        task_name, queue = TASK_FOR_KIND[job.kind]
-        messages.append((queue, task_message(app, task_name, job.job_id, queue)))
+    messages = [alone(job) for job in jobs if not (together and bundled(job))]
     for start in range(0, len(together), bundle_max):
         chunk = together[start : start + bundle_max]
-        if len(chunk) == 1:
-            task_name, queue = TASK_FOR_KIND[KIND_NOTIFICATION]
-            messages.append((queue, task_message(app, task_name, chunk[0], queue)))
-        else:
-            messages.append((QUEUE_NOTIFICATIONS, bundle_message(app, chunk)))
+        ids = [job.job_id for job in chunk]
+        messages.append(alone(chunk[0]) if len(chunk) == 1 else (QUEUE_NOTIFICATIONS, bundle_message(app, ids)))
     return messages
