@@ -99,6 +99,7 @@ class RouteTemplates:
 
     def __init__(self) -> None:
         self._patterns: list[tuple[re.Pattern[str], str]] | None = None
+        self._exact: frozenset[str] = frozenset()
 
     def of(self, scope: Scope) -> str:
         if self._patterns is None:
@@ -107,8 +108,9 @@ class RouteTemplates:
             self._patterns = [
                 (re.compile("^" + re.sub(r"\\{[^}]+\\}", "[^/]+", re.escape(path)) + "$"), path) for path in paths
             ]
+            self._exact = frozenset(paths)
         path = scope.get("path", "")
-        if any(template == path for _pattern, template in self._patterns):
+        if path in self._exact:
             return str(path)
         for pattern, template in self._patterns:
             if pattern.match(path):

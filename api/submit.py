@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -102,7 +101,7 @@ async def submit_many(
         for index, request in enumerate(requests)
     ]
     try:
-        results = await asyncio.wrap_future(state.submitter.submit(news))
+        results = await state.submitter.submit(news)
     except IdempotencyConflict as exc:
         raise HTTPException(422, "Idempotency-Key was already used with a different request") from exc
     replayed = [result for result in results if not result.created]

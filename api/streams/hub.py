@@ -397,6 +397,8 @@ class Hub:
 
     def _deliver(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         self.last_id = text(entry_id)
+        if not self.subscribers:  # no one here to hand it to: not even read
+            return
         try:
             event = StreamEvent.read(entry_id, fields)
         except (ValueError, KeyError, TypeError) as exc:

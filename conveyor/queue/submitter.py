@@ -6,7 +6,8 @@ One thread per api process takes every submission waiting (no added wait when id
    the jobs of earlier groups (below);
 2. once it committed, one Redis pipeline appends each new job's ``job.queued`` event and pushes its task message
    (the group's ``log`` notifications bundled, :mod:`conveyor.queue.messages`);
-3. each caller gets its jobs back: a 202 always follows the commit of its rows.
+3. each caller gets its jobs back: a 202 always follows the commit of its rows. Callers are coroutines of the api's
+   event loop; a group's outcomes are handed to the loop in one call (one wake-up per group, not per caller).
 
 Noting that a task was sent (``dispatched_at`` and the ``job.queued`` event id) is written behind, with the next
 group's inserts, or on its own after ``MARK_DELAY`` when no group follows. Nothing is lost when the process dies
@@ -23,12 +24,11 @@ together with one statement.
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -77,7 +77,7 @@ class Submitted:
 @dataclass
 class _Pending:
     news: Sequence[NewJob]
-    future: Future[list[Submitted]] = field(default_factory=Future)
+    future: asyncio.Future[list[Submitted]]
 
 
 class Submitter:
@@ -106,11 +106,12 @@ class Submitter:
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def submit(self, news: Sequence[NewJob]) -> Future[list[Submitted]]:
-        """Queue a submission (its jobs are recorded all together, or none); the future holds one
-        :class:`Submitted` per job, in order, once its rows are committed and its tasks handed to Redis (or left to
-        the dispatcher), or the error: :class:`IdempotencyConflict`, or the job store's."""
-        pending = _Pending(news)
+    async def submit(self, news: Sequence[NewJob]) -> list[Submitted]:
+        """Record a submission (its jobs all together, or none): one :class:`Submitted` per job, in order, once its
+        rows are committed and its tasks handed to Redis (or left to the dispatcher); else raises
+        :class:`IdempotencyConflict`, or the job store's error. A caller cancelled meanwhile leaves the others of its
+        group unaffected; its rows may still be recorded and sent (as with a client that left after sending)."""
+        pending = _Pending(news, asyncio.get_running_loop().create_future())
         with self._cond:
             if self._closed:
                 raise RuntimeError("the submitter is closed")
@@ -119,7 +120,7 @@ class Submitter:
                 self._thread.start()
             self._pending.append(pending)
             self._cond.notify()
-        return pending.future
+        return await pending.future
 
     def close(self) -> None:
         """Finish what is pending (its notes included), then stop the thread."""
@@ -144,9 +145,7 @@ class Submitter:
                 self._run(group, marks)
             except BaseException as exc:  # never leave a caller waiting
                 log.error("group submission failed", error=repr(exc), exc_info=exc)
-                for pending in group:
-                    if not pending.future.done():
-                        pending.future.set_exception(exc)
+                _settle(group, [exc] * len(group))
 
     def _run(self, group: list[_Pending], marks: list[dict[str, Any]]) -> None:
         now = utcnow()
@@ -156,8 +155,7 @@ class Submitter:
             recorded = self.store.write(lambda connection: _record(connection, group, rows, marks, now))
         except Exception as exc:  # noqa: BLE001 - the error goes to every caller of the group
             self._remark(marks)
-            for pending in group:
-                _settle(pending.future, exc)
+            _settle(group, [exc] * len(group))
             return
         outcomes = [
             outcome if outcome is not None else [Submitted(job_from_row(row), True) for row in plain or ()]
@@ -166,8 +164,7 @@ class Submitter:
         fresh = [s.job for outcome in outcomes if isinstance(outcome, list) for s in outcome if s.created]
         if fresh:
             self._send(fresh)
-        for pending, outcome in zip(group, outcomes, strict=True):
-            _settle(pending.future, outcome)
+        _settle(group, outcomes)
 
     def _send(self, jobs: list[Job]) -> None:
         """Announce the jobs and push their tasks in one round trip; note them sent with the next group."""
@@ -204,10 +201,25 @@ class Submitter:
             self._cond.notify()
 
 
-def _settle(future: Future[list[Submitted]], outcome: list[Submitted] | BaseException) -> None:
-    """Hand a caller its outcome, unless it stopped waiting (its request timed out and cancelled the future): one
-    caller gone must not fail the others of its group."""
-    with contextlib.suppress(InvalidStateError):
+def _settle(group: list[_Pending], outcomes: Sequence[list[Submitted] | BaseException]) -> None:
+    """Hand each caller of ``group`` its outcome, one call into each event loop for all of them (from the
+    submitter's thread). A loop already closed (the api stopping) has no one left to tell."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[list[Submitted]], Any]]] = {}
+    for pending, outcome in zip(group, outcomes, strict=True):
+        by_loop.setdefault(pending.future.get_loop(), []).append((pending.future, outcome))
+    for loop, settled in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve, settled)
+        except RuntimeError:  # the loop is closed
+            log.info("submissions settled after their event loop closed", submissions=len(settled))
+
+
+def _resolve(settled: list[tuple[asyncio.Future[list[Submitted]], list[Submitted] | BaseException]]) -> None:
+    """On the callers' loop: each outcome to its future, unless the caller stopped waiting (its request timed out
+    and cancelled it): one caller gone must not fail the others of its group."""
+    for future, outcome in settled:
+        if future.done():
+            continue
         if isinstance(outcome, BaseException):
             future.set_exception(outcome)
         else:
