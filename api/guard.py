@@ -27,13 +27,14 @@ import asyncio
 import re
 from typing import TYPE_CHECKING
 
-from starlette.datastructures import Headers, QueryParams
+from starlette.datastructures import QueryParams
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import Unauthenticated, bearer, origin_allowed
 from api.bodies import BodyRefused, NotJson, check_json, read_body, replay
 from api.connections import authenticated
 from api.errors import REDIS_DOWN, STORE_DOWN, error, unavailable
+from api.headers import headers_of
 from api.instruments import PATH as METRICS_PATH
 from api.ratelimit import retry_after
 from api.routes.console import PATHS as CONSOLE_PATHS
@@ -91,7 +92,7 @@ class Guard:
             return
         state: AppState = scope["state"]["conveyor"]
         settings = state.settings
-        headers = Headers(scope=scope)
+        headers = headers_of(scope)
         path: str = scope["path"]
         if path == _EVENTS and not origin_allowed(headers, settings.origins):
             await error(403, "origin not allowed")(scope, receive, send)
@@ -234,7 +235,7 @@ class _Pace:
                     raise _BodyStalled from None
 
 
-def _json(headers: Headers) -> bool:
+def _json(headers: dict[str, str]) -> bool:
     kind = (headers.get("content-type") or "").partition(";")[0].strip().lower()
     return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
 

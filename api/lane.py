@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING
 import orjson
 from fastapi import HTTPException
 from pydantic import TypeAdapter, ValidationError
-from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.bodies import read_body, replay
 from api.errors import STORE_DOWN, ServiceUnavailable, error, unavailable
+from api.headers import headers_of
 from api.routes.notifications import accept_batch, accept_one
 from conveyor.schemas import Accepted, BatchAccepted, NotificationBatch, NotificationRequest
 from conveyor.store.db import UNAVAILABLE
@@ -54,7 +54,7 @@ class SubmissionLane:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in _PATHS:
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
+        headers = headers_of(scope)
         if (headers.get("content-type") or "").lower() not in _JSON:
             await self.app(scope, receive, send)
             return
