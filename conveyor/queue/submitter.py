@@ -44,6 +44,7 @@ from conveyor.schemas import Job
 from conveyor.store import db
 from conveyor.store.jobstore import IdempotencyConflict, JobStore, NewJob, new_row
 from conveyor.store.ledger import insert_ignore
+from conveyor.store.prepared import Prepared
 from conveyor.store.rows import job_from_row, utcnow
 
 log = logs.get("conveyor.queue.submitter")
@@ -53,14 +54,14 @@ MARK_DELAY = 0.02
 #: Most submissions one group takes.
 MAX_GROUP = 200
 
-_MARK = (
+_MARK = Prepared(
     db.jobs.update()
     .where(db.jobs.c.id == sa.bindparam("p_job"))
     .values(
         dispatched_at=sa.bindparam("p_at", type_=sa.DateTime(timezone=True)), queued_event_id=sa.bindparam("p_event")
     )
 )
-_INSERT = db.jobs.insert()
+_INSERT = Prepared(db.jobs.insert(), list(new_row(NewJob(kind="", request={}, task_name="", queue=""), utcnow())))
 _BY_KEY = sa.select(db.jobs).where(db.jobs.c.idempotency_key == sa.bindparam("p_key"))
 
 
@@ -151,8 +152,11 @@ class Submitter:
         now = utcnow()
         # Rows are built before the transaction and read back as jobs after it: the write lock covers SQL only.
         rows = [None if _keyed(pending) else [new_row(new, now) for new in pending.news] for pending in group]
+        dialect = self.store.engine.dialect  # the statements' parameters in the driver's form, before the lock too
+        plain = _INSERT.driver_rows(dialect, [row for built in rows if built is not None for row in built])
+        marked = _MARK.driver_rows(dialect, marks)
         try:
-            recorded = self.store.write(lambda connection: _record(connection, group, rows, marks, now))
+            recorded = self.store.write(lambda connection: _record(connection, group, rows, plain, marked, now))
         except Exception as exc:  # noqa: BLE001 - the error goes to every caller of the group
             self._remark(marks)
             _settle(group, [exc] * len(group))
@@ -230,17 +234,16 @@ def _record(
     connection: sa.Connection,
     group: list[_Pending],
     rows: list[list[dict[str, Any]] | None],
-    marks: list[dict[str, Any]],
+    plain: list[Any],
+    marks: list[Any],
     now: datetime,
 ) -> list[list[Submitted] | BaseException | None]:
-    """The group's transaction: earlier groups' notes, then every submission's rows (``rows``: each submission's
-    without idempotency keys, all inserted with one statement; ``None`` for one with keys). For each submission, in
-    order: ``None`` when its rows were inserted as built, else what :func:`_record_keyed` made of it."""
-    if marks:
-        connection.execute(_MARK, marks)
-    plain = [row for built in rows if built is not None for row in built]
-    if plain:
-        connection.execute(_INSERT, plain)
+    """The group's transaction: earlier groups' notes (``marks``, in the driver's form), then every submission's
+    rows (``rows``: each submission's without idempotency keys, ``None`` for one with keys; the former all inserted
+    with one statement, from ``plain``, the same rows in the driver's form). For each submission, in order: ``None``
+    when its rows were inserted as built, else what :func:`_record_keyed` made of it."""
+    _MARK.execute_driver_rows(connection, marks)
+    _INSERT.execute_driver_rows(connection, plain)
     return [
         None if built is not None else _record_keyed(connection, pending.news, now)
         for pending, built in zip(group, rows, strict=True)

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from conveyor.store import db
+from conveyor.store.prepared import Prepared
 from conveyor.store.rows import aware as _aware
 from conveyor.store.rows import utcnow
 
@@ -71,6 +72,7 @@ def _clip(text: str | None) -> str | None:
 
 
 _INSERT = db.delivery_attempts.insert()
+_INSERT_MANY = Prepared(_INSERT, (*_COLUMNS, "outcome", "created_at"))
 
 
 def record(
@@ -100,7 +102,7 @@ def record_delivered(connection: sa.Connection, runs: Sequence[tuple[str, int]],
     at = utcnow()
     common = {"channel": channel, "outcome": Outcome.DELIVERED.value, "created_at": at}
     common |= {"status_code": None, "reply": None, "error": None, "duration_ms": None}
-    connection.execute(_INSERT, [{"job_id": job_id, "attempt": attempt, **common} for job_id, attempt in runs])
+    _INSERT_MANY.execute(connection, [{"job_id": job_id, "attempt": attempt, **common} for job_id, attempt in runs])
 
 
 class AttemptLog:

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 
 from conveyor.store import db
 from conveyor.store.jobstore import find, keyset_page
+from conveyor.store.prepared import Prepared
 from conveyor.store.rows import aware as _aware
 from conveyor.store.rows import utcnow
 from conveyor.store.writer import GroupWriter
@@ -118,8 +119,8 @@ def log_notifications(connection: sa.Connection, entries: Sequence[LogEntry]) ->
     fresh = [entry for entry in entries if entry.job_id not in logged]
     if fresh:
         effect = {"effect": "notification.log", "detail": {"logged": True}, "created_at": now}
-        connection.execute(_EFFECT_INSERT, [{"job_id": entry.job_id, **effect} for entry in fresh])
-        connection.execute(_LOG_INSERT, [
+        _EFFECTS_MANY.execute(connection, [{"job_id": entry.job_id, **effect} for entry in fresh])
+        _LOGS_MANY.execute(connection, [
             {"job_id": entry.job_id, "level": entry.level, "message": entry.message, "owner": entry.owner,
              "created_at": now, "data": None if entry.data is None else dict(entry.data)}
             for entry in fresh
@@ -135,6 +136,8 @@ def log_notifications(connection: sa.Connection, entries: Sequence[LogEntry]) ->
 
 _LOG_INSERT = db.notification_log.insert()
 _UPLOAD_INSERT = db.uploads.insert()
+_EFFECTS_MANY = Prepared(_EFFECT_INSERT, ("job_id", "effect", "detail", "created_at"))
+_LOGS_MANY = Prepared(_LOG_INSERT, ("job_id", "level", "message", "owner", "created_at", "data"))
 
 
 def record_upload(

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from conveyor.schemas import Job, JobStatus
 from conveyor.store import db
+from conveyor.store.prepared import Prepared
 from conveyor.store.rows import job_from_row, utcnow
 
 #: How far ahead of its time a retrying job may be claimed (clocks of different hosts disagree a little).
@@ -83,6 +84,7 @@ _SUCCEED_UNREAD = (
     )
 )
 _SUCCEED = _returning(_SUCCEED_UNREAD)
+_SUCCEED_MANY = Prepared(_SUCCEED_UNREAD)
 _FAIL = _returning(
     db.jobs.update()
     .where(_this_run())
@@ -169,7 +171,7 @@ def succeed_many(connection: sa.Connection, runs: Sequence[tuple[Job, Mapping[st
         {"p_job": job.job_id, "p_attempt": job.attempts, "p_now": now, "p_result": result}
         for (job, _), result in zip(runs, results, strict=True)
     ]
-    written = connection.execute(_SUCCEED_UNREAD, params).rowcount
+    written = _SUCCEED_MANY.execute(connection, params)
     if connection.dialect.supports_sane_multi_rowcount and written != len(runs):
         raise LostClaim(f"{len(runs) - written} of {len(runs)} jobs were no longer this transaction's to record")
     done = {"status": JobStatus.SUCCEEDED, "updated_at": now, "finished_at": now, "progress": 100.0}

@@ -1,0 +1,71 @@
+"""Prepared statements write exactly what SQLAlchemy's own ``executemany`` writes, on each backend."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from conveyor.store import db
+from conveyor.store.prepared import Prepared
+
+_COLUMNS = ("job_id", "effect", "detail", "created_at")
+_EFFECTS = Prepared(db.effects.insert(), _COLUMNS)
+_WHEN = sa.DateTime(timezone=True)
+_DETAIL = (
+    db.effects.update()
+    .where(db.effects.c.job_id == sa.bindparam("p_job"), db.effects.c.effect == "e")
+    .values(detail=sa.bindparam("p_detail", type_=sa.JSON), created_at=sa.bindparam("p_at", type_=_WHEN))
+)
+
+
+def _rows(engine: Engine) -> list[tuple[object, ...]]:
+    with engine.connect() as connection:
+        select = sa.select(*(db.effects.c[name] for name in _COLUMNS)).order_by(db.effects.c.job_id)
+        return [tuple(row) for row in connection.execute(select)]
+
+
+def test_an_insert_writes_what_sqlalchemy_writes(engine: Engine) -> None:
+    now = datetime(2026, 11, 30, 12, 0, 0, 123456, tzinfo=UTC)
+    shared = {"logged": True}  # one object in every row: processed once, stored in each
+    rows = [{"job_id": f"a{n}", "effect": "e", "detail": shared if n else None, "created_at": now} for n in range(3)]
+    with engine.begin() as connection:
+        assert _EFFECTS.execute(connection, rows) == 3
+    written = _rows(engine)
+    with engine.begin() as connection:
+        connection.execute(db.effects.delete())
+        connection.execute(db.effects.insert(), rows)
+    assert written == _rows(engine)
+    assert [row[2] for row in written] == [None, {"logged": True}, {"logged": True}]
+
+
+def test_an_update_fills_named_binds_and_constants(engine: Engine) -> None:
+    then = datetime(2026, 1, 1, tzinfo=UTC)
+    with engine.begin() as connection:
+        connection.execute(
+            db.effects.insert(),
+            [{"job_id": job, "effect": effect, "detail": None, "created_at": then} for job in "xy" for effect in "ef"],
+        )
+        later = then + timedelta(days=1)
+        matched = Prepared(_DETAIL).execute(
+            connection, [{"p_job": job, "p_detail": {"job": job}, "p_at": later} for job in "xyz"]
+        )
+    assert matched == 2  # z has no row; f rows are not "e"
+    by_key = {(row[0], row[1]): row for row in _rows(engine)}
+    assert by_key["x", "e"][2] == {"job": "x"} and by_key["y", "e"][2] == {"job": "y"}
+    assert by_key["x", "f"][2] is None
+    assert {row[3].replace(tzinfo=UTC) for key, row in by_key.items() if key[1] == "e"} == {then + timedelta(days=1)}
+
+
+def test_expanding_parameters_are_refused(engine: Engine) -> None:
+    statement = db.effects.delete().where(db.effects.c.job_id.in_(sa.bindparam("p_jobs", expanding=True)))
+    with engine.begin() as connection, pytest.raises(ValueError, match="expanding"):
+        Prepared(statement).execute(connection, [{"p_jobs": ["a"]}])
+
+
+def test_no_rows_is_no_statement(engine: Engine) -> None:
+    with engine.begin() as connection:
+        assert _EFFECTS.execute(connection, []) == 0
+    assert _rows(engine) == []
