@@ -8,6 +8,7 @@ import json
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -282,18 +283,24 @@ class _WriteLock:
 _write_locks: dict[str, _WriteLock] = {}
 _write_locks_guard = threading.Lock()
 _NO_LOCK = contextlib.nullcontext()
+#: Each engine's lock, found once (a path resolved per transaction costs a few system calls).
+_engine_locks: weakref.WeakKeyDictionary[Engine, contextlib.AbstractContextManager[Any]] = weakref.WeakKeyDictionary()
 
 
 def _write_lock(engine: Engine) -> contextlib.AbstractContextManager[Any]:
-    """The write lock of ``engine``'s database file, one per file in the process (engines on one file share it)."""
+    """The write lock of ``engine``'s database file, one per file in the process (engines on one file share it);
+    found once per engine."""
+    lock: contextlib.AbstractContextManager[Any] | None = _engine_locks.get(engine)
+    if lock is not None:
+        return lock
     database = engine.url.database or ""
     if engine.dialect.name != "sqlite" or database in ("", ":memory:"):
-        return _NO_LOCK
-    path = str(Path(database).resolve())
-    lock = _write_locks.get(path)
-    if lock is None:
+        lock = _NO_LOCK
+    else:
+        path = str(Path(database).resolve())
         with _write_locks_guard:
             lock = _write_locks.setdefault(path, _WriteLock(Path(f"{path}.write.lock")))
+    _engine_locks[engine] = lock
     return lock
 
 
