@@ -171,8 +171,10 @@ class Submitter:
         _settle(group, outcomes)
 
     def _send(self, jobs: list[Job]) -> None:
-        """Announce the jobs and push their tasks in one round trip; note them sent with the next group."""
-        pipe = self.events.client.pipeline(transaction=False)
+        """Announce the jobs and push their tasks in one round trip (one ``MULTI``/``EXEC``, so that a reader
+        blocked on the stream reads the group's events at once; see :func:`worker.runner._announce`); note them sent
+        with the next group."""
+        pipe = self.events.client.pipeline(transaction=len(jobs) > 1)
         tasks = pipe if self.broker is None else self.broker.pipeline(transaction=False)
         for job in jobs:
             self.events.add_to(pipe, job_event(job))
