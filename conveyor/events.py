@@ -178,10 +178,18 @@ class EventLog:
 
     def publish_many(self, events: Iterable[Event]) -> list[str]:
         """Append the events, in order, in one round trip; returns their ids."""
-        pipe = self.client.pipeline(transaction=False)
+        events = list(events)
+        pipe = self.pipeline(len(events))
         for event in events:
             self.add_to(pipe, event)
         return [text(entry_id) for entry_id in pipe.execute()]
+
+    def pipeline(self, events: int) -> redis.client.Pipeline:
+        """A pipeline for ``events`` appends (with :meth:`add_to`) and whatever shares their round trip: one
+        ``MULTI``/``EXEC`` when there is more than one, so that a reader blocked on the stream (an api's hub,
+        Flower's feed) wakes once and reads them all (Redis wakes a blocked ``XREAD`` after each command outside a
+        transaction: a run's ``job.succeeded`` would wait for a second read behind its ``job.started``)."""
+        return self.client.pipeline(transaction=events > 1)
 
     def add_to(self, pipe: redis.client.Pipeline, event: Event) -> None:
         """Queue the append of ``event`` on ``pipe`` (its reply is the event's id), to share a round trip."""

@@ -421,13 +421,11 @@ def persist(rt: Runtime, write: Callable[[], T]) -> T:
 
 def _announce(rt: Runtime, *events: Event, counted: Sequence[Job] = ()) -> None:
     """Publish ``events``, in order, and count the transitions of ``counted`` (:mod:`conveyor.metrics`), in one
-    round trip, as one ``MULTI``/``EXEC``: a reader blocked on the stream (an api's hub, Flower's feed) is woken once
-    and reads them all (Redis wakes a blocked ``XREAD`` after each command outside a transaction: a run's
-    ``job.succeeded`` would wait for a second read behind its ``job.started``). The job store, not the stream, is the
-    truth: if Redis stays unreachable through the client's retries, the events are logged as lost (their counts
-    with them) and the job goes on."""
+    round trip (:meth:`conveyor.events.EventLog.pipeline`: a reader blocked on the stream reads them at once). The
+    job store, not the stream, is the truth: if Redis stays unreachable through the client's retries, the events
+    are logged as lost (their counts with them) and the job goes on."""
     try:
-        pipe = rt.events.client.pipeline(transaction=len(events) > 1)
+        pipe = rt.events.pipeline(len(events))
         for event in events:
             rt.events.add_to(pipe, event)
         for job in counted:

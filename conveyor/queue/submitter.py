@@ -171,10 +171,9 @@ class Submitter:
         _settle(group, outcomes)
 
     def _send(self, jobs: list[Job]) -> None:
-        """Announce the jobs and push their tasks in one round trip (one ``MULTI``/``EXEC``, so that a reader
-        blocked on the stream reads the group's events at once; see :func:`worker.runner._announce`); note them sent
-        with the next group."""
-        pipe = self.events.client.pipeline(transaction=len(jobs) > 1)
+        """Announce the jobs and push their tasks in one round trip (:meth:`conveyor.events.EventLog.pipeline`: a
+        reader blocked on the stream reads the group's events at once); note them sent with the next group."""
+        pipe = self.events.pipeline(len(jobs))
         tasks = pipe if self.broker is None else self.broker.pipeline(transaction=False)
         for job in jobs:
             self.events.add_to(pipe, job_event(job))

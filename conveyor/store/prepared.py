@@ -28,7 +28,7 @@ _UNSEEN = object()
 @dataclass(frozen=True)
 class _Form:
     sql: str
-    #: Per driver parameter, in order: the row's key (or ``None`` for a constant), the constant, the processor.
+    #: Per driver parameter, in order: the row's key and its processor, or ``None`` and the constant, processed.
     slots: tuple[tuple[str | None, Any, _Processor], ...]
     names: tuple[str, ...] | None  # the driver's parameter names (named paramstyles); ``None``: positional
 
@@ -58,7 +58,8 @@ class Prepared:
                 if bind.required:
                     slots.append((bind.key, None, processor))
                 else:
-                    slots.append((None, bind.effective_value, processor))
+                    constant = bind.effective_value
+                    slots.append((None, constant if processor is None else processor(constant), None))
             form = _Form(compiled.string, tuple(slots), None if compiled.positional else tuple(order or ()))
             self._forms[key] = form
         return form
@@ -67,8 +68,6 @@ class Prepared:
         """``rows`` (each keyed by the statement's parameter names, or by column for an ``INSERT``) in the driver's
         form for ``dialect``."""
         form = self._form(dialect)
-        constants = [None if key is not None or processor is None else processor(constant) for key, constant,
-                     processor in form.slots]  # fmt: skip
         # A value shared by the rows (the same object: a transaction's "now", a common detail) is processed once.
         seen: list[tuple[Any, Any]] = [(_UNSEEN, None)] * len(form.slots)
         out: list[Any] = []
@@ -76,7 +75,7 @@ class Prepared:
             values = []
             for index, (key, constant, processor) in enumerate(form.slots):
                 if key is None:
-                    values.append(constant if processor is None else constants[index])
+                    values.append(constant)
                     continue
                 value = row[key]
                 if processor is None:
