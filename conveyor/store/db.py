@@ -17,6 +17,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from conveyor import logs
+
+log = logs.get("conveyor.store")
+
 #: Errors that mean "the job store did not answer" (down, restarting, unreachable, locked), not "the request was
 #: wrong": whoever meets one may try again later.
 UNAVAILABLE: tuple[type[Exception], ...] = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
@@ -154,10 +158,19 @@ schedules = sa.Table(
 )
 
 
+#: SQLite's own checkpoint (in the commit that finds the WAL this many pages long, under the write lock): a backstop.
+AUTOCHECKPOINT_PAGES = 4000
+#: Commits of a process between two of its checkpoints, each run after the write lock is let go (:func:`writing`).
+CHECKPOINT_EVERY = 32
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
+    # Checkpoints are run by the writers after they let go of the write lock (:func:`writing`); SQLite's own, run
+    # inside a commit, stays as a backstop for a WAL that grew past this many pages anyway.
+    cursor.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
@@ -239,6 +252,8 @@ class _WriteLock:
         self.since = 0.0
         self.since_cpu = 0.0
         self.timeout = WRITE_LOCK_TIMEOUT
+        #: Commits under this lock since this process's last checkpoint of the file.
+        self.commits = 0
 
     def __enter__(self) -> None:
         deadline = time.monotonic() + self.timeout
@@ -274,6 +289,7 @@ class _WriteLock:
         STATS.write_lock_held_s += time.perf_counter() - self.since
         STATS.write_lock_cpu_s += time.thread_time() - self.since_cpu
         STATS.write_lock_acquired += 1
+        self.commits += 1
         try:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
         finally:
@@ -331,9 +347,25 @@ def write_stats(path: Path, name: str) -> None:
 def writing(engine: Engine) -> Iterator[sa.Connection]:
     """A write transaction (``engine.begin()``), taken in turn with every other writer of the same SQLite file on
     this host; for PostgreSQL just the transaction. Never nest two on one thread."""
+    lock = _write_lock(engine)
     with engine.connect() as connection:  # a pooled connection, checked out before the lock is taken
-        with _write_lock(engine), connection.begin():
+        with lock, connection.begin():
             yield connection
+        if isinstance(lock, _WriteLock) and lock.commits >= CHECKPOINT_EVERY:
+            lock.commits = 0
+            _checkpoint(connection)
+
+
+def _checkpoint(connection: sa.Connection) -> None:
+    """Copy the WAL's committed pages into the database file (``PRAGMA wal_checkpoint(PASSIVE)``: as far as no
+    reader needs them, without waiting), outside the write lock: SQLite's automatic checkpoint would run inside the
+    commit that crossed its threshold, every writer of the host waiting behind its writes and ``fsync``. A
+    checkpoint that fails is left to the next one."""
+    try:
+        connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").close()
+        connection.rollback()  # end the transaction SQLAlchemy began around the statement
+    except sa.exc.DBAPIError as exc:
+        log.warning("job store checkpoint failed; left to the next one", error=repr(exc))
 
 
 @contextlib.contextmanager

@@ -8,8 +8,11 @@ driver takes (a tuple per row for a positional paramstyle, a dict for a named on
 the transaction, and :meth:`Prepared.execute` hands them to the driver's ``executemany`` through SQLAlchemy's
 connection (its events, its transaction, its error translation), with nothing done per row.
 
+A statement with ``RETURNING`` is run for one row at a time by :meth:`Prepared.fetch`, which hands back the rows it
+returned as mappings of processed values (each column's result processor looked up once).
+
 For plain ``INSERT`` and ``UPDATE``/``DELETE`` statements whose binds are named (``bindparam``) or constants; not
-for expanding (``IN``) parameters, ``RETURNING`` or SQL-side defaults of omitted columns (name every column).
+for expanding (``IN``) parameters or SQL-side defaults of omitted columns (name every column).
 """
 
 from __future__ import annotations
@@ -31,6 +34,12 @@ class _Form:
     #: Per driver parameter, in order: the row's key and its processor, or ``None`` and the constant, processed.
     slots: tuple[tuple[str | None, Any, _Processor], ...]
     names: tuple[str, ...] | None  # the driver's parameter names (named paramstyles); ``None``: positional
+    #: Per column a ``RETURNING`` clause returns, in order: its key and its type.
+    returns: tuple[tuple[str, sa.types.TypeEngine[Any]], ...]
+
+
+def _key(dialect: Dialect) -> str:
+    return f"{dialect.name}+{dialect.driver}:{dialect.paramstyle}"
 
 
 class Prepared:
@@ -41,9 +50,12 @@ class Prepared:
         self.statement = statement
         self.columns = None if columns is None else list(columns)
         self._forms: dict[str, _Form] = {}
+        #: Per dialect, the result processor of each returned column (from the first reply: a driver may need the
+        #: column's type code to choose one).
+        self._readers: dict[str, tuple[tuple[str, _Processor], ...]] = {}
 
     def _form(self, dialect: Dialect) -> _Form:
-        key = f"{dialect.name}+{dialect.driver}:{dialect.paramstyle}"
+        key = _key(dialect)
         form = self._forms.get(key)
         if form is None:
             compiled = self.statement.compile(dialect=dialect, column_keys=self.columns)
@@ -60,7 +72,9 @@ class Prepared:
                 else:
                     constant = bind.effective_value
                     slots.append((None, constant if processor is None else processor(constant), None))
-            form = _Form(compiled.string, tuple(slots), None if compiled.positional else tuple(order or ()))
+            returns = tuple((entry[0], entry[3]) for entry in compiled._result_columns)
+            names = None if compiled.positional else tuple(order or ())
+            form = _Form(compiled.string, tuple(slots), names, returns)
             self._forms[key] = form
         return form
 
@@ -101,3 +115,26 @@ class Prepared:
         if not rows:
             return 0
         return connection.exec_driver_sql(self._form(connection.dialect).sql, rows).rowcount
+
+    def fetch(self, connection: sa.Connection, row: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Execute the statement for ``row`` in ``connection``'s transaction; the rows its ``RETURNING`` clause
+        returned, each a mapping of column key to value as SQLAlchemy would read it."""
+        dialect = connection.dialect
+        form = self._form(dialect)
+        (params,) = self.driver_rows(dialect, [row])
+        result = connection.exec_driver_sql(form.sql, params)
+        readers = self._readers.get(_key(dialect))
+        if readers is None:
+            codes = [column[1] for column in result.cursor.description or ()]
+            readers = tuple(
+                (key, type_._cached_result_processor(dialect, code))
+                for (key, type_), code in zip(form.returns, codes, strict=True)
+            )
+            self._readers[_key(dialect)] = readers
+        return [
+            {
+                key: value if processor is None or value is None else processor(value)
+                for (key, processor), value in zip(readers, values, strict=True)
+            }
+            for values in result.fetchall()
+        ]

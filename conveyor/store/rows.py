@@ -26,6 +26,13 @@ def aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
+#: The ``jobs`` columns :func:`job_from_row` reads (a statement that returns a job need return no other).
+JOB_COLUMNS = (
+    "id", "kind", "status", "progress", "request", "result", "error", "attempts", "crashes", "owner",
+    "created_at", "started_at", "finished_at", "updated_at", "schedule_id", "scheduled_for",
+)  # fmt: skip
+
+
 def job_from_row(row: sa.Row[Any] | Mapping[str, Any]) -> Job:
     """A ``jobs`` row (or the mapping of its values) as the wire model. The row was valid when written, so it is
     not validated again (this runs for every job the workers and the api read or write)."""

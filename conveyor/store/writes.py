@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from conveyor.schemas import Job, JobStatus
 from conveyor.store import db
 from conveyor.store.prepared import Prepared
-from conveyor.store.rows import job_from_row, utcnow
+from conveyor.store.rows import JOB_COLUMNS, job_from_row, utcnow
 
 #: How far ahead of its time a retrying job may be claimed (clocks of different hosts disagree a little).
 CLOCK_SLACK = timedelta(seconds=1)
@@ -32,7 +32,7 @@ _STARTED = JobStatus.STARTED.value
 
 
 def _returning(statement: sa.Update) -> sa.Update:
-    return statement.returning(*db.jobs.c)
+    return statement.returning(*(_c[name] for name in JOB_COLUMNS))
 
 
 def _this_run() -> sa.ColumnElement[bool]:
@@ -70,7 +70,7 @@ def _claim_statement(which: sa.ColumnElement[bool]) -> sa.Update:
     )
 
 
-_CLAIM = _claim_statement(_c.id == _JOB)
+_CLAIM = Prepared(_claim_statement(_c.id == _JOB))
 _CLAIM_MANY = _claim_statement(_c.id.in_(sa.bindparam("p_jobs", expanding=True)))
 _SUCCEED_UNREAD = (
     db.jobs.update()
@@ -83,23 +83,27 @@ _SUCCEED_UNREAD = (
         result=sa.bindparam("p_result", type_=sa.JSON),
     )
 )
-_SUCCEED = _returning(_SUCCEED_UNREAD)
+_SUCCEED = Prepared(_returning(_SUCCEED_UNREAD))
 _SUCCEED_MANY = Prepared(_SUCCEED_UNREAD)
-_FAIL = _returning(
-    db.jobs.update()
-    .where(_this_run())
-    .values(status=JobStatus.FAILED.value, updated_at=_NOW, finished_at=_NOW, error=sa.bindparam("p_error"))
+_FAIL = Prepared(
+    _returning(
+        db.jobs.update()
+        .where(_this_run())
+        .values(status=JobStatus.FAILED.value, updated_at=_NOW, finished_at=_NOW, error=sa.bindparam("p_error"))
+    )
 )
-_RETRY = _returning(
-    db.jobs.update()
-    .where(_this_run())
-    .values(
-        status=JobStatus.RETRYING.value,
-        updated_at=_NOW,
-        error=sa.bindparam("p_error"),
-        next_attempt_at=sa.bindparam("p_next", type_=_when),
-        dispatched_at=sa.bindparam("p_dispatched", type_=_when),
-        heartbeat_at=None,
+_RETRY = Prepared(
+    _returning(
+        db.jobs.update()
+        .where(_this_run())
+        .values(
+            status=JobStatus.RETRYING.value,
+            updated_at=_NOW,
+            error=sa.bindparam("p_error"),
+            next_attempt_at=sa.bindparam("p_next", type_=_when),
+            dispatched_at=sa.bindparam("p_dispatched", type_=_when),
+            heartbeat_at=None,
+        )
     )
 )
 _HEARTBEAT = db.jobs.update().where(_this_run()).values(heartbeat_at=_NOW)
@@ -112,9 +116,9 @@ _GET = db.jobs.select().where(_c.id == _JOB)
 _GET_MANY = db.jobs.select().where(_c.id.in_(sa.bindparam("p_jobs", expanding=True)))
 
 
-def _one(connection: sa.Connection, statement: sa.Update, params: Mapping[str, Any]) -> Job | None:
-    row = connection.execute(statement, params).first()
-    return None if row is None else job_from_row(row)
+def _one(connection: sa.Connection, statement: Prepared, params: Mapping[str, Any]) -> Job | None:
+    rows = statement.fetch(connection, params)
+    return job_from_row(rows[0]) if rows else None
 
 
 def get(connection: sa.Connection, job_id: str) -> Job | None:

@@ -9,7 +9,9 @@ import fcntl
 import multiprocessing
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -98,3 +100,31 @@ def test_a_writer_gives_up_on_a_held_write_lock_after_its_deadline(tmp_path: Pat
     finally:
         store.writer.close()
         engine.dispose()
+
+
+def test_writers_checkpoint_the_wal_after_letting_go_of_the_lock(tmp_path: Path) -> None:
+    """The WAL stays short (the writers' own checkpoints, every ``CHECKPOINT_EVERY`` commits), and no checkpoint
+    runs while the write lock is held: SQLite's automatic one only passed ``AUTOCHECKPOINT_PAGES``."""
+    engine = db.create_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
+    db.migrate(engine)
+    held: list[bool] = []
+    lock = db._write_lock(engine)
+    assert isinstance(lock, db._WriteLock)
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def _seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "wal_checkpoint" in statement:
+            held.append(lock.thread_lock.locked())
+
+    rows = 40 * db.CHECKPOINT_EVERY
+    for n in range(rows):
+        with db.writing(engine) as connection:
+            connection.execute(db.effects.insert(), {"job_id": f"j{n}", "effect": "e", "detail": {"n": "x" * 500},
+                                                     "created_at": datetime.now(UTC)})  # fmt: skip
+    assert held and not any(held)
+    assert len(held) >= rows // db.CHECKPOINT_EVERY - 1
+    wal = tmp_path / "jobs.db-wal"
+    # Without the writers' checkpoints the WAL would hold every page written (well over this many).
+    assert wal.stat().st_size < 4 * db.CHECKPOINT_EVERY * 4096 * 8
+    with engine.connect() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(db.effects)).scalar_one() == rows

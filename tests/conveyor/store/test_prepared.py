@@ -71,3 +71,19 @@ def test_no_rows_is_no_statement(engine: Engine) -> None:
     with engine.begin() as connection:
         assert _EFFECTS.execute(connection, []) == 0
     assert _rows(engine) == []
+
+
+def test_a_returning_statement_reads_back_what_sqlalchemy_reads(engine: Engine) -> None:
+    then = datetime(2026, 1, 1, 8, 30, tzinfo=UTC)
+    statement = _DETAIL.returning(*db.effects.c)
+    with engine.begin() as connection:
+        connection.execute(db.effects.insert(), [{"job_id": "x", "effect": "e", "detail": None, "created_at": then}])
+        params = {"p_job": "x", "p_detail": {"n": 1}, "p_at": then + timedelta(hours=1)}
+        fetched = Prepared(statement).fetch(connection, params)
+        none = Prepared(statement).fetch(connection, {**params, "p_job": "nobody"})
+        params["p_detail"] = {"n": 2}
+        read = [dict(row._mapping) for row in connection.execute(statement, params)]
+    assert none == []
+    assert [{**row, "detail": {"n": 2}} for row in fetched] == read
+    assert fetched[0]["detail"] == {"n": 1}
+    assert isinstance(fetched[0]["created_at"], datetime)
