@@ -13,7 +13,8 @@ On one real redis-server, in turn (each subject's processes run only while it is
 - ``conveyor-batch``: the same, each request a ``POST /notifications:batch`` of ``BATCH`` notifications;
 - ``conveyor-unbundled`` and ``conveyor-unbundled-2w``: the same batches with ``CONVEYOR_BUNDLE_MAX=1`` (every job
   its own task message, so that the worker process, not the api, is the limit), with one and with two notifications
-  worker processes (the machine's idle share is noted): what a second worker process adds;
+  worker processes (the machine's idle share is noted), measured in alternation ``SCALE_PAIRS`` times, each row the
+  subject's median run and every pair's ratio listed: what a second worker process adds;
 - ``api alone``: ``tutorial-api`` and ``conveyor-api``, each api with no worker running (nor Flower): N single
   submissions from ``CLIENTS`` clients, jobs/s = N / (first send → last 202); the jobs stay queued.
 
@@ -48,6 +49,8 @@ CLIENTS = 32
 #: Notifications per ``POST /notifications:batch`` in the ``conveyor-batch`` subjects.
 BATCH = 50
 WARMUP = 20
+#: Pairs of runs (1 worker, then 2) for the scale-out goal.
+SCALE_PAIRS, QUICK_SCALE_PAIRS = 3, 1
 DEADLINE = 600.0
 #: How often a tutorial client asks whether its task is done (the tutorials poll every second or so; 100 ms
 #: favours the tutorial stack's latency at some cost in api CPU).
@@ -211,12 +214,11 @@ def run(options: argparse.Namespace) -> Report:
             accepted, seconds = uvloop.run(tutorial_burst(tutorial, jobs, meter))
             notes = f"{CLIENTS} clients POST /tasks, {CLIENTS} poll every {POLL_INTERVAL * 1000:.0f} ms"
             measure("tutorial", seconds, meter, f"{notes}; all accepted at {jobs / accepted:.0f}/s")
-        for subject, batch, workers, bundle_max in (
-            ("conveyor", 1, 1, None),
-            ("conveyor-batch", BATCH, 1, None),
-            ("conveyor-unbundled", BATCH, 1, 1),
-            ("conveyor-unbundled-2w", BATCH, 2, 1),
-        ):
+
+        def burst(
+            subject: str, batch: int, workers: int, bundle_max: int | None
+        ) -> tuple[float, jobstack.Meter, str, dict[str, float | None]]:
+            nonlocal auth
             with jobstack.conveyor(redis_url, root / subject, workers=workers, bundle_max=bundle_max) as stack:
                 meter = jobstack.Meter({"redis": redis.pid, **stack.group.pids()}, redis_url)
                 jobstack.wait_quiet(meter.pids)
@@ -225,8 +227,28 @@ def run(options: argparse.Namespace) -> Report:
             how = f"{CLIENTS} clients" + (f", {BATCH} per POST /notifications:batch" if batch > 1 else "")
             how += "" if bundle_max is None else f", CONVEYOR_BUNDLE_MAX={bundle_max}"
             notes = f"{how}; {workers} worker(s), Flower; all {jobs} accepted (202) at {jobs / accepted:.0f}/s"
+            return seconds, meter, notes, record_path(jobstack.read_stats(stack.stats), jobs + WARMUP)
+
+        for subject, batch in (("conveyor", 1), ("conveyor-batch", BATCH)):
+            seconds, meter, notes, counts = burst(subject, batch, 1, None)
             measure(subject, seconds, meter, notes)
-            report.rows[-1].values.update(record_path(jobstack.read_stats(stack.stats), jobs + WARMUP))
+            report.rows[-1].values.update(counts)
+        # 1 and 2 worker processes, measured in alternation SCALE_PAIRS times (one pair is a few seconds of a noisy
+        # machine); each subject's row is its median run, and every pair's ratio is listed.
+        scale: dict[str, list[tuple[float, jobstack.Meter, str, dict[str, float | None]]]] = {}
+        for _pair in range(QUICK_SCALE_PAIRS if getattr(options, "quick", False) else SCALE_PAIRS):
+            for subject, workers in (("conveyor-unbundled", 1), ("conveyor-unbundled-2w", 2)):
+                scale.setdefault(subject, []).append(burst(subject, BATCH, workers, 1))
+                print(f"  {subject}: {jobs / scale[subject][-1][0]:,.0f} jobs/s", flush=True)
+        one, two = scale["conveyor-unbundled"], scale["conveyor-unbundled-2w"]
+        ratios = [a[0] / b[0] for a, b in zip(one, two, strict=True)]
+        for subject, runs in scale.items():
+            seconds, meter, notes, counts = sorted(runs, key=lambda run: run[0])[len(runs) // 2]
+            rates = ", ".join(f"{jobs / run[0]:,.0f}" for run in runs) + " jobs/s"
+            if subject == "conveyor-unbundled-2w":
+                rates += "; the pairs' ratios " + ", ".join(f"{ratio:.2f}×" for ratio in ratios)
+            measure(subject, seconds, meter, f"{notes}; median of {len(runs)} runs ({rates})")
+            report.rows[-1].values.update(counts)
         with jobstack.tutorial(redis_url, root / "tutorial-api", worker=False) as tutorial:
             meter = jobstack.Meter({"redis": redis.pid, **tutorial.group.pids()}, redis_url)
             jobstack.wait_quiet(meter.pids)
@@ -309,7 +331,8 @@ def add_checks(report: Report) -> None:
     idle_note = f"; machine idle {idle:.0f} % with 1 worker" if idle is not None else ""
     report.checks.append(
         Check(
-            "2 worker processes vs 1 (batches, every job its own task message)",
+            "2 worker processes vs 1 (batches, every job its own task message; each the median of its runs, "
+            "measured in alternation)",
             measured,
             1.3,
             True,

@@ -16,7 +16,7 @@ loses writes (a crash within its fsync second) or is emptied.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -104,6 +104,32 @@ def count_job(pipe: Any, job: Job) -> None:
     if kind == KIND_NOTIFICATION and outcome is not None and job.started_at is not None:
         channel = str(job.request.get("channel", "unknown")) if isinstance(job.request, Mapping) else "unknown"
         count(pipe, DELIVERIES, channel=channel, outcome=outcome)
+
+
+class _Tally:
+    """Increments added up per hash field, to be sent as one command per field (:func:`count_jobs`)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.sums: dict[str, float] = {}
+
+    def hincrby(self, _key: str, name: str, amount: int) -> None:
+        self.counts[name] = self.counts.get(name, 0) + amount
+
+    def hincrbyfloat(self, _key: str, name: str, amount: float) -> None:
+        self.sums[name] = self.sums.get(name, 0.0) + amount
+
+
+def count_jobs(pipe: Any, jobs: Iterable[Job]) -> None:
+    """:func:`count_job` for each of ``jobs``, added up: one command per series on ``pipe`` (a batch of 50 queued
+    jobs adds 50 to one field with one ``HINCRBY``)."""
+    tally = _Tally()
+    for job in jobs:
+        count_job(tally, job)
+    for name, amount in tally.counts.items():
+        pipe.hincrby(METRICS_KEY, name, amount)
+    for name, total in tally.sums.items():
+        pipe.hincrbyfloat(METRICS_KEY, name, total)
 
 
 def families(stored: Mapping[bytes, bytes] | Mapping[str, str]) -> list[Metric]:

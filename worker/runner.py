@@ -428,8 +428,7 @@ def _announce(rt: Runtime, *events: Event, counted: Sequence[Job] = ()) -> None:
         pipe = rt.events.pipeline(len(events))
         for event in events:
             rt.events.add_to(pipe, event)
-        for job in counted:
-            metrics.count_job(pipe, job)
+        metrics.count_jobs(pipe, counted)
         pipe.execute()
     except REDIS_DOWN as exc:
         for event in events:

@@ -76,8 +76,8 @@ class Dispatcher:
         for dispatch in dispatches:
             job_id = dispatch.job.job_id
             tasks.lpush(dispatch.queue, task_message(self.celery, dispatch.task_name, job_id, dispatch.queue))
-        for dispatch in dispatches if new else ():  # after the events: the first replies are their ids
-            metrics.count_job(pipe, dispatch.job)
+        if new:  # after the events: the first replies are their ids
+            metrics.count_jobs(pipe, [dispatch.job for dispatch in dispatches])
         try:
             replies = pipe.execute()
             if tasks is not pipe:  # after the events: a worker's job.started never comes before job.queued

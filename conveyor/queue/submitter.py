@@ -179,8 +179,7 @@ class Submitter:
             self.events.add_to(pipe, job_event(job))
         for queue, message in messages_for(self.celery, jobs, self.bundle_max):
             tasks.lpush(queue, message)
-        for job in jobs:  # after the events: the first replies are their ids
-            metrics.count_job(pipe, job)
+        metrics.count_jobs(pipe, jobs)  # after the events: the first replies are their ids
         try:
             replies = pipe.execute()
             if tasks is not pipe:  # after the events: a worker's job.started never comes before job.queued

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
@@ -99,3 +100,27 @@ def test_fields_round_trip_and_buckets() -> None:
     assert metrics.bucket_for(1800) == "1800.0"
     assert metrics.bucket_for(1800.5) == "+Inf"
     assert metrics.BUCKETS[-2] == 1800
+
+
+def test_counting_jobs_together_adds_what_counting_each_adds_one_command_per_series(private_redis_url: str) -> None:
+    transitions = [job(JobStatus.QUEUED)] * 50 + [job(JobStatus.STARTED), job(JobStatus.SUCCEEDED)] * 3
+    client = redis.Redis.from_url(private_redis_url)
+    try:
+        client.delete(metrics.METRICS_KEY)
+        pipe = client.pipeline(transaction=False)
+        for transition in transitions:
+            metrics.count_job(pipe, transition)
+        pipe.execute()
+        each = client.hgetall(metrics.METRICS_KEY)
+        client.delete(metrics.METRICS_KEY)
+        pipe = client.pipeline(transaction=False)
+        metrics.count_jobs(pipe, transitions)
+        commands = len(pipe.command_stack)
+        pipe.execute()
+        together = client.hgetall(metrics.METRICS_KEY)
+    finally:
+        client.close()
+    assert {name: pytest.approx(float(value)) for name, value in together.items()} == {
+        name: float(value) for name, value in each.items()
+    }
+    assert commands == len(together)
