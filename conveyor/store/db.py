@@ -256,6 +256,7 @@ class _WriteLock:
         self.commits = 0
 
     def __enter__(self) -> None:
+        asked = time.perf_counter()
         deadline = time.monotonic() + self.timeout
         if not self.thread_lock.acquire(timeout=self.timeout):
             raise WriteLockTimeout(f"the job store's write lock was not free within {self.timeout:g} s")
@@ -269,6 +270,7 @@ class _WriteLock:
             raise
         self.since = time.perf_counter()
         self.since_cpu = time.thread_time()
+        STATS.write_lock_wait_s += self.since - asked
 
     def _flock(self, deadline: float) -> None:
         """Take the file lock, waiting (in short sleeps, growing to 2 ms) until ``deadline`` at most."""
@@ -331,6 +333,8 @@ class Stats:
     write_lock_held_s: float = 0.0
     write_lock_cpu_s: float = 0.0
     write_lock_acquired: int = 0
+    #: Time writers of this process waited for the write lock (other threads', then other processes').
+    write_lock_wait_s: float = 0.0
 
 
 STATS = Stats()
