@@ -111,6 +111,7 @@ class WebSocketProtocol(asyncio.Protocol):
         "delegate",
         "early",
         "handshake",
+        "out",
         "paused",
         "ping_at",
         "pong_due",
@@ -135,6 +136,8 @@ class WebSocketProtocol(asyncio.Protocol):
         #: Made when the handshake is accepted; its state is this connection's.
         self.stream: EventStream | None = None
         self.sent = (0, 0)
+        #: Frames delivered directly by the hub and not yet written: written together once the hub's batch is done.
+        self.out: list[bytes] = []
         self.pump: asyncio.Task[None] | None = None
         self.paused = False
         self.writable: asyncio.Future[None] | None = None
@@ -330,17 +333,33 @@ class WebSocketProtocol(asyncio.Protocol):
     # --- sending
 
     def _deliver(self, item: Outgoing) -> None:
-        """Direct delivery from the hub (the stream is ``LIVE``): write the shared frame, skip repeats."""
+        """Direct delivery from the hub (the stream is ``LIVE``): the shared frame, repeats skipped. The frames the
+        hub delivers in one go (the events of one read of the stream) are written together, in one system call,
+        right after it (:meth:`_write_out`); every other write writes them first, so the order on the wire is the
+        order of delivery."""
         key = item.key
         if key is not None:
             if key <= self.sent:
                 return
             self.sent = key
-        assert self.transport is not None
-        self.transport.write(item.frame)
+        out = self.out
+        out.append(item.frame)
+        if len(out) == 1:
+            asyncio.get_running_loop().call_soon(self._write_out)
+
+    def _write_out(self) -> None:
+        """Write the frames :meth:`_deliver` holds, in order, in one write."""
+        out = self.out
+        if not out:
+            return
+        self.out = []
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     async def send(self, item: Outgoing) -> None:
         """The :class:`api.streams.session.Sender` side, used by the pump: wait while the socket buffer is full."""
+        self._write_out()
         while self.paused:
             if self.writable is None or self.writable.done():
                 self.writable = asyncio.get_running_loop().create_future()
@@ -432,6 +451,7 @@ class WebSocketProtocol(asyncio.Protocol):
         conn, transport = self.conn, self.transport
         if conn is None or transport is None:
             return
+        self._write_out()  # the frames delivered before what the protocol answers now (a pong, a close)
         for data in conn.data_to_send():
             if data:
                 transport.write(data)
