@@ -326,9 +326,11 @@ class Hub:
             subscription.selection.topics.discard(topic)
             _discard(self._by_topic, topic, subscription)
 
-    def publish_local(self, event: StreamEvent) -> None:
-        """Hand ``event`` to every subscription that listens to it, each once."""
+    def publish_local(self, event: StreamEvent, *, more: bool = False) -> None:
+        """Hand ``event`` to every subscription that listens to it, each once; ``more``: more events follow at once
+        (the rest of one read of the stream)."""
         item = Outgoing.of(event)
+        item.more = more
         if event.room_id is not None:
             for subscription in tuple(self._by_room.get(event.room_id, ())):
                 self._offer(subscription, item)
@@ -377,8 +379,9 @@ class Hub:
                         raise asyncio.CancelledError
                     entries = await tail.read(self.last_id, self.block_ms, min(1000, self.queue_size))
                     self.read_at = time.monotonic()
-                    for entry_id, fields in entries:
-                        self._deliver(entry_id, fields)
+                    last = len(entries) - 1
+                    for index, (entry_id, fields) in enumerate(entries):
+                        self._deliver(entry_id, fields, more=index < last)
                     delay = 0.1
                 except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
                     if _cancel_requested():  # the cancel became this error (redis-py, mid-connect)
@@ -395,7 +398,7 @@ class Hub:
         finally:
             await tail.close()
 
-    def _deliver(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+    def _deliver(self, entry_id: bytes, fields: dict[bytes, bytes], *, more: bool = False) -> None:
         self.last_id = text(entry_id)
         if not self.subscribers:  # no one here to hand it to: not even read
             return
@@ -404,7 +407,7 @@ class Hub:
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("stream entry skipped: not an event", event_id=self.last_id, error=repr(exc))
             return
-        self.publish_local(event)
+        self.publish_local(event, more=more)
 
     async def _check_continuity(self) -> None:
         """After an outage: if events after the last one read may be gone, tell every subscriber (resync)."""

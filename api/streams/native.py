@@ -333,9 +333,10 @@ class WebSocketProtocol(asyncio.Protocol):
     # --- sending
 
     def _deliver(self, item: Outgoing) -> None:
-        """Direct delivery from the hub (the stream is ``LIVE``): the shared frame, repeats skipped. The frames the
-        hub delivers in one go (the events of one read of the stream) are written together, in one system call,
-        right after it (:meth:`_write_out`); every other write writes them first, so the order on the wire is the
+        """Direct delivery from the hub (the stream is ``LIVE``): the shared frame, repeats skipped. The frames of
+        one read of the stream are written together, in one system call: at the read's last event, or (when this
+        connection does not get that one) right after the hub is done with the read (:meth:`_write_out`). A lone
+        event is written at once. Every other write writes the held frames first, so the order on the wire is the
         order of delivery."""
         key = item.key
         if key is not None:
@@ -344,7 +345,9 @@ class WebSocketProtocol(asyncio.Protocol):
             self.sent = key
         out = self.out
         out.append(item.frame)
-        if len(out) == 1:
+        if not item.more:
+            self._write_out()
+        elif len(out) == 1:
             asyncio.get_running_loop().call_soon(self._write_out)
 
     def _write_out(self) -> None:

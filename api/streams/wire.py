@@ -100,12 +100,14 @@ class Outgoing:
     """One message on its way to clients, encoded once for all of them: an event (with its id's sort key) or a
     notice without an id (``event`` and ``key`` are ``None``)."""
 
-    __slots__ = ("_frame", "event", "key", "text")
+    __slots__ = ("_frame", "event", "key", "more", "text")
 
     def __init__(self, event: StreamEvent | None, text: str) -> None:
         self.event = event
         self.key = id_key(event.event_id) if event is not None else None
         self.text = text
+        #: More events follow in the same read of the stream (a connection may hold this one to write them together).
+        self.more = False
         self._frame: bytes | None = None
 
     @classmethod

@@ -33,22 +33,32 @@ def _protocol() -> tuple[WebSocketProtocol, _Transport]:
     return protocol, transport
 
 
-def _event(n: int) -> Outgoing:
-    return Outgoing.of(StreamEvent(f"1-{n}", EventType.PROGRESS, "job", "owner", None, f'{{"n":{n}}}'))
+def _event(n: int, *, more: bool = True) -> Outgoing:
+    item = Outgoing.of(StreamEvent(f"1-{n}", EventType.PROGRESS, "job", "owner", None, f'{{"n":{n}}}'))
+    item.more = more
+    return item
 
 
-async def test_frames_delivered_together_are_written_together_in_order() -> None:
+async def test_the_events_of_one_read_are_written_together_in_order() -> None:
     protocol, transport = _protocol()
-    events = [_event(n) for n in range(1, 4)]
-    for item in events:
-        protocol._deliver(item)
-    protocol._deliver(events[1])  # a repeat (an earlier id) is skipped
-    assert transport.writes == []  # not before the hub's batch is done
-    await asyncio.sleep(0)
+    events = [_event(1), _event(2), _event(3, more=False)]
+    protocol._deliver(events[0])
+    protocol._deliver(events[1])
+    protocol._deliver(events[0])  # a repeat (an earlier id) is skipped
+    assert transport.writes == []  # held: more follow in this read
+    protocol._deliver(events[2])  # the read's last event: all of them at once
     assert transport.writes == [b"".join(item.frame for item in events)]
-    protocol._deliver(_event(4))
-    await asyncio.sleep(0)
+    protocol._deliver(_event(4, more=False))  # a lone event: at once
     assert transport.writes[1:] == [_event(4).frame]
+
+
+async def test_frames_held_for_a_read_whose_last_event_is_not_this_connection_s_go_out_after_it() -> None:
+    protocol, transport = _protocol()
+    protocol._deliver(_event(1))
+    protocol._deliver(_event(2))
+    assert transport.writes == []
+    await asyncio.sleep(0)  # the hub is done with the read
+    assert transport.writes == [_event(1).frame + _event(2).frame]
 
 
 async def test_another_write_comes_after_the_frames_delivered_before_it() -> None:
