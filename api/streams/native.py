@@ -136,7 +136,7 @@ class WebSocketProtocol(asyncio.Protocol):
         #: Made when the handshake is accepted; its state is this connection's.
         self.stream: EventStream | None = None
         self.sent = (0, 0)
-        #: Frames delivered directly by the hub and not yet written: written together once the hub's batch is done.
+        #: Frames the hub delivered directly and not yet written: held until the last event of the hub's read.
         self.out: list[bytes] = []
         self.pump: asyncio.Task[None] | None = None
         self.paused = False
