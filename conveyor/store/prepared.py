@@ -123,18 +123,19 @@ class Prepared:
         form = self._form(dialect)
         (params,) = self.driver_rows(dialect, [row])
         result = connection.exec_driver_sql(form.sql, params)
-        readers = self._readers.get(_key(dialect))
+        key = _key(dialect)
+        readers = self._readers.get(key)
         if readers is None:
             codes = [column[1] for column in result.cursor.description or ()]
             readers = tuple(
-                (key, type_._cached_result_processor(dialect, code))
-                for (key, type_), code in zip(form.returns, codes, strict=True)
+                (name, type_._cached_result_processor(dialect, code))
+                for (name, type_), code in zip(form.returns, codes, strict=True)
             )
-            self._readers[_key(dialect)] = readers
+            self._readers[key] = readers
         return [
             {
-                key: value if processor is None or value is None else processor(value)
-                for (key, processor), value in zip(readers, values, strict=True)
+                name: value if processor is None or value is None else processor(value)
+                for (name, processor), value in zip(readers, values, strict=True)
             }
             for values in result.fetchall()
         ]
