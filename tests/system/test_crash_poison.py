@@ -13,6 +13,7 @@ from conveyor.events import EventLog
 from conveyor.names import QUEUE_NOTIFICATIONS
 from conveyor.queue.app import create_celery
 from conveyor.queue.dispatch import Dispatcher
+from conveyor.schemas import Event
 from conveyor.settings import Settings
 from conveyor.store.jobstore import JobStore, NewJob
 from tests.events_support import stream_events
@@ -21,6 +22,10 @@ from tests.system.faults import FaultStack, accepted_ids, submit_many
 
 #: Longer than the global 120 s: 60 s to start, then up to 90 + 60 s of waiting for jobs.
 pytestmark = [pytest.mark.system, pytest.mark.slow, pytest.mark.timeout(240)]
+
+
+def events_of(client: redis.Redis, job_id: str) -> list[Event]:
+    return [e for e in stream_events(client) if e.job_id == job_id]
 
 
 def test_a_job_that_kills_its_worker_every_time_is_failed_as_poisoned(tmp_path: Path) -> None:
@@ -52,8 +57,11 @@ def test_a_job_that_kills_its_worker_every_time_is_failed_as_poisoned(tmp_path: 
         stack.wait_finished(others, 60)
         (row,) = stack.rows([poison.job_id])
         assert row["crashes"] == 3 and row["error"].startswith("poisoned"), row
-        events = stream_events(client)
-        mine = [e for e in events if e.job_id == poison.job_id]
+        # The event follows the commit that failed the job (published right after it): wait for it, not a race.
+        stack.wait_for(
+            lambda: "job.failed" in [e.type.value for e in events_of(client, poison.job_id)], 10, "job.failed"
+        )
+        mine = events_of(client, poison.job_id)
         assert [e.type.value for e in mine].count("job.started") == 3
         assert mine[-1].type.value == "job.failed" and mine[-1].reason == "poisoned", mine[-1]
         assert worker.alive(), "the worker itself died"
