@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+import httpx
 import orjson
 import psutil
 import redis
@@ -63,6 +64,9 @@ BASELINE = "celery"
 QUIET_WAIT, QUIET_LOAD = 10.0, 0.25
 #: The Flower password of the benchmark's stacks (loopback only, thrown away with the run).
 FLOWER_PASSWORD = "bench-flower"
+#: How long a stack's Flower may take to start following the event stream (it lets the workers' heartbeats come in
+#: first, ``conveyor.ops.flower_feed.SETTLE_SECONDS``), and then to fold the last events of a measurement.
+FLOWER_TIMEOUT = 60.0
 
 
 def machine_busy_seconds() -> float:
@@ -236,10 +240,37 @@ class Conveyor:
     headers: dict[str, str]
     authenticated: bool
     stats: Path
+    #: Flower's address, when the stack runs it.
+    flower_url: str | None = None
 
     def pool(self, connections: int) -> contextlib.AbstractAsyncContextManager[loadgen.Pool]:
         """``connections`` kept-alive raw HTTP connections to the api."""
         return loadgen.pool(self.base_url, self.headers, connections)
+
+    def flower_succeeded(self) -> int:
+        """How many ``task-succeeded`` events the stack's Flower has folded (its own Prometheus counter)."""
+        assert self.flower_url is not None
+        answer = httpx.get(f"{self.flower_url}/metrics", auth=("conveyor", FLOWER_PASSWORD), timeout=5)
+        answer.raise_for_status()
+        return int(
+            sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in answer.text.splitlines()
+                if line.startswith("flower_events_total{") and 'type="task-succeeded"' in line
+            )
+        )
+
+    async def flower_caught_up(self, succeeded: int) -> None:
+        """Once Flower has folded the ``job.succeeded`` of ``succeeded`` jobs (every job of the stack so far): a
+        measurement that ends after this counts the CPU Flower spends on the jobs it measured. At once without
+        Flower."""
+        if self.flower_url is None:
+            return
+        deadline = time.monotonic() + FLOWER_TIMEOUT
+        while await asyncio.to_thread(self.flower_succeeded) < succeeded:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Flower did not fold {succeeded} successes within {FLOWER_TIMEOUT:g} s")
+            await asyncio.sleep(0.02)
 
 
 _databases = itertools.count(1)
@@ -290,6 +321,7 @@ def conveyor(
             headers=procs.auth_headers(key),
             authenticated=key is not None,
             stats=stats,
+            flower_url=f"http://127.0.0.1:{environ['CONVEYOR_FLOWER_PORT']}" if flower else None,
         )
         group.check()
     finally:
@@ -476,7 +508,9 @@ async def warm_up(stack: Conveyor, pool: loadgen.Pool, events: Completions, jobs
 
 @contextlib.asynccontextmanager
 async def session(stack: Conveyor, connections: int, warm: int) -> AsyncIterator[tuple[loadgen.Pool, Completions]]:
-    """``connections`` HTTP connections and an open event stream on ``stack``, after ``warm`` warm-up jobs."""
+    """``connections`` HTTP connections and an open event stream on ``stack``, after ``warm`` warm-up jobs (and
+    once the stack's Flower has folded them)."""
     async with stack.pool(connections) as pool, Completions(stack) as events:
         await warm_up(stack, pool, events, warm)
+        await stack.flower_caught_up(len(events.done))  # Flower follows the stream before anything is measured
         yield pool, events

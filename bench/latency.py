@@ -115,15 +115,18 @@ async def conveyor_round_trips(stack: jobstack.Conveyor, jobs: int, rate: float,
         with jobstack.profiled("latency-conveyor", stack.group.pids()), meter:
             await open_loop(jobs, rate, one)
             await events.wait(sent, DEADLINE)
+            await stack.flower_caught_up(len(events.done))
     return [events.done[job] - at for job, at in sent.items()]
 
 
 async def polling_round_trips(stack: jobstack.Conveyor, jobs: int, rate: float, meter: jobstack.Meter) -> list[float]:
     """Open loop: POST at each scheduled time, then ``GET /jobs/{id}`` every ``POLL_INTERVAL`` until it succeeded."""
     latencies: list[float] = []
+    folded = 0 if stack.flower_url is None else await asyncio.to_thread(stack.flower_succeeded)  # earlier subjects'
     async with stack.pool(CONNECTIONS) as pool:
         async with jobstack.Completions(stack) as events:  # for the warm-up only: polling needs no socket
             await jobstack.warm_up(stack, pool, events, WARMUP)
+        await stack.flower_caught_up(folded + WARMUP)
 
         async def one(at: float) -> None:
             async with pool.connection() as connection:
@@ -141,6 +144,7 @@ async def polling_round_trips(stack: jobstack.Conveyor, jobs: int, rate: float, 
 
         with meter:
             await asyncio.wait_for(open_loop(jobs, rate, one), DEADLINE + jobs / rate)
+            await stack.flower_caught_up(folded + WARMUP + jobs)
     return latencies
 
 

@@ -104,6 +104,7 @@ async def conveyor_burst(
             await asyncio.gather(*(client(connection) for connection in pool.connections))
             accepted = time.perf_counter()
             await events.wait(job_ids, DEADLINE)
+            await stack.flower_caught_up(len(events.done))
         return accepted - started, max(events.done[job] for job in job_ids) - started
 
 
