@@ -104,8 +104,10 @@ class LogEntry:
 _LOGGED = sa.select(db.effects.c.job_id).where(
     db.effects.c.job_id.in_(sa.bindparam("p_jobs", expanding=True)), db.effects.c.effect == "notification.log"
 )
-_LOGGED_ONE = sa.select(db.effects.c.job_id).where(
-    db.effects.c.job_id == sa.bindparam("p_job"), db.effects.c.effect == "notification.log"
+_LOGGED_ONE = Prepared(
+    sa.select(db.effects.c.job_id).where(
+        db.effects.c.job_id == sa.bindparam("p_job", type_=sa.String), db.effects.c.effect == "notification.log"
+    )
 )
 _LOGS = db.notification_log.select().where(db.notification_log.c.job_id.in_(sa.bindparam("p_jobs", expanding=True)))
 _EFFECT_INSERT = db.effects.insert()
@@ -119,7 +121,7 @@ def log_notifications(connection: sa.Connection, entries: Sequence[LogEntry]) ->
     now = utcnow()
     ids = [entry.job_id for entry in entries]
     if len(ids) == 1:  # compiled once, without an IN list to render
-        logged = set(connection.execute(_LOGGED_ONE, {"p_job": ids[0]}).scalars())
+        logged = {row["job_id"] for row in _LOGGED_ONE.fetch(connection, {"p_job": ids[0]})}
     else:
         logged = set(connection.execute(_LOGGED, {"p_jobs": ids}).scalars())
     fresh = [entry for entry in entries if entry.job_id not in logged]

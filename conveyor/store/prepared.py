@@ -5,14 +5,20 @@ value through its type's bind processor), inside the transaction; on SQLite that
 costs more than SQLite's own work on the rows. A :class:`Prepared` statement is compiled once per dialect, its
 binds' processors and constant values looked up once; :meth:`Prepared.driver_rows` turns rows into what the
 driver takes (a tuple per row for a positional paramstyle, a dict for a named one), which callers may do before
-the transaction, and :meth:`Prepared.execute` hands them to the driver's ``executemany`` through SQLAlchemy's
-connection (its events, its transaction, its error translation), with nothing done per row.
+the transaction, and :meth:`Prepared.execute` hands them to the driver's ``executemany`` on the connection's own
+DBAPI cursor, in the connection's transaction, with nothing done per row or per call by SQLAlchemy's statement
+machinery (its execution context and result setup cost more, inside the SQLite write lock, than the statement). A
+driver error is raised exactly as SQLAlchemy raises it (``sa.exc.DBAPIError``'s subclasses, the connection
+invalidated when the error says it is gone): :meth:`sa.Connection._handle_dbapi_exception` makes it, as for its
+own statements (``tests/conveyor/store/test_prepared.py`` holds it to that, on both backends). Statement events
+(``before_cursor_execute``) are not fired for these statements; the transaction's events are. In-process, one
+``log`` job's claim, log and outcome went from 0.93-0.99 ms to 0.62-0.77 ms of CPU (docs/BENCHMARKS.md).
 
-A statement with ``RETURNING`` is run for one row at a time by :meth:`Prepared.fetch`, which hands back the rows it
-returned as mappings of processed values (each column's result processor looked up once).
+A statement with ``RETURNING``, or a ``SELECT``, is run for one row at a time by :meth:`Prepared.fetch`, which hands
+back the rows it returned as mappings of processed values (each column's result processor looked up once).
 
-For plain ``INSERT`` and ``UPDATE``/``DELETE`` statements whose binds are named (``bindparam``) or constants; not
-for expanding (``IN``) parameters or SQL-side defaults of omitted columns (name every column).
+For plain ``INSERT``, ``UPDATE``/``DELETE`` and ``SELECT`` statements whose binds are named (``bindparam``) or
+constants; not for expanding (``IN``) parameters or SQL-side defaults of omitted columns (name every column).
 """
 
 from __future__ import annotations
@@ -45,7 +51,9 @@ def _key(dialect: Dialect) -> str:
 class Prepared:
     """One statement, compiled once per dialect (see the module docstring)."""
 
-    def __init__(self, statement: sa.Insert | sa.Update | sa.Delete, columns: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, statement: sa.Insert | sa.Update | sa.Delete | sa.Select[Any], columns: Sequence[str] | None = None
+    ) -> None:
         """``columns``: for an ``INSERT`` without ``values()``, the columns every row gives, in any order."""
         self.statement = statement
         self.columns = None if columns is None else list(columns)
@@ -114,7 +122,11 @@ class Prepared:
         """:meth:`execute` for rows already in the driver's form (from :meth:`driver_rows` for this dialect)."""
         if not rows:
             return 0
-        return connection.exec_driver_sql(self._form(connection.dialect).sql, rows).rowcount
+        cursor = _run(connection, self._form(connection.dialect).sql, rows, many=True)
+        try:
+            return int(cursor.rowcount)
+        finally:
+            cursor.close()
 
     def fetch(self, connection: sa.Connection, row: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Execute the statement for ``row`` in ``connection``'s transaction; the rows its ``RETURNING`` clause
@@ -122,20 +134,42 @@ class Prepared:
         dialect = connection.dialect
         form = self._form(dialect)
         (params,) = self.driver_rows(dialect, [row])
-        result = connection.exec_driver_sql(form.sql, params)
-        key = _key(dialect)
-        readers = self._readers.get(key)
-        if readers is None:
-            codes = [column[1] for column in result.cursor.description or ()]
-            readers = tuple(
-                (name, type_._cached_result_processor(dialect, code))
-                for (name, type_), code in zip(form.returns, codes, strict=True)
-            )
-            self._readers[key] = readers
-        return [
-            {
-                name: value if processor is None or value is None else processor(value)
-                for (name, processor), value in zip(readers, values, strict=True)
-            }
-            for values in result.fetchall()
-        ]
+        cursor = _run(connection, form.sql, params, many=False)
+        try:
+            key = _key(dialect)
+            readers = self._readers.get(key)
+            if readers is None:
+                codes = [column[1] for column in cursor.description or ()]
+                readers = tuple(
+                    (name, type_._cached_result_processor(dialect, code))
+                    for (name, type_), code in zip(form.returns, codes, strict=True)
+                )
+                self._readers[key] = readers
+            return [
+                {
+                    name: value if processor is None or value is None else processor(value)
+                    for (name, processor), value in zip(readers, values, strict=True)
+                }
+                for values in cursor.fetchall()
+            ]
+        finally:
+            cursor.close()
+
+
+def _run(connection: sa.Connection, sql: str, params: Any, *, many: bool) -> Any:
+    """Execute ``sql`` on a cursor of ``connection``'s DBAPI connection (in its transaction) and return the cursor;
+    a driver error goes through SQLAlchemy's own handling (wrapped, the connection invalidated when it is gone)."""
+    cursor = None
+    try:
+        cursor = connection.connection.cursor()
+        if many:
+            cursor.executemany(sql, params)
+        else:
+            cursor.execute(sql, params)
+    except Exception as exc:  # noqa: BLE001 - handed to SQLAlchemy, which raises its own error for it
+        try:
+            connection._handle_dbapi_exception(exc, sql, params, cursor, None)
+        finally:
+            if cursor is not None:
+                cursor.close()
+    return cursor

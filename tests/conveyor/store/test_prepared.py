@@ -87,3 +87,41 @@ def test_a_returning_statement_reads_back_what_sqlalchemy_reads(engine: Engine) 
     assert [{**row, "detail": {"n": 2}} for row in fetched] == read
     assert fetched[0]["detail"] == {"n": 1}
     assert isinstance(fetched[0]["created_at"], datetime)
+
+
+def test_a_select_reads_back_what_sqlalchemy_reads(engine: Engine) -> None:
+    then = datetime(2026, 1, 1, 8, 30, tzinfo=UTC)
+    select = sa.select(db.effects.c.job_id, db.effects.c.created_at).where(
+        db.effects.c.job_id == sa.bindparam("p_job", type_=sa.String), db.effects.c.effect == "e"
+    )
+    with engine.begin() as connection:
+        connection.execute(db.effects.insert(), [{"job_id": "x", "effect": "e", "detail": None, "created_at": then}])
+        fetched = Prepared(select).fetch(connection, {"p_job": "x"})
+        read = [dict(row._mapping) for row in connection.execute(select, {"p_job": "x"})]
+        assert Prepared(select).fetch(connection, {"p_job": "nobody"}) == []
+    assert fetched == read and fetched[0]["job_id"] == "x" and isinstance(fetched[0]["created_at"], datetime)
+
+
+def test_a_driver_error_is_raised_as_sqlalchemy_raises_its_own(engine: Engine) -> None:
+    """The statements run on the driver's cursor, but a failure is SQLAlchemy's error, wrapping the driver's: the
+    api's idempotency replay catches ``IntegrityError``, the group writer ``DBAPIError``s, both by SQLAlchemy's
+    classes."""
+    row = {"job_id": "x", "effect": "e", "detail": None, "created_at": datetime(2026, 1, 1, tzinfo=UTC)}
+    with pytest.raises(sa.exc.IntegrityError) as raised, engine.begin() as connection:
+        _EFFECTS.execute(connection, [row, row])
+    assert isinstance(raised.value.orig, engine.dialect.loaded_dbapi.Error)
+    assert _rows(engine) == []  # the transaction rolled back; the engine goes on
+    with engine.begin() as connection:
+        assert _EFFECTS.execute(connection, [row]) == 1
+    assert len(_rows(engine)) == 1
+
+
+def test_a_connection_found_dead_is_invalidated(engine: Engine) -> None:
+    """A statement on a connection that is gone fails as SQLAlchemy's own would: ``connection_invalidated``, which
+    is what makes the group writer run the transaction again on a new connection."""
+    with engine.connect() as connection:
+        connection.connection.dbapi_connection.close()  # type: ignore[union-attr]
+        with pytest.raises(sa.exc.DBAPIError) as raised:
+            _EFFECTS.fetch(connection, {"job_id": "x", "effect": "e", "detail": None, "created_at": datetime.now(UTC)})
+        assert raised.value.connection_invalidated
+        assert connection.invalidated
