@@ -49,8 +49,8 @@ CLIENTS = 32
 #: Notifications per ``POST /notifications:batch`` in the ``conveyor-batch`` subjects.
 BATCH = 50
 WARMUP = 20
-#: Pairs of runs (1 worker, then 2) for the scale-out goal: single pairs on this machine range over 1.07–1.57×
-#: (2026-12-01), so the median of five is the figure, with every pair listed.
+#: Pairs of runs (1 worker, then 2) for the scale-out goal: single pairs on this machine ranged over 0.91–1.65×
+#: on 2026-12-01, so the median of five is the figure, with every pair listed.
 SCALE_PAIRS, QUICK_SCALE_PAIRS = 5, 1
 DEADLINE = 600.0
 #: How often a tutorial client asks whether its task is done (the tutorials poll every second or so; 100 ms

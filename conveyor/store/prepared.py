@@ -129,8 +129,8 @@ class Prepared:
             cursor.close()
 
     def fetch(self, connection: sa.Connection, row: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """Execute the statement for ``row`` in ``connection``'s transaction; the rows its ``RETURNING`` clause
-        returned, each a mapping of column key to value as SQLAlchemy would read it."""
+        """Execute the statement for ``row`` in ``connection``'s transaction; the rows it returned (its ``RETURNING``
+        clause, or the ``SELECT``), each a mapping of column key to value as SQLAlchemy would read it."""
         dialect = connection.dialect
         form = self._form(dialect)
         (params,) = self.driver_rows(dialect, [row])
