@@ -160,7 +160,7 @@ schedules = sa.Table(
 
 #: SQLite's own checkpoint (in the commit that finds the WAL this many pages long, under the write lock): a backstop.
 AUTOCHECKPOINT_PAGES = 4000
-#: Commits of a process between two of its checkpoints, each run after the write lock is let go (:func:`writing`).
+#: Commits of a process between two of its checkpoints, each run by the process's checkpointer thread (:func:`writing`).
 CHECKPOINT_EVERY = 32
 
 
@@ -168,8 +168,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    # Checkpoints are run by the writers after they let go of the write lock (:func:`writing`); SQLite's own, run
-    # inside a commit, stays as a backstop for a WAL that grew past this many pages anyway.
+    # Checkpoints are run by each writing process's checkpointer thread, beside its writers (:func:`writing`);
+    # SQLite's own, run inside a commit, stays as a backstop for a WAL that grew past this many pages anyway.
     cursor.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA foreign_keys=ON")
@@ -252,8 +252,9 @@ class _WriteLock:
         self.since = 0.0
         self.since_cpu = 0.0
         self.timeout = WRITE_LOCK_TIMEOUT
-        #: Commits under this lock since this process's last checkpoint of the file.
+        #: Commits under this lock since this process last asked for a checkpoint of the file.
         self.commits = 0
+        self.checkpointer = _Checkpointer()
 
     def __enter__(self) -> None:
         asked = time.perf_counter()
@@ -350,26 +351,77 @@ def write_stats(path: Path, name: str) -> None:
 @contextlib.contextmanager
 def writing(engine: Engine) -> Iterator[sa.Connection]:
     """A write transaction (``engine.begin()``), taken in turn with every other writer of the same SQLite file on
-    this host; for PostgreSQL just the transaction. Never nest two on one thread."""
+    this host; for PostgreSQL just the transaction. Never nest two on one thread. Every ``CHECKPOINT_EVERY``
+    commits of the process, SQLite's WAL is checkpointed by the process's checkpointer thread
+    (:class:`_Checkpointer`): the caller never waits for it."""
     lock = _write_lock(engine)
     with engine.connect() as connection:  # a pooled connection, checked out before the lock is taken
         with lock, connection.begin():
             yield connection
-        if isinstance(lock, _WriteLock) and lock.commits >= CHECKPOINT_EVERY:
-            lock.commits = 0
-            _checkpoint(connection)
+    if isinstance(lock, _WriteLock) and lock.commits >= CHECKPOINT_EVERY:
+        lock.commits = 0
+        lock.checkpointer.request(engine)
 
 
-def _checkpoint(connection: sa.Connection) -> None:
-    """Copy the WAL's committed pages into the database file (``PRAGMA wal_checkpoint(PASSIVE)``: as far as no
-    reader needs them, without waiting), outside the write lock: SQLite's automatic checkpoint would run inside the
-    commit that crossed its threshold, every writer of the host waiting behind its writes and ``fsync``. A
-    checkpoint that fails is left to the next one."""
-    try:
-        connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").close()
-        connection.rollback()  # end the transaction SQLAlchemy began around the statement
-    except sa.exc.DBAPIError as exc:
-        log.warning("job store checkpoint failed; left to the next one", error=repr(exc))
+class _Checkpointer:
+    """Copies a SQLite file's WAL into the database file (``PRAGMA wal_checkpoint(PASSIVE)``: as far as no reader
+    needs the pages, without waiting) on a thread of its own, one per file and process, when a writer asks.
+
+    A checkpoint writes pages and syncs the file (about 1 ms, sometimes several). Run by SQLite inside the
+    commit that crossed its threshold, it would hold the write lock meanwhile and every writer of the host would wait
+    behind it; run by the committing thread after its commit, that thread's callers (a 202, a worker's ack) would.
+    Here nobody waits: writers go on committing while it runs (a WAL checkpoint runs beside writers), and asks that
+    come while one runs make one more, not one each. A checkpoint that fails is logged and left to the next one;
+    the thread starts on first use, again if it died, and anew in a forked child."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        #: The engine to checkpoint through next, when a checkpoint was asked for and has not started.
+        self._due: Engine | None = None
+        self._running = False
+        self._thread: threading.Thread | None = None
+        #: Checkpoints run by this process, for the tests.
+        self.done = 0
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        """In a forked child: none of the parent's threads, nor its lock (held, maybe, at the fork)."""
+        self._cond = threading.Condition()
+        self._due, self._running, self._thread, self.done = None, False, None, 0
+
+    def request(self, engine: Engine) -> None:
+        """Have the file checkpointed through ``engine`` soon; returns at once."""
+        with self._cond:
+            self._due = engine
+            if self._thread is None or not self._thread.is_alive():
+                self._running = False
+                self._thread = threading.Thread(target=self._loop, name="job-store-checkpointer", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Whether every checkpoint asked for so far has run, waiting ``timeout`` seconds at most."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._due is None and not self._running, timeout)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._due is not None)
+                engine, self._due, self._running = self._due, None, True
+            try:
+                assert engine is not None
+                with engine.connect() as connection:
+                    connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").close()
+                    connection.rollback()  # end the transaction SQLAlchemy began around the statement
+            except Exception as exc:  # noqa: BLE001 - the thread must outlive any one checkpoint
+                log.warning("job store checkpoint failed; left to the next one", error=repr(exc))
+            finally:
+                with self._cond:
+                    self._running = False
+                    self.done += 1
+                    self._cond.notify_all()
+                del engine
 
 
 @contextlib.contextmanager

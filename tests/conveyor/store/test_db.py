@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import multiprocessing
+import shutil
 import threading
 import time
 from datetime import UTC, datetime
@@ -102,29 +103,89 @@ def test_a_writer_gives_up_on_a_held_write_lock_after_its_deadline(tmp_path: Pat
         engine.dispose()
 
 
-def test_writers_checkpoint_the_wal_after_letting_go_of_the_lock(tmp_path: Path) -> None:
-    """The WAL stays short (the writers' own checkpoints, every ``CHECKPOINT_EVERY`` commits), and no checkpoint
-    runs while the write lock is held: SQLite's automatic one only passed ``AUTOCHECKPOINT_PAGES``."""
+def test_the_wal_is_checkpointed_on_a_thread_of_its_own_while_writers_go_on(tmp_path: Path) -> None:
+    """The WAL stays short (a checkpoint every ``CHECKPOINT_EVERY`` commits), every checkpoint runs on the
+    process's checkpointer thread, never on a writer's, and never under the write lock: SQLite's automatic one only
+    passed ``AUTOCHECKPOINT_PAGES``."""
     engine = db.create_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
     db.migrate(engine)
-    held: list[bool] = []
+    seen: list[tuple[str, bool]] = []
     lock = db._write_lock(engine)
     assert isinstance(lock, db._WriteLock)
 
     @sa.event.listens_for(engine, "before_cursor_execute")
     def _seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         if "wal_checkpoint" in statement:
-            held.append(lock.thread_lock.locked())
+            holder = threading.current_thread()
+            seen.append((holder.name, lock.thread_lock.locked() and holder is writer))
 
+    writer = threading.current_thread()
     rows = 40 * db.CHECKPOINT_EVERY
     for n in range(rows):
         with db.writing(engine) as connection:
             connection.execute(db.effects.insert(), {"job_id": f"j{n}", "effect": "e", "detail": {"n": "x" * 500},
                                                      "created_at": datetime.now(UTC)})  # fmt: skip
-    assert held and not any(held)
-    assert len(held) >= rows // db.CHECKPOINT_EVERY - 1
-    wal = tmp_path / "jobs.db-wal"
-    # Without the writers' checkpoints the WAL would hold every page written (well over this many).
-    assert wal.stat().st_size < 4 * db.CHECKPOINT_EVERY * 4096 * 8
-    with engine.connect() as connection:
+    assert lock.checkpointer.wait_idle(10)
+    assert seen and {name for name, _held in seen} == {"job-store-checkpointer"}
+    assert not any(held for _name, held in seen)
+    # Every committed page is in the database file itself (a copy of it without its WAL holds every row): the
+    # checkpoints kept up. SQLite's own checkpoint never ran, as the WAL never reached its threshold.
+    assert (tmp_path / "jobs.db-wal").stat().st_size < db.AUTOCHECKPOINT_PAGES * 4096
+    shutil.copyfile(tmp_path / "jobs.db", tmp_path / "copy.db")
+    copy = sa.create_engine(f"sqlite:///{tmp_path / 'copy.db'}")
+    with copy.connect() as connection:
         assert connection.execute(sa.select(sa.func.count()).select_from(db.effects)).scalar_one() == rows
+    copy.dispose()
+
+
+def test_the_checkpointer_outlives_a_failed_checkpoint(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A checkpoint that fails is logged and left to the next one, which runs on the same thread."""
+    engine = db.create_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
+    db.migrate(engine)
+    checkpointer = db._Checkpointer()
+    broken = sa.create_engine(f"sqlite:///{tmp_path / 'missing' / 'jobs.db'}")  # its directory does not exist
+    checkpointer.request(broken)
+    assert checkpointer.wait_idle(10)
+    thread = checkpointer._thread
+    checkpointer.request(engine)
+    assert checkpointer.wait_idle(10)
+    assert checkpointer.done == 2 and checkpointer._thread is thread and thread is not None and thread.is_alive()
+    assert "job store checkpoint failed" in caplog.text
+
+
+def _checkpoint_in_child(path: str, out: Any) -> None:
+    engine = db.create_engine(f"sqlite:///{path}")
+    lock = db._write_lock(engine)
+    assert isinstance(lock, db._WriteLock)
+    lock.checkpointer.request(engine)
+    out.put((lock.checkpointer.wait_idle(10), lock.checkpointer.done))
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")  # what it tests
+def test_a_forked_child_checkpoints_on_a_thread_of_its_own(tmp_path: Path) -> None:
+    """A child forked while the parent's checkpointer holds its lock gets a checkpointer of its own that works."""
+    engine = db.create_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
+    db.migrate(engine)
+    lock = db._write_lock(engine)
+    assert isinstance(lock, db._WriteLock)
+    lock.checkpointer.request(engine)
+    assert lock.checkpointer.wait_idle(10)
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    held, forked = threading.Event(), threading.Event()
+
+    def hold() -> None:  # another thread of the parent holds the checkpointer's lock at the fork
+        with lock.checkpointer._cond:
+            held.set()
+            forked.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    child = context.Process(target=_checkpoint_in_child, args=(str(tmp_path / "jobs.db"), out))
+    child.start()
+    forked.set()
+    holder.join()
+    assert out.get(timeout=20) == (True, 1)
+    child.join(timeout=10)
+    assert child.exitcode == 0
