@@ -142,3 +142,31 @@ def test_the_flower_internals_the_feed_relies_on() -> None:
     task = state.tasks["contract-1"]
     assert type(task) is JobTask and "progress" in task.as_dict() and task.routing_key == "uploads"
     assert state.search_engine.search(state.tasks, "contract-1").task_ids == ["contract-1"]
+
+
+def test_searches_see_each_jobs_newest_state_though_events_only_mark_it_stale(feed: FlowerFeed) -> None:
+    """Flower's search (its tasks page and API) indexes a task when it searches, in the task's newest state: what
+    indexing at every event would show, for one indexing per job. An evicted task is not found."""
+    engine = feed.state.search_engine
+    for job_id in ("j1", "j2"):
+        fold(feed, EventType.QUEUED, job_id=job_id)
+        fold(feed, EventType.STARTED, job_id=job_id, attempt=1)
+    fold(feed, EventType.SUCCEEDED, job_id="j1", attempt=1, result={"delivered": "to-alice"})
+    assert engine.documents == {}  # nothing indexed while nobody searched
+
+    def ids(query: str = "", **filters: Any) -> list[str]:
+        return sorted(engine.search(feed.state.tasks, query, **filters).task_ids)
+
+    assert ids(state="SUCCESS") == ["j1"] and ids(state="STARTED") == ["j2"]
+    assert ids("to-alice") == ["j1"] and ids("result:to-alice") == ["j1"]
+    assert ids(task_type="notifications.send") == ["j1", "j2"]
+    fold(feed, EventType.FAILED, job_id="j2", attempt=1, error="webhook answered 500")
+    assert ids(state="FAILURE") == ["j2"] and ids(state="STARTED") == []
+    assert sorted(engine.documents) == ["j1", "j2"]
+
+    small = FlowerFeed(JobState(max_workers_in_memory=10, max_tasks_in_memory=2), client=None)  # type: ignore[arg-type]
+    for job_id in ("a", "b", "c"):
+        fold(small, EventType.QUEUED, job_id=job_id)
+    assert sorted(small.state.tasks) == ["b", "c"]
+    assert sorted(small.state.search_engine.search(small.state.tasks, "").task_ids) == ["b", "c"]
+    assert "a" not in small.state.search_engine._stale and "a" not in small.state.search_engine.documents
