@@ -112,7 +112,10 @@ class Settings(BaseSettings):
 
     worker_concurrency: int = Field(default=2, ge=1, description="Processes of an uploads worker")
     notification_threads: int = Field(
-        default=8, ge=1, description="Threads of a notifications worker: deliveries wait on the network side by side"
+        default=32,
+        ge=1,
+        description="Threads of a notifications worker: deliveries wait on the network side by side, and the runs "
+        "of one process share its job-store commits (more threads, larger groups)",
     )
     task_soft_time_limit: int = Field(default=600, ge=1)
     task_time_limit: int = Field(default=660, ge=1)
