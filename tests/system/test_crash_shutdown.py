@@ -63,6 +63,8 @@ def test_stopping_conveyor_run_loses_nothing_that_was_queued(tmp_path: Path) -> 
         **{f"CONVEYOR_{name}_PORT": port for name, port in ports.items()},
         CONVEYOR_FLOWER_PASSWORD="flower-test-secret",
         CONVEYOR_HEARTBEAT_SECONDS="1",
+        # Fewer threads than jobs, so that stopping finds some running and the rest still queued.
+        CONVEYOR_NOTIFICATION_THREADS="4",
         **HOOKS,
     )
     base_url = f"http://127.0.0.1:{ports['API']}"
