@@ -59,8 +59,9 @@ RESULT_MAX_CHARS: Final = 1024
 #: Seconds the feed waits before its first read, so that Flower has heard every live worker's heartbeat (every
 #: 2 s) and the replay can credit jobs to the worker that serves their queue.
 SETTLE_SECONDS: Final = 3.0
-#: Seconds between two reads of a live stream: Flower is at most this late, and reads at most 20 times a second.
-GATHER_SECONDS: Final = 0.05
+#: Seconds between two reads of a live stream: Flower is at most this late, and reads at most 4 times a second
+#: (at 50 jobs/s, Flower's CPU per job was 0.43 to 0.53 ms reading every 50 ms, 0.18 to 0.21 ms every 250 ms).
+GATHER_SECONDS: Final = 0.25
 #: Task states in which a started job may still report progress.
 _BEFORE_START: Final = frozenset({states.PENDING, states.RECEIVED, states.RETRY})
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)

@@ -24,6 +24,7 @@ import pytest
 import redis
 
 from conveyor.names import EVENTS_STREAM
+from conveyor.ops.flower_feed import GATHER_SECONDS
 from conveyor.ops.redis_server import free_port, wait_for_port
 from tests.conftest import Stack
 from tests.support import Process, base_env, conveyor
@@ -93,7 +94,8 @@ def paused(process: Process) -> Iterator[Callable[[float], None]]:
 
 
 def settled(client: httpx.Client, job_id: str) -> dict[str, Any] | None:
-    """Flower's task info once the feed caught up: the same answer twice, 0.2 s apart (the feed reads every 50 ms)."""
+    """Flower's task info once the feed caught up: the same answer twice, further apart than the feed's reads (so
+    that a read came between them, with nothing new to fold)."""
     previous: Any = ()
     while True:
         reply = client.get(f"/api/task/info/{job_id}")
@@ -101,7 +103,7 @@ def settled(client: httpx.Client, job_id: str) -> dict[str, Any] | None:
         if info == previous:
             return info
         previous = info
-        time.sleep(0.2)
+        time.sleep(GATHER_SECONDS + 0.1)
 
 
 def test_a_50mb_upload_shows_its_progress_in_flower_before_success(stack: Stack, flower: str) -> None:
