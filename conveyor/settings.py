@@ -182,6 +182,12 @@ class Settings(BaseSettings):
     max_schedules_per_owner: int = Field(default=100, ge=0, description="Schedules one owner (API key's) may have")
     dispatch_grace_seconds: float = Field(default=5.0, ge=0)
     dispatch_interval_seconds: float = Field(default=5.0, gt=0)
+    announce_grace_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a recorded outcome may wait for its event before beat publishes it (a worker's own "
+        "publish is retried for about 25 s)",
+    )
     bundle_max: int = Field(
         default=50, ge=1, le=1000, description="Most log notifications one task message carries (1: one message each)"
     )

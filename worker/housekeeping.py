@@ -7,6 +7,7 @@ import time
 from datetime import timedelta
 
 from conveyor import logs
+from conveyor.events import job_event
 from conveyor.files.spool import PARTIAL_SUFFIX
 from conveyor.schemas import JobStatus
 from conveyor.store.rows import utcnow
@@ -29,9 +30,30 @@ def dispatch_pending(rt: Runtime) -> int:
 def reap_stale(rt: Runtime) -> int:
     """Re-send started jobs whose run's heartbeat is older than ``dead_after_seconds`` (the run died), so that a
     live worker takes them over, and jobs whose message vanished before any run claimed them (sent that long ago,
-    unclaimed, and their queue is empty). Returns how many were sent."""
+    unclaimed, and their queue is empty); announce the outcomes dead runs recorded but did not publish
+    (:func:`announce_unannounced`). Returns how many jobs were sent or announced."""
     dead_after = timedelta(seconds=rt.settings.dead_after_seconds)
-    return rt.dispatcher.resend_stale(dead_after) + rt.dispatcher.resend_lost(dead_after)
+    sent = rt.dispatcher.resend_stale(dead_after) + rt.dispatcher.resend_lost(dead_after)
+    return sent + announce_unannounced(rt, timedelta(seconds=rt.settings.announce_grace_seconds))
+
+
+def announce_unannounced(rt: Runtime, older_than: timedelta) -> int:
+    """Publish the latest state of every job whose recorded change (an outcome, a cancellation) has waited more
+    than ``older_than`` to be noted as announced: its writer died between the commit and the publish, or Redis
+    refused the event. The events go out in one round trip, then the marks are cleared, so a failure in between
+    announces them again next time (a client may see an outcome twice, never not at all). Returns how many.
+
+    ``reap_stale`` waits ``announce_grace_seconds`` (30 s): longer than a worker's Redis client keeps retrying a
+    publish (about 25 s) plus its noting delay (:data:`worker.announced.FLUSH_SECONDS`), so that a live run's own
+    publish is not repeated."""
+    waiting = rt.store.unannounced(older_than)
+    if not waiting:
+        return 0
+    rt.events.publish_many(job_event(job, attempt=job.attempts) for job, _ in waiting)
+    rt.store.mark_announced([(job.job_id, since) for job, since in waiting])
+    for job, since in waiting:
+        log.warning("job's latest change announced late", job_id=job.job_id, status=job.status, since=since)
+    return len(waiting)
 
 
 def purge_spool(rt: Runtime) -> int:

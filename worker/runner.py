@@ -379,7 +379,8 @@ def _release(rt: Runtime, job: Job) -> None:
         return
     if released is not None:
         log.warning("job store failed mid-run; job released for another attempt", job_id=job.job_id)
-        _announce(rt, job_event(released, attempt=job.attempts).model_copy(update={"next_attempt_at": time.time()}))
+        event = job_event(released, attempt=job.attempts).model_copy(update={"next_attempt_at": time.time()})
+        _announce(rt, event, written=(released,))
 
 
 def _fail(rt: Runtime, job: Job, error: str, also: Writes | None = None) -> Job | None:
@@ -419,11 +420,13 @@ def persist(rt: Runtime, write: Callable[[], T]) -> T:
             delay = min(delay * 2, 2.0)
 
 
-def _announce(rt: Runtime, *events: Event, counted: Sequence[Job] = ()) -> None:
+def _announce(rt: Runtime, *events: Event, counted: Sequence[Job] = (), written: Sequence[Job] | None = None) -> None:
     """Publish ``events``, in order, and count the transitions of ``counted`` (:mod:`conveyor.metrics`), in one
-    round trip (:meth:`conveyor.events.EventLog.pipeline`: a reader blocked on the stream reads them at once). The
-    job store, not the stream, is the truth: if Redis stays unreachable through the client's retries, the events
-    are logged as lost (their counts with them) and the job goes on."""
+    round trip (:meth:`conveyor.events.EventLog.pipeline`: a reader blocked on the stream reads them at once); then
+    note that the outcomes of ``written`` (default: ``counted``) are announced (:mod:`worker.announced`). The job
+    store, not the stream, is the truth: if Redis stays unreachable through the client's retries, the events are
+    logged as not published yet (their counts are lost) and the job goes on; its row stays marked, and beat's
+    ``reap_stale`` publishes its latest state later."""
     try:
         pipe = rt.events.pipeline(len(events))
         for event in events:
@@ -432,4 +435,6 @@ def _announce(rt: Runtime, *events: Event, counted: Sequence[Job] = ()) -> None:
         pipe.execute()
     except REDIS_DOWN as exc:
         for event in events:
-            log.error("event lost: Redis unavailable", job_id=event.job_id, type=event.type, error=repr(exc))
+            log.error("event not published: Redis unavailable", job_id=event.job_id, type=event.type, error=repr(exc))
+        return
+    rt.announced.note(counted if written is None else written)

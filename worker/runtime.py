@@ -19,6 +19,7 @@ from conveyor.store.db import create_engine
 from conveyor.store.jobstore import JobStore
 from conveyor.store.ledger import Ledger
 from conveyor.store.schedules import ScheduleStore
+from worker.announced import Announced
 
 
 @dataclass
@@ -33,8 +34,11 @@ class Runtime:
     redis: redis.Redis
     secrets: SecretBox
     pid: int
+    #: Published outcomes whose rows' marks are cleared behind the runs (:mod:`worker.announced`).
+    announced: Announced
 
     def close(self) -> None:
+        self.announced.close()
         self.store.writer.close()
         self.redis.close()
         if self.dispatcher.broker is not None:
@@ -73,6 +77,7 @@ def open_runtime(settings: Settings, celery: Celery | None = None) -> Runtime:
         redis=client,
         secrets=SecretBox(settings),
         pid=os.getpid(),
+        announced=Announced(store),
     )
 
 

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from celery.exceptions import Reject
-from celery.signals import setup_logging, task_postrun, worker_process_init, worker_process_shutdown
+from celery.signals import setup_logging, task_postrun, worker_process_init, worker_process_shutdown, worker_shutdown
 
 from conveyor import logs, metrics, names
 from conveyor.queue.app import app
@@ -37,7 +37,10 @@ def _open(**_kwargs: Any) -> None:
 
 
 @worker_process_shutdown.connect
+@worker_shutdown.connect
 def _close(**_kwargs: Any) -> None:
+    """Close this process's runtime when it stops: a pool process, or the worker itself (its threads and solo pools
+    run tasks in the worker's own process), so that the outcomes it announced are noted (:mod:`worker.announced`)."""
     close_runtime()
 
 

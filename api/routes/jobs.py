@@ -11,7 +11,7 @@ from conveyor import logs, metrics
 from conveyor.events import job_event
 from conveyor.redis_client import REDIS_ERRORS
 from conveyor.schemas import Job, JobPage, JobStatus
-from conveyor.store.jobstore import InvalidCursor
+from conveyor.store.jobstore import UNAVAILABLE, InvalidCursor
 
 log = logs.get("conveyor.api")
 router = APIRouter(tags=["jobs"])
@@ -57,7 +57,8 @@ async def list_jobs(
 async def cancel_job(state: StateDep, principal: PrincipalDep, job_id: JobId) -> Job:
     """Cancel a job that has not finished. A running task may still complete its work; its result is dropped.
     The cancellation is recorded before its ``job.cancelled`` event is published; if Redis refuses the event, the
-    job is cancelled all the same (the job store is the truth) and the event is lost."""
+    job is cancelled all the same (the job store is the truth) and beat's ``reap_stale`` publishes the event later
+    (the row stays marked unannounced until the event is out)."""
     if await state.db(state.store.get, job_id, principal.owner) is None:
         raise HTTPException(404, f"no job {job_id}")
     job = await state.db(
@@ -75,9 +76,17 @@ async def cancel_job(state: StateDep, principal: PrincipalDep, job_id: JobId) ->
         raise HTTPException(409, f"job {job_id} already {current.status.value}")
     try:
         await state.events.publish(job_event(job))
+    except REDIS_ERRORS as exc:
+        log.error("event not published: Redis unavailable", job_id=job_id, type="job.cancelled", error=repr(exc))
+        return job
+    try:
+        await state.db(state.store.mark_announced, [(job.job_id, job.updated_at)])
+    except UNAVAILABLE as exc:  # the cancellation stands; reap_stale publishes its event once more
+        log.warning("cancellation's event not noted as published", job_id=job_id, error=repr(exc))
+    try:
         counted = state.redis.pipeline(transaction=False)
         metrics.count_job(counted, job)
         await counted.execute()
     except REDIS_ERRORS as exc:
-        log.error("event lost: Redis unavailable", job_id=job_id, type="job.cancelled", error=repr(exc))
+        log.warning("cancellation not counted: Redis unavailable", job_id=job_id, error=repr(exc))
     return job

@@ -58,11 +58,20 @@ jobs = sa.Table(
     # The schedule that fired the job, and the due time it fired for.
     sa.Column("schedule_id", sa.String(36), nullable=True),
     sa.Column("scheduled_for", sa.DateTime(timezone=True), nullable=True),
+    # Set with a run's outcome or a cancellation, cleared once its event is published: beat's reap_stale announces
+    # a job still waiting after a while (its writer died between the commit and the publish).
+    sa.Column("unannounced_since", sa.DateTime(timezone=True), nullable=True),
     sa.Index("ix_jobs_status_id", "status", "id"),
     sa.Index("ix_jobs_kind_id", "kind", "id"),
     sa.Index("ix_jobs_owner_id", "owner", "id"),
     sa.Index("ix_jobs_undispatched", "dispatched_at", "created_at"),
     sa.Index("ix_jobs_schedule_id_id", "schedule_id", "id"),
+    sa.Index(
+        "ix_jobs_unannounced",
+        "unannounced_since",
+        sqlite_where=sa.text("unannounced_since IS NOT NULL"),
+        postgresql_where=sa.text("unannounced_since IS NOT NULL"),
+    ),
 )
 
 #: One row per side effect that happened; the unique key makes "at most once per job" a database fact.

@@ -214,10 +214,11 @@ class JobStore(Outbox):
 
         Returns the updated job, or ``None`` when the job is unknown or in another state. The check and the
         write are one statement, so two processes racing on the same job cannot both win. (A run's own outcomes
-        have prebuilt statements in :mod:`conveyor.store.writes`.)
+        have prebuilt statements in :mod:`conveyor.store.writes`.) The row waits to be announced until
+        :meth:`mark_announced` says its event was published.
         """
         now = utcnow()
-        values: dict[str, Any] = {"status": to.value, "updated_at": now}
+        values: dict[str, Any] = {"status": to.value, "updated_at": now, "unannounced_since": now}
         if to in FINISHED:
             values["finished_at"] = now
         if to is JobStatus.SUCCEEDED:
@@ -272,6 +273,10 @@ class JobStore(Outbox):
             return None if row is None else job_from_row(row)
 
         return self.write(unit)
+
+    def mark_announced(self, notes: Sequence[tuple[str, datetime]]) -> None:
+        """:func:`conveyor.store.writes.announced` in a transaction of the writer."""
+        self.write(lambda c: writes.announced(c, notes))
 
     def set_progress(self, job_id: str, progress: float) -> bool:
         """Record progress of a started job; ``False`` if the job is no longer running."""

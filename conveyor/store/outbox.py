@@ -1,7 +1,9 @@
-"""The job store's outbox side: which jobs' tasks must be sent (or sent again), and noting that they were.
+"""The job store's outbox side: which jobs' tasks must be sent (or sent again), and noting that they were; which
+jobs' latest change must still be announced.
 
 The job row is its own outbox (``conveyor/dispatch.py``). These queries find what the dispatcher and beat's
-``reap_stale`` send: jobs never confirmed sent, retries that are due, messages that vanished, runs that died.
+``reap_stale`` send: jobs never confirmed sent, retries that are due, messages that vanished, runs that died; and
+jobs whose outcome was recorded but whose event was never confirmed published (``unannounced_since``).
 :class:`conveyor.store.jobstore.JobStore` has them all; they live here to keep each module to one concern.
 """
 
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,7 +19,7 @@ from sqlalchemy.engine import Engine
 
 from conveyor.schemas import Job, JobStatus
 from conveyor.store import db
-from conveyor.store.rows import job_from_row, utcnow
+from conveyor.store.rows import aware, job_from_row, utcnow
 
 __all__ = ["Dispatch", "Outbox"]
 
@@ -129,3 +131,17 @@ class Outbox:
             .limit(limit)
         )
         return self._dispatches(query)
+
+    def unannounced(self, older_than: timedelta, limit: int = 500) -> list[tuple[Job, datetime]]:
+        """Jobs whose latest recorded change (an outcome, a cancellation) has waited more than ``older_than`` to be
+        noted as announced, each with the time it was marked (to pass back to ``mark_announced``), oldest first."""
+        c = db.jobs.c
+        query = (
+            db.jobs.select()
+            .where(c.unannounced_since < utcnow() - older_than)
+            .order_by(c.unannounced_since)
+            .limit(limit)
+        )
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).all()
+        return [(job_from_row(row), aware(row._mapping["unannounced_since"])) for row in rows]

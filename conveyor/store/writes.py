@@ -5,6 +5,10 @@ compiling a statement costs several times what SQLite takes to run it.
 Every write is one conditional ``UPDATE``, so two processes racing on one job cannot both win; a run's outcome is
 written only while the job is still that run's attempt (a run that was taken for dead cannot overwrite its
 successor's). Each returns the job as written, or ``None`` when the condition did not hold.
+
+An outcome (succeeded, failed, retrying) also marks the row *unannounced* (``unannounced_since``, the job's
+``updated_at``) in the same statement; :func:`announced` clears the mark once the outcome's event is on the stream,
+and beat's ``reap_stale`` announces a job whose mark stays (:meth:`conveyor.store.outbox.Outbox.unannounced`).
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ _SUCCEED_UNREAD = (
         finished_at=_NOW,
         progress=100.0,
         result=sa.bindparam("p_result", type_=sa.JSON),
+        unannounced_since=_NOW,
     )
 )
 _SUCCEED = Prepared(_returning(_SUCCEED_UNREAD))
@@ -89,7 +94,13 @@ _FAIL = Prepared(
     _returning(
         db.jobs.update()
         .where(_this_run())
-        .values(status=JobStatus.FAILED.value, updated_at=_NOW, finished_at=_NOW, error=sa.bindparam("p_error"))
+        .values(
+            status=JobStatus.FAILED.value,
+            updated_at=_NOW,
+            finished_at=_NOW,
+            error=sa.bindparam("p_error"),
+            unannounced_since=_NOW,
+        )
     )
 )
 _RETRY = Prepared(
@@ -103,6 +114,7 @@ _RETRY = Prepared(
             next_attempt_at=sa.bindparam("p_next", type_=_when),
             dispatched_at=sa.bindparam("p_dispatched", type_=_when),
             heartbeat_at=None,
+            unannounced_since=_NOW,
         )
     )
 )
@@ -111,6 +123,11 @@ _PROGRESS = (
     db.jobs.update()
     .where(_c.id == _JOB, _c.status == _STARTED)
     .values(progress=sa.bindparam("p_progress"), updated_at=_NOW)
+)
+_ANNOUNCED = (
+    db.jobs.update()
+    .where(_c.id == _JOB, _c.unannounced_since <= sa.bindparam("p_since", type_=_when))
+    .values(unannounced_since=None)
 )
 _GET = db.jobs.select().where(_c.id == _JOB)
 _GET_MANY = db.jobs.select().where(_c.id.in_(sa.bindparam("p_jobs", expanding=True)))
@@ -220,3 +237,11 @@ def progress(connection: sa.Connection, job_id: str, percent: float) -> bool:
     """Record progress of a started job; ``False`` if the job is no longer running."""
     params = {"p_job": job_id, "p_progress": max(0.0, min(100.0, percent)), "p_now": utcnow()}
     return bool(connection.execute(_PROGRESS, params).rowcount == 1)
+
+
+def announced(connection: sa.Connection, notes: Sequence[tuple[str, datetime]]) -> None:
+    """Note that the change of each ``(job_id, since)`` (the job as written at ``since``: its ``updated_at``) is on
+    the event stream: its row stops waiting to be announced, unless a later change marked it again. One statement
+    executed for all."""
+    if notes:
+        connection.execute(_ANNOUNCED, [{"p_job": job_id, "p_since": since} for job_id, since in notes])

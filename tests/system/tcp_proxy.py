@@ -1,7 +1,9 @@
 """A real TCP proxy that a test can cut and restore: an outage of whatever is behind it, as real processes see it.
 
 While cut, the proxy's port refuses connections and every connection through it is closed, the way a restarting
-database server looks to its clients.
+database server looks to its clients. While held, connections stay open and are accepted, but nothing crosses the
+proxy: a peer that stopped answering mid-command; what was sent meanwhile is dropped by the next cut (it never
+arrives).
 """
 
 from __future__ import annotations
@@ -23,6 +25,17 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._listener: socket.socket | None = None
+        self._flowing = threading.Event()
+        self._flowing.set()
+
+    def hold(self) -> None:
+        """Keep everything either side sends from reaching the other, until :meth:`release` (or :meth:`cut`, which
+        drops it)."""
+        self._flowing.clear()
+
+    def release(self) -> None:
+        """Let data cross the proxy again (what was held goes on, in order)."""
+        self._flowing.set()
 
     def restore(self) -> None:
         """Listen again (on the same port) and forward new connections."""
@@ -46,6 +59,7 @@ class TcpProxy:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+        self._flowing.set()  # a pump holding data wakes and finds its target closed: the data is dropped
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -67,6 +81,7 @@ class TcpProxy:
     def _pump(self, source: socket.socket, target: socket.socket) -> None:
         try:
             while data := source.recv(65536):
+                self._flowing.wait()
                 target.sendall(data)
         except OSError:
             pass

@@ -225,11 +225,13 @@ def test_two_apis_and_pairs_of_workers_on_postgres_run_every_job_once(tmp_path: 
     print(f"notification worker SIGKILLed: {len(crashed)} job(s) taken over, done {recovery:.1f}s after the kill")
 
     # The follower saw every job, whichever api took it, and on api B resumed with exactly what the stream holds
-    # after its last event on api A: the whole sequence is the stream's, with no gap and no repeat.
+    # after its last event on api A: the sequence is the stream's, with no gap and no repeat. (It stops at the event
+    # that finishes the last job; the stream may hold more after that: reap_stale announcing, a while after the
+    # kill, outcomes of the killed worker it had not noted as published.)
     assert follower.error is None, repr(follower.error)
     got = [str(e["event_id"]) for e in follower.events]
     assert len(got) == len(set(got)), "an event was repeated"
-    assert got == in_stream, "the events received differ from the stream's"
+    assert got == in_stream[: len(got)], "the events received differ from the stream's"
     assert 0 < follower.on_a < len(got)
     through_b = {job_id for job_id, _, base in submitted if base == base_b}
     assert len(through_b) == JOBS // 2

@@ -1,10 +1,12 @@
 """A run whose Redis refuses writes (``MISCONF``, a full disk) on a real redis-server of its own
 (tests/refusing_redis.py): the job store is the truth, so the run goes on and records its outcome; its events are
-logged as lost; a handler that needs Redis is retried, never failed at once."""
+logged as not published, and beat's ``reap_stale`` publishes the outcome once Redis takes writes again; a handler
+that needs Redis is retried, never failed at once."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +16,10 @@ from conveyor.queue.app import create_celery
 from conveyor.schemas import Job, JobStatus
 from conveyor.settings import Settings
 from conveyor.store.db import migrate
+from tests.events_support import stream_events
 from tests.refusing_redis import RefusingRedis, refusing_redis
 from tests.worker.conftest import make_job
+from worker import housekeeping
 from worker.runner import Progress, Retryable, run_job
 from worker.runtime import Runtime, open_runtime
 
@@ -47,8 +51,18 @@ def test_a_run_records_its_outcome_while_redis_refuses_its_events(
     with server.refusing():
         done = run_job(refusing_rt, job.job_id, handler)
     assert done is not None and done.status is JobStatus.SUCCEEDED and done.result == {"done": True}
-    lost = [r.getMessage() for r in caplog.records if "lost" in r.getMessage()]
-    assert "progress event lost: Redis unavailable" in lost and "event lost: Redis unavailable" in lost
+    logged = [r.getMessage() for r in caplog.records]
+    assert "progress event lost: Redis unavailable" in logged
+    assert "event not published: Redis unavailable" in logged
+
+    # Redis takes writes again: the outcome the run could not publish is announced by beat's reap_stale, once.
+    refusing_rt.announced.flush()
+    assert [waiting.job_id for waiting, _ in refusing_rt.store.unannounced(timedelta(0))] == [job.job_id]
+    assert housekeeping.announce_unannounced(refusing_rt, timedelta(seconds=60)) == 0  # not yet late enough
+    assert housekeeping.announce_unannounced(refusing_rt, timedelta(0)) == 1
+    assert housekeeping.announce_unannounced(refusing_rt, timedelta(0)) == 0
+    mine = [e for e in stream_events(refusing_rt.redis) if e.job_id == job.job_id]
+    assert [e.type.value for e in mine] == ["job.succeeded"] and mine[0].result == {"done": True}, mine
 
 
 def test_a_handler_meeting_a_refusing_redis_is_retried(refusing_rt: Runtime, server: RefusingRedis) -> None:

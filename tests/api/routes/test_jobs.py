@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from conveyor.settings import Settings
@@ -60,6 +62,8 @@ async def test_a_cancelled_job_does_not_run(api: Api, burst_worker: BurstWorker)
     job_id = await submit(api, "never")
     response = await api.client.delete(f"/jobs/{job_id}")
     assert response.status_code == 202 and response.json()["status"] == "cancelled"
+    # Its job.cancelled event was published, and noted so: beat will not announce it again.
+    assert api.state.store.unannounced(timedelta(0)) == []
     assert await burst_worker.drain_async() == [job_id]  # the delivery comes, and finds the job cancelled
     job = (await api.client.get(f"/jobs/{job_id}")).json()
     assert job["status"] == "cancelled" and job["result"] is None

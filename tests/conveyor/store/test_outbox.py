@@ -1,4 +1,5 @@
-"""The job store's outbox queries: jobs whose task was never sent, retries that are due, runs that died.
+"""The job store's outbox queries: jobs whose task was never sent, retries that are due, runs that died, outcomes not
+yet noted as announced.
 
 Against each real backend (SQLite always, PostgreSQL when one answers).
 """
@@ -9,6 +10,7 @@ from datetime import timedelta
 
 from sqlalchemy.engine import Engine
 
+from conveyor.schemas import JobStatus
 from conveyor.store import db
 from conveyor.store.jobstore import JobStore, utcnow
 from tests.conveyor.store.test_jobstore import new_job
@@ -54,3 +56,25 @@ def test_a_dead_runs_job_is_resent_at_most_once_per_window(engine: Engine) -> No
     assert [d.job.job_id for d in store.stale_started(timedelta(seconds=15))] == [job.job_id]
     store.mark_dispatched([(job.job_id, None)])
     assert store.stale_started(timedelta(seconds=15)) == [], "resent again before the window passed"
+
+
+def test_outcomes_and_cancellations_wait_to_be_announced_oldest_first(engine: Engine) -> None:
+    store = JobStore(engine)
+    queued, _ = store.create(new_job())
+    retrying, _ = store.create(new_job())
+    cancelled, _ = store.create(new_job())
+    store.claim(retrying.job_id, stale_before=utcnow() - PAST)
+    assert store.unannounced(timedelta(0)) == [], "a submission or a claim waits to be announced"
+    marked = store.schedule_retry(retrying.job_id, attempt=1, error="busy", delay=60, held=False)
+    done = store.transition(cancelled.job_id, JobStatus.CANCELLED, allowed_from=[JobStatus.QUEUED])
+    assert marked is not None and done is not None
+    waiting = store.unannounced(timedelta(0))
+    assert [(job.job_id, since) for job, since in waiting] == [
+        (retrying.job_id, marked.updated_at),
+        (cancelled.job_id, done.updated_at),
+    ]
+    assert waiting[1][0].status is JobStatus.CANCELLED
+    assert store.unannounced(timedelta(hours=1)) == [] and len(store.unannounced(timedelta(0), limit=1)) == 1
+    store.mark_announced([(cancelled.job_id, done.updated_at)])
+    assert [job.job_id for job, _ in store.unannounced(timedelta(0))] == [retrying.job_id]
+    assert queued.job_id not in {job.job_id for job, _ in store.unannounced(timedelta(0))}
