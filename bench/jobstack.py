@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Collection, Iterator, Mapping
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -150,6 +150,21 @@ class Meter:
             f"{mine}; Redis commands per job {self.redis_commands / jobs:.1f}; other processes {load:.0%} of a core; "
             f"machine idle {self.idle:.0%}"
         )
+
+
+def pooled(meters: Sequence[Meter]) -> Meter:
+    """One meter for several measurements of one subject (rounds alternating with another subject's): CPU, Redis
+    commands, the rest of the machine's load and the time added up; the idle share weighted by time."""
+    total = Meter(meters[0].pids, meters[0].redis_url)
+    for meter in meters:
+        for name, seconds in meter.used.items():
+            total.used[name] = total.used.get(name, 0.0) + seconds
+        total.redis_commands += meter.redis_commands
+        total.others += meter.others
+        total.seconds += meter.seconds
+        total.idle += meter.idle * meter.seconds
+    total.idle = total.idle / total.seconds if total.seconds else 0.0
+    return total
 
 
 def new_report(name: str, description: str, metrics: list[Metric], goals: list[str]) -> Report:

@@ -1,6 +1,6 @@
 """Latency: from submitting a job to learning that it succeeded, at a fixed open-loop rate, three ways, one run.
 
-On one real redis-server, in turn (each subject's processes run only while it is measured, each after a warm-up):
+On one real redis-server (each subject measured after a warm-up):
 
 - ``celery`` (the baseline): plain Celery (:mod:`bench.plain_celery`), ``apply_async()`` of a no-op task then
   ``AsyncResult.get()`` on the Redis result backend, from a pool of client threads;
@@ -12,6 +12,13 @@ On one real redis-server, in turn (each subject's processes run only while it is
 
 Conveyor runs its api, one notifications worker and Flower; HTTP requests go over kept-alive raw HTTP/1.1
 connections (:mod:`bench.loadgen`), so the client costs little of the machine it shares.
+
+Plain Celery and Conveyor, whose ratios are the goals, run side by side and are measured in ``ROUNDS`` alternating
+rounds of ``jobs / ROUNDS`` each (celery, conveyor, celery, conveyor), their latencies and CPU pooled over the
+rounds: a machine whose speed drifts within a minute or two (this one's does) weighs on both sides alike, instead
+of on whichever was measured second. The idle stack's own polling (Flower's reads, Celery's ``BRPOP`` timeouts)
+lands in Redis's CPU and in ``other processes``: about 1 % of the measured Redis commands. Polling and the
+tutorial stack follow, once each.
 
 Sends follow a fixed schedule (``RATE`` per second) whatever earlier jobs do, so a stall shows in the figures
 instead of slowing the sender; each latency is measured from the moment the client sends (its timer fired: within
@@ -44,6 +51,8 @@ DESCRIPTION = (
 RATE = 50.0
 JOBS, QUICK_JOBS = 1000, 100
 WARMUP = 20
+#: Alternating rounds of plain Celery and Conveyor (see the module docstring).
+ROUNDS = 2
 POLL_INTERVAL = 0.1
 #: Client threads for plain Celery: each waits on one result at a time, so this bounds the jobs in flight.
 THREADS = 16
@@ -105,6 +114,7 @@ async def open_loop(jobs: int, rate: float, one: Callable[[float], Awaitable[Non
 
 async def conveyor_round_trips(stack: jobstack.Conveyor, jobs: int, rate: float, meter: jobstack.Meter) -> list[float]:
     """Open loop: POST at each scheduled time; a job is done when its ``job.succeeded`` arrives on the socket."""
+    folded = 0 if stack.flower_url is None else await asyncio.to_thread(stack.flower_succeeded)  # earlier rounds'
     async with jobstack.session(stack, CONNECTIONS, WARMUP) as (pool, events):
         sent: dict[str, float] = {}
 
@@ -115,7 +125,7 @@ async def conveyor_round_trips(stack: jobstack.Conveyor, jobs: int, rate: float,
         with jobstack.profiled("latency-conveyor", stack.group.pids()), meter:
             await open_loop(jobs, rate, one)
             await events.wait(sent, DEADLINE)
-            await stack.flower_caught_up(len(events.done))
+            await stack.flower_caught_up(folded + len(events.done))
     return [events.done[job] - at for job, at in sent.items()]
 
 
@@ -180,18 +190,29 @@ def run(options: argparse.Namespace) -> Report:
 
         def measure(subject: str, latencies: list[float], meter: jobstack.Meter, notes: str) -> None:
             values = jobstack.percentiles(latencies)
-            jobstack.add_row(report, setting, subject, values, meter, jobs, f"{len(latencies)} jobs; {notes}")
+            jobstack.add_row(report, setting, subject, values, meter, len(latencies), f"{len(latencies)} jobs; {notes}")
 
-        with jobstack.plain_celery(redis_url, root / "celery") as group:
-            meter = jobstack.Meter({"redis": redis.pid, **group.pids()}, redis_url)
-            jobstack.wait_quiet(meter.pids)
-            latencies = celery_round_trips(redis_url, jobs, RATE, meter)
-            measure("celery", latencies, meter, f"{THREADS} client threads, results by Redis pub/sub")
-        with jobstack.conveyor(redis_url, root / "conveyor") as stack:
-            meter = jobstack.Meter({"redis": redis.pid, **stack.group.pids()}, redis_url)
-            jobstack.wait_quiet(meter.pids)
-            latencies = uvloop.run(conveyor_round_trips(stack, jobs, RATE, meter))
-            measure("conveyor", latencies, meter, "events on one /ws opened before")
+        with (
+            jobstack.plain_celery(redis_url, root / "celery") as group,
+            jobstack.conveyor(redis_url, root / "conveyor") as stack,
+        ):
+            each = max(1, jobs // ROUNDS)
+            rounds = f"{ROUNDS} rounds of {each} jobs, alternating with {{}}'s"
+            celery: tuple[list[float], list[jobstack.Meter]] = ([], [])
+            conveyor: tuple[list[float], list[jobstack.Meter]] = ([], [])
+            for _ in range(ROUNDS):
+                meter = jobstack.Meter({"redis": redis.pid, **group.pids()}, redis_url)
+                jobstack.wait_quiet(meter.pids)
+                celery[0].extend(celery_round_trips(redis_url, each, RATE, meter))
+                celery[1].append(meter)
+                meter = jobstack.Meter({"redis": redis.pid, **stack.group.pids()}, redis_url)
+                jobstack.wait_quiet(meter.pids)
+                conveyor[0].extend(uvloop.run(conveyor_round_trips(stack, each, RATE, meter)))
+                conveyor[1].append(meter)
+            notes = f"{THREADS} client threads, results by Redis pub/sub; {rounds.format('conveyor')}"
+            measure("celery", celery[0], jobstack.pooled(celery[1]), notes)
+            notes = f"events on one /ws opened before; {rounds.format('celery')}"
+            measure("conveyor", conveyor[0], jobstack.pooled(conveyor[1]), notes)
             meter = jobstack.Meter({"redis": redis.pid, **stack.group.pids()}, redis_url)
             jobstack.wait_quiet(meter.pids)
             latencies = uvloop.run(polling_round_trips(stack, jobs, RATE, meter))

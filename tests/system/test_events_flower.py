@@ -3,7 +3,7 @@ upload watched through Flower's API shows at least two distinct percentages befo
 reported while it runs; Flower folds every one of them, and the task ends SUCCESS with the job's result.
 
 The worker reports at least every 10 percent however fast it goes (worker/runner.py) and Flower folds each report;
-the test lets the worker run in short slices so that its looks at Flower's API fall inside the job.
+the test lets the worker run one event at a time so that its looks at Flower's API fall inside the job.
 tests/system/test_flower_feed.py shows two values one after the other through events published straight to the
 stream."""
 
@@ -33,6 +33,8 @@ from tests.support import Process, base_env, conveyor
 pytestmark = [pytest.mark.system, pytest.mark.timeout(240)]
 
 AUTH = ("conveyor", "flower-" + uuid.uuid4().hex[:12])
+#: Lets a paused worker run until its next event of a job; returns that event (``None``: none came in time).
+Step = Callable[[], "dict[str, Any] | None"]
 
 
 @pytest.fixture(scope="module")
@@ -76,21 +78,41 @@ def folded_progress(flower: str) -> float:
 
 
 @contextlib.contextmanager
-def paused(process: Process) -> Iterator[Callable[[float], None]]:
+def paused(
+    process: Process, redis_url: str, job_id: Callable[[], str]
+) -> Iterator[Callable[[], dict[str, Any] | None]]:
     """The worker ``process`` (its whole process group: the pool's children too) stopped with SIGSTOP; yields a
-    function that lets it run for that many seconds, then stops it again. Continued on exit, whatever happens."""
-    group = os.getpgid(process.pid)
+    function that lets it run until it publishes the next event of the job ``job_id()`` names (or 10 s went by),
+    then stops it again, and returns that event. Continued on exit, whatever happens.
 
-    def run_for(seconds: float) -> None:
+    The worker reports progress at most every 0.25 s or 10 percent, and it has been stopped for longer than that
+    whenever it is let go again: so each step is one report, and a look at Flower between two steps sees it."""
+    group = os.getpgid(process.pid)
+    client = redis.Redis.from_url(redis_url)
+    newest: Any = client.xrevrange(EVENTS_STREAM, count=1)
+    last = [newest[0][0] if newest else b"0-0"]
+
+    def step() -> dict[str, Any] | None:
+        deadline = time.monotonic() + 10
         os.killpg(group, signal.SIGCONT)
-        time.sleep(seconds)
-        os.killpg(group, signal.SIGSTOP)
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                read: Any = client.xread({EVENTS_STREAM: last[0]}, count=100, block=max(1, int(left * 1000)))
+                for entry_id, fields in read[0][1] if read else []:
+                    last[0] = entry_id
+                    event: dict[str, Any] = json.loads(fields[b"e"])
+                    if event.get("job_id") == job_id():
+                        return event
+            return None
+        finally:
+            os.killpg(group, signal.SIGSTOP)
 
     os.killpg(group, signal.SIGSTOP)
     try:
-        yield run_for
+        yield step
     finally:
         os.killpg(group, signal.SIGCONT)
+        client.close()
 
 
 def settled(client: httpx.Client, job_id: str) -> dict[str, Any] | None:
@@ -108,22 +130,24 @@ def settled(client: httpx.Client, job_id: str) -> dict[str, Any] | None:
 
 def test_a_50mb_upload_shows_its_progress_in_flower_before_success(stack: Stack, flower: str) -> None:
     """Hashing 50 MB takes this machine a fifth of a second, less than a look at Flower, so the uploads worker is
-    paused (SIGSTOP) and let run 20 ms at a time, with a look at Flower's API between: what a person refreshing the
-    task page of a long upload sees, compressed."""
+    paused (SIGSTOP) and let run until its next event of the job, with a look at Flower's API between: what a
+    person refreshing the task page of a long upload sees, compressed."""
     before = folded_progress(flower)
     body = os.urandom(50 << 20)
     shown: list[float] = []
     final = None
-    with paused(stack.processes["uploads"]) as run_for:
+    submitted: list[str] = []
+    with paused(stack.processes["uploads"], stack.redis_url, lambda: submitted[0]) as step:
         response = httpx.post(
             f"{stack.base_url}/uploads", files={"file": ("50MB.bin", body)}, headers=stack.headers, timeout=120
         )
         assert response.status_code == 202, response.text
         job_id = response.json()["job_id"]
+        submitted.append(job_id)
         deadline = time.monotonic() + 90
         with httpx.Client(base_url=flower, auth=AUTH, timeout=5) as client:
             while time.monotonic() < deadline:
-                run_for(0.02)
+                step()
                 info = settled(client, job_id)
                 if info is None:
                     continue
