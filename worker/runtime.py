@@ -94,3 +94,10 @@ def close_runtime() -> None:
     if _runtime is not None and _runtime.pid == os.getpid():
         _runtime.close()
     _runtime = None
+
+
+def flush_announced() -> None:
+    """Note now the outcomes this process's runtime announced (:meth:`worker.announced.Announced.flush`), if it has
+    one; the runtime stays open."""
+    if _runtime is not None and _runtime.pid == os.getpid():
+        _runtime.announced.flush()

@@ -18,7 +18,7 @@ from conveyor.store.db import UNAVAILABLE
 from worker import housekeeping, ingest, notify
 from worker import liveness as _liveness  # noqa: F401 - its signal handlers make the worker say it is alive
 from worker.runner import Handler, InTransaction, JobBusy, Retryable, run_bundle, run_claimed, run_job
-from worker.runtime import close_runtime, runtime
+from worker.runtime import close_runtime, flush_announced, runtime
 
 log = logs.get("conveyor.worker")
 
@@ -37,11 +37,15 @@ def _open(**_kwargs: Any) -> None:
 
 
 @worker_process_shutdown.connect
-@worker_shutdown.connect
 def _close(**_kwargs: Any) -> None:
-    """Close this process's runtime when it stops: a pool process, or the worker itself (its threads and solo pools
-    run tasks in the worker's own process), so that the outcomes it announced are noted (:mod:`worker.announced`)."""
     close_runtime()
+
+
+@worker_shutdown.connect
+def _note_announced(**_kwargs: Any) -> None:
+    """The worker stops (after its pool, on a warm shutdown): its threads and solo pools ran tasks in this process,
+    so note the outcomes they announced (:mod:`worker.announced`) rather than leave them for ``reap_stale``."""
+    flush_announced()
 
 
 @task_postrun.connect
