@@ -30,6 +30,18 @@ from tests.system.tcp_proxy import tcp_proxy
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
 
+def submit_webhook(stack: FaultStack, hook: str) -> str:
+    """One webhook notification to ``hook`` through the stack's api; its job id."""
+    response = httpx.post(
+        f"{stack.base_url}/notifications",
+        json={"channel": "webhook", "url": hook, "data": {"n": 1}},
+        headers=stack.headers,
+        timeout=30,
+    )
+    assert response.status_code == 202, response.text
+    return str(response.json()["job_id"])
+
+
 @pytest.mark.timeout(240)
 def test_an_outcome_whose_worker_died_before_publishing_it_is_announced_by_beat(tmp_path: Path) -> None:
     with http_receiver() as receiver:
@@ -55,14 +67,7 @@ def test_an_outcome_whose_worker_died_before_publishing_it_is_announced_by_beat(
                 stack.start("housekeeping", ["worker", "--queues", QUEUE_HOUSEKEEPING, "--hostname", "hk@%h"])
                 stack.start("beat", ["beat"])
                 stack.wait_ready(["doomed", "hk"], 90)
-                response = httpx.post(
-                    f"{stack.base_url}/notifications",
-                    json={"channel": "webhook", "url": hook, "data": {"n": 1}},
-                    headers=stack.headers,
-                    timeout=30,
-                )
-                assert response.status_code == 202, response.text
-                job_id = response.json()["job_id"]
+                job_id = submit_webhook(stack, hook)
                 stack.wait_for(lambda: len(receiver.requests("/slow")) == 1, 60, "the webhook being delivered")
                 proxy.hold()  # from now on, nothing the worker sends reaches Redis
                 stack.wait_finished([job_id], 30)  # the outcome is committed; the worker waits on its publish
@@ -106,14 +111,7 @@ def test_a_worker_stopped_cleanly_notes_the_outcomes_it_announced(tmp_path: Path
             stack.start("api", ["api"])
             stack.start("worker", ["worker", "--queues", QUEUE_NOTIFICATIONS, "--hostname", "stopping@%h"])
             stack.wait_ready(["stopping"], 90)
-            response = httpx.post(
-                f"{stack.base_url}/notifications",
-                json={"channel": "webhook", "url": hook, "data": {"n": 1}},
-                headers=stack.headers,
-                timeout=30,
-            )
-            assert response.status_code == 202, response.text
-            job_id = response.json()["job_id"]
+            job_id = submit_webhook(stack, hook)
             stack.wait_for(lambda: len(receiver.requests("/slow")) == 1, 60, "the webhook being delivered")
             stack.kill("worker", signal.SIGTERM)  # returns once the worker exited
             (row,) = stack.rows([job_id])
