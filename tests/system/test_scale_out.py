@@ -42,6 +42,8 @@ UPLOADS = 100
 JOBS = WEBHOOKS + LOGS + UPLOADS
 #: Events a client follows on api A before it disconnects and resumes on api B.
 EVENTS_ON_A = 400
+#: Seconds the webhook receiver takes to answer: the runs a kill must catch mid-flight.
+HANG = 0.5
 
 
 class Follower:
@@ -126,15 +128,21 @@ def _submit_all(bases: list[str], headers: dict[str, str], hook: str, accepted: 
         return list(pool.map(lambda item: one(*item), enumerate(order)))
 
 
-def running_on(redis_url: str, worker: str) -> int:
-    """Jobs whose latest event is a ``job.started`` naming a worker whose node name starts with ``worker``: its runs
-    in flight."""
+def running_on(redis_url: str, worker: str, within: float) -> int:
+    """Jobs whose latest event is a ``job.started`` naming a worker whose node name starts with ``worker``, published
+    less than ``within`` seconds ago: its runs in flight that will still be in flight for a while (a webhook to the
+    test's receiver takes ``HANG`` seconds)."""
     client = redis.Redis.from_url(redis_url)
     try:
         latest = {event.job_id: event for event in stream_events(client) if event.job_id}
     finally:
         client.close()
-    return sum(1 for e in latest.values() if e.type.value == "job.started" and (e.worker or "").startswith(worker))
+    since = time.time() - within
+    return sum(
+        1
+        for e in latest.values()
+        if e.type.value == "job.started" and (e.worker or "").startswith(worker) and e.ts >= since
+    )
 
 
 def test_two_apis_and_pairs_of_workers_on_postgres_run_every_job_once(tmp_path: Path, pg_store: str) -> None:
@@ -153,7 +161,7 @@ def test_two_apis_and_pairs_of_workers_on_postgres_run_every_job_once(tmp_path: 
     )
     base_b = f"http://127.0.0.1:{port_b}"
     with http_receiver() as receiver:
-        hook = receiver.script("/hook", Reply(200, hang=0.3))  # a slow receiver: a kill catches runs mid-flight
+        hook = receiver.script("/hook", Reply(200, hang=HANG))  # a slow receiver: a kill catches runs mid-flight
         try:
             stack.start_redis()
             stack.start("api-a", ["api"])
@@ -176,11 +184,15 @@ def test_two_apis_and_pairs_of_workers_on_postgres_run_every_job_once(tmp_path: 
             started = time.monotonic()
             with ThreadPoolExecutor(1) as submitter:
                 submitting = submitter.submit(_submit_all, [stack.base_url, base_b], stack.headers, hook, accepted)
-                # Mid-way through the submissions, while the doomed worker has runs in flight: kill it.
+                # Mid-way through the submissions, while the doomed worker has runs in flight that started a moment
+                # ago (so that they are still in flight when the kill lands, a few tens of milliseconds later): kill it.
                 stack.wait_for(
-                    lambda: len(accepted) >= JOBS // 3 and running_on(stack.redis_url, "notify-doomed@") >= 2,
+                    lambda: (
+                        len(accepted) >= JOBS // 3
+                        and running_on(stack.redis_url, "notify-doomed@", within=HANG / 2) >= 2
+                    ),
                     120,
-                    f"{JOBS // 3} jobs accepted and 2 runs in flight on the doomed worker",
+                    f"{JOBS // 3} jobs accepted and 2 runs just started on the doomed worker",
                 )
                 killed_at = stack.kill("notify-doomed")
                 submitted = submitting.result()
