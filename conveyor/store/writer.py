@@ -93,7 +93,10 @@ class GroupWriter:
                 self._busy = False
                 if self._pending:
                     self._ensure_thread()
-                self._cond.notify_all()
+                # Only the writer thread waits on the condition, and only for this transaction's end while units are
+                # pending or it is closing: waking it otherwise costs a switch and a GIL hand-off per transaction.
+                if self._pending or self._closed:
+                    self._cond.notify_all()
         return future.result()
 
     def close(self) -> None:
