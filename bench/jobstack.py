@@ -31,10 +31,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 import httpx
 import orjson
@@ -165,6 +166,27 @@ def pooled(meters: Sequence[Meter]) -> Meter:
         total.idle += meter.idle * meter.seconds
     total.idle = total.idle / total.seconds if total.seconds else 0.0
     return total
+
+
+T = TypeVar("T")
+
+
+def alternate(
+    rounds: int, redis_pid: int, redis_url: str, subjects: Mapping[str, tuple[procs.Group, Callable[[Meter], T]]]
+) -> dict[str, tuple[list[T], Meter]]:
+    """Measure each subject ``rounds`` times, in turn (a, b, a, b, …), each round once the machine is quiet, with a
+    :class:`Meter` of its group's processes and Redis; for each subject, what its measure returned in every round,
+    in order, and its meters :func:`pooled`. Subjects running side by side and measured so share the machine's
+    drift, instead of it weighing on whichever was measured second."""
+    results: dict[str, list[T]] = {name: [] for name in subjects}
+    meters: dict[str, list[Meter]] = {name: [] for name in subjects}
+    for _round in range(rounds):
+        for name, (group, measure) in subjects.items():
+            meter = Meter({"redis": redis_pid, **group.pids()}, redis_url)
+            wait_quiet(meter.pids)
+            results[name].append(measure(meter))
+            meters[name].append(meter)
+    return {name: (results[name], pooled(meters[name])) for name in subjects}
 
 
 def new_report(name: str, description: str, metrics: list[Metric], goals: list[str]) -> Report:

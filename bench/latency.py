@@ -199,21 +199,22 @@ def run(options: argparse.Namespace) -> Report:
         ):
             each = max(1, jobs // ROUNDS)
             rounds = f"{ROUNDS} rounds of {each} jobs, alternating with {{}}'s"
-            celery: tuple[list[float], list[jobstack.Meter]] = ([], [])
-            conveyor: tuple[list[float], list[jobstack.Meter]] = ([], [])
-            for _ in range(ROUNDS):
-                meter = jobstack.Meter({"redis": redis.pid, **group.pids()}, redis_url)
-                jobstack.wait_quiet(meter.pids)
-                celery[0].extend(celery_round_trips(redis_url, each, RATE, meter))
-                celery[1].append(meter)
-                meter = jobstack.Meter({"redis": redis.pid, **stack.group.pids()}, redis_url)
-                jobstack.wait_quiet(meter.pids)
-                conveyor[0].extend(uvloop.run(conveyor_round_trips(stack, each, RATE, meter)))
-                conveyor[1].append(meter)
-            notes = f"{THREADS} client threads, results by Redis pub/sub; {rounds.format('conveyor')}"
-            measure("celery", celery[0], jobstack.pooled(celery[1]), notes)
-            notes = f"events on one /ws opened before; {rounds.format('celery')}"
-            measure("conveyor", conveyor[0], jobstack.pooled(conveyor[1]), notes)
+            measured = jobstack.alternate(
+                ROUNDS,
+                redis.pid,
+                redis_url,
+                {
+                    "celery": (group, lambda meter: celery_round_trips(redis_url, each, RATE, meter)),
+                    "conveyor": (stack.group, lambda meter: uvloop.run(conveyor_round_trips(stack, each, RATE, meter))),
+                },
+            )
+            for subject, other, how in (
+                ("celery", "conveyor", f"{THREADS} client threads, results by Redis pub/sub"),
+                ("conveyor", "celery", "events on one /ws opened before"),
+            ):
+                latencies_by_round, meter = measured[subject]
+                latencies = [latency for part in latencies_by_round for latency in part]
+                measure(subject, latencies, meter, f"{how}; {rounds.format(other)}")
             meter = jobstack.Meter({"redis": redis.pid, **stack.group.pids()}, redis_url)
             jobstack.wait_quiet(meter.pids)
             latencies = uvloop.run(polling_round_trips(stack, jobs, RATE, meter))

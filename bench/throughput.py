@@ -34,7 +34,7 @@ import argparse
 import asyncio
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import uvloop
 
@@ -263,27 +263,28 @@ def run(options: argparse.Namespace) -> Report:
             jobstack.conveyor(redis_url, root / "conveyor-api", workers=0, flower=False) as stack,
         ):
 
-            async def accept_alone(subject: str, meter: jobstack.Meter) -> float:
-                if subject == "tutorial-api":
-                    async with tutorial.pool(CLIENTS) as pool:
-                        return await accept_only(pool, jobs, meter, tutorial=True)
-                async with stack.pool(CLIENTS) as pool:
-                    return await accept_only(pool, jobs, meter, tutorial=False)
+            def accepting(api: jobstack.Tutorial | jobstack.Conveyor) -> Callable[[jobstack.Meter], float]:
+                async def accept(meter: jobstack.Meter) -> float:
+                    async with api.pool(CLIENTS) as pool:
+                        return await accept_only(pool, jobs, meter, tutorial=api is tutorial)
 
-            apis = {"tutorial-api": tutorial.group, "conveyor-api": stack.group}
-            rounds: dict[str, list[tuple[float, jobstack.Meter]]] = {subject: [] for subject in apis}
-            for _round in range(QUICK_ALONE_ROUNDS if getattr(options, "quick", False) else ALONE_ROUNDS):
-                for subject, group in apis.items():
-                    meter = jobstack.Meter({"redis": redis.pid, **group.pids()}, redis_url)
-                    jobstack.wait_quiet(meter.pids)
-                    rounds[subject].append((uvloop.run(accept_alone(subject, meter)), meter))
+                return lambda meter: uvloop.run(accept(meter))
+
+            measured = jobstack.alternate(
+                QUICK_ALONE_ROUNDS if getattr(options, "quick", False) else ALONE_ROUNDS,
+                redis.pid,
+                redis_url,
+                {
+                    "tutorial-api": (tutorial.group, accepting(tutorial)),
+                    "conveyor-api": (stack.group, accepting(stack)),
+                },
+            )
             for subject, notes in (("tutorial-api", "no worker running"), ("conveyor-api", "no worker, no Flower")):
-                timed = rounds[subject]
-                rates = ", ".join(f"{jobs / took:,.0f}" for took, _meter in timed)
+                timed, pooled = measured[subject]
+                rates = ", ".join(f"{jobs / took:,.0f}" for took in timed)
                 plural = "s" if len(timed) > 1 else ""
                 notes += f"; {len(timed)} round{plural} of {jobs}, alternating with the other api's ({rates} jobs/s)"
-                pooled = jobstack.pooled([each for _took, each in timed])
-                measure(subject, sum(took for took, _meter in timed), pooled, notes, alone, jobs * len(timed))
+                measure(subject, sum(timed), pooled, notes, alone, jobs * len(timed))
     add_checks(report)
     report.findings.append(jobstack.cpu_note(auth))
     return report
