@@ -10,8 +10,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -28,6 +28,8 @@ class Process:
     name: str
     popen: subprocess.Popen[bytes]
     log_path: Path
+    #: Set once the process and its group were stopped (by :meth:`stop`, or killed by a test that says so).
+    stopped: bool = field(default=False)
 
     @property
     def pid(self) -> int:
@@ -40,7 +42,10 @@ class Process:
         return self.popen.poll() is None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
-        """Signal the process and wait; SIGKILL its whole group if it does not exit in time."""
+        """Signal the process and wait; then SIGKILL its whole group (what it left behind, or all of it if it did not
+        exit in time). A process already stopped is left alone: its group id may by now be another process's."""
+        if self.stopped:
+            return self.popen.wait(5)
         if self.alive():
             with contextlib.suppress(ProcessLookupError):
                 self.popen.send_signal(sig)
@@ -50,6 +55,7 @@ class Process:
                 pass
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.popen.pid, signal.SIGKILL)
+        self.stopped = True
         return self.popen.wait(5)
 
 
@@ -162,21 +168,36 @@ def wait_until_healthy(base_url: str, timeout: float, processes: list[Process] =
     raise AssertionError(f"{base_url}/health not 200 after {timeout}s (last: {last})\n{logs}")
 
 
-def wait_for_workers(broker_url: str, names: list[str], timeout: float) -> None:
-    """Block until every named Celery worker answers a ping."""
+def wait_for_workers(broker_url: str, names: list[str], timeout: float, processes: Sequence[Process] = ()) -> None:
+    """Block until every named Celery worker answers a ping.
+
+    A ping that loses its connection to Redis is asked again on a new one (this waits for the workers, it does not
+    test the broker), but an exited process among ``processes`` fails at once, and the assertion after ``timeout``
+    carries the last connection error and every process's log."""
+    import redis
+
     from conveyor.queue.app import create_celery
     from conveyor.settings import Settings
 
-    app = create_celery(Settings(redis_url=broker_url))
     deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        for process in processes:
+            if not process.alive():
+                raise AssertionError(f"{process.name} exited:\n{process.output()[-4000:]}")
+        app = create_celery(Settings(redis_url=broker_url))
+        try:
             replies = app.control.inspect(timeout=0.5).ping() or {}
-            if all(any(re.match(rf"^{re.escape(name)}(-\d+)?@", node) for node in replies) for name in names):
-                return
-        raise AssertionError(f"workers {names} did not answer within {timeout}s")
-    finally:
-        app.close()
+        except (redis.exceptions.ConnectionError, OSError) as exc:
+            last = exc
+            time.sleep(0.2)
+            continue
+        finally:
+            app.close()
+        if all(any(re.match(rf"^{re.escape(name)}(-\d+)?@", node) for node in replies) for name in names):
+            return
+    logs = "\n".join(f"--- {p.name}\n{p.output()[-3000:]}" for p in processes)
+    raise AssertionError(f"workers {names} did not answer within {timeout}s (last error: {last!r})\n{logs}")
 
 
 def processes_with_env(marker: str) -> list[int]:

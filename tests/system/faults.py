@@ -123,13 +123,14 @@ class FaultStack:
         """Until the api is healthy and every named worker answers a ping."""
         wait_until_healthy(self.base_url, timeout, list(self.processes.values()))
         if workers:
-            wait_for_workers(self.redis_url, list(workers), timeout)
+            wait_for_workers(self.redis_url, list(workers), timeout, list(self.processes.values()))
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> float:
         """Send ``sig`` to the process group of ``name`` (the process and its pool children). Returns the time."""
         process = self.processes[name]
         os.killpg(process.pid, sig)
         process.popen.wait(10)
+        process.stopped = sig == signal.SIGKILL  # the whole group is gone: its id is not ours to signal again
         return time.time()
 
     def stop_all(self) -> None:
