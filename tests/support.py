@@ -175,6 +175,7 @@ def wait_for_workers(broker_url: str, names: list[str], timeout: float, processe
     test the broker), but an exited process among ``processes`` fails at once, and the assertion after ``timeout``
     carries the last connection error and every process's log."""
     import redis
+    from kombu.exceptions import OperationalError
 
     from conveyor.queue.app import create_celery
     from conveyor.settings import Settings
@@ -188,7 +189,7 @@ def wait_for_workers(broker_url: str, names: list[str], timeout: float, processe
         app = create_celery(Settings(redis_url=broker_url))
         try:
             replies = app.control.inspect(timeout=0.5).ping() or {}
-        except (redis.exceptions.ConnectionError, OSError) as exc:
+        except (redis.exceptions.ConnectionError, OperationalError, OSError) as exc:
             last = exc
             time.sleep(0.2)
             continue
