@@ -203,7 +203,8 @@ def record_path(stats: dict[str, dict[str, float]], jobs: int) -> dict[str, floa
 def run(options: argparse.Namespace) -> Report:
     """Plain Celery, the tutorial stack, Conveyor (single, batch, batch with 2 workers), then each api alone;
     ``JOBS`` jobs each (``QUICK_JOBS`` with ``--quick``)."""
-    jobs = QUICK_JOBS if getattr(options, "quick", False) else JOBS
+    quick = bool(getattr(options, "quick", False))
+    jobs = QUICK_JOBS if quick else JOBS
     report = jobstack.new_report(NAME, DESCRIPTION, METRICS, [])
     setting, alone = f"N={jobs}", f"api alone, N={jobs}"
     auth = True
@@ -248,7 +249,7 @@ def run(options: argparse.Namespace) -> Report:
         # 1 and 2 worker processes, measured in alternation SCALE_PAIRS times (one pair is a few seconds of a noisy
         # machine); each subject's row is its median run, and every pair's ratio is listed.
         scale: dict[str, list[tuple[float, jobstack.Meter, str, dict[str, float | None]]]] = {}
-        for pair in range(QUICK_SCALE_PAIRS if getattr(options, "quick", False) else SCALE_PAIRS):
+        for pair in range(QUICK_SCALE_PAIRS if quick else SCALE_PAIRS):
             order = (("conveyor-unbundled", 1), ("conveyor-unbundled-2w", 2))
             for subject, workers in order[:: -1 if pair % 2 else 1]:
                 scale.setdefault(subject, []).append(burst(subject, BATCH, workers, 1))
@@ -275,7 +276,7 @@ def run(options: argparse.Namespace) -> Report:
                 return lambda meter: uvloop.run(accept(meter))
 
             measured = jobstack.alternate(
-                QUICK_ALONE_ROUNDS if getattr(options, "quick", False) else ALONE_ROUNDS,
+                QUICK_ALONE_ROUNDS if quick else ALONE_ROUNDS,
                 redis.pid,
                 redis_url,
                 {
